@@ -1,0 +1,170 @@
+"""The `cctrace` command line. Each command is a thin shell over a module that does the work."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from cctrace import __version__
+from cctrace import tracer as T
+
+EXIT_USAGE = 2
+EXIT_BAD_TRACE = 3
+
+
+def _err(msg: str) -> None:
+    click.echo(f"cctrace: {msg}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cctrace")
+def cli() -> None:
+    """Find where an LLM server loses time at the CPU<->GPU boundary, and say why.
+
+    \b
+    Typical use:
+      cctrace record -o run1 -- python serve.py     # trace a server
+      cctrace report run1                           # where did the time go
+    """
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Trace directory to write (default: cctrace-<time>)."
+)
+@click.option(
+    "--kinds",
+    default=",".join(T.DEFAULT_KINDS),
+    show_default=True,
+    help="CUPTI activity kinds, comma-separated; 'none' records no CUPTI activity.",
+)
+@click.option("--kernels", is_flag=True, help="Also record kernels (CONCURRENT_KERNEL).")
+@click.option("--nvtx", is_flag=True, help="Also record NVTX ranges (e.g. decode steps).")
+@click.option("--driver", is_flag=True, help="Also record CUDA driver API calls (costly).")
+@click.option(
+    "--flush-interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.05, 60),
+    help="Seconds between shard flushes: the most a SIGKILL can lose.",
+)
+@click.option("--no-load", is_flag=True, help="Do not build trace.duckdb after the run.")
+@click.option("--force", is_flag=True, help="Write into an existing, non-empty output directory.")
+@click.option("-q", "--quiet", is_flag=True, help="No messages from the tracer inside the program.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def record(output, kinds, kernels, nvtx, driver, flush_interval, no_load, force, quiet, as_json, command) -> None:
+    """Run COMMAND with every Python process it starts traced.
+
+    \b
+    Example:  cctrace record -o trace1 --nvtx -- python examples/serve.py --steps 200
+    The exit status is COMMAND's (127 if it cannot be found). The trace directory holds
+    Arrow shards, manifest.json and, when duckdb is installed, trace.duckdb.
+    """
+    from cctrace.launcher import RecordOptions, run_traced
+
+    if not command:
+        _err("no command given; usage: cctrace record [OPTIONS] -- COMMAND [ARGS]...")
+        sys.exit(EXIT_USAGE)
+    kind_list = [k.strip() for k in kinds.split(",") if k.strip()]
+    if kind_list == ["none"]:
+        kind_list = []
+    for flag, k in ((kernels, "kernel"), (nvtx, "nvtx"), (driver, "driver")):
+        if flag and k not in kind_list:
+            kind_list.append(k)
+    known = set(T.DEFAULT_KINDS) | set(T.OPTIONAL_KINDS)
+    bad = [k for k in kind_list if k not in known]
+    if bad:
+        _err(f"unknown kind(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        sys.exit(EXIT_USAGE)
+    out = output or Path(time.strftime("cctrace-%Y%m%d-%H%M%S"))
+    if out.exists() and any(out.iterdir()) and not force:
+        _err(f"{out} exists and is not empty; choose another -o or pass --force")
+        sys.exit(EXIT_USAGE)
+    opts = RecordOptions(kinds=tuple(kind_list), flush_s=flush_interval, quiet=quiet)
+    status = run_traced(list(command), out, opts)
+    summary: dict = {"trace": str(out), "exit_code": status}
+    if status != 127 and not no_load:
+        summary["load"] = _load_quietly(out)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif status != 127:
+        _print_record_summary(out, summary)
+    sys.exit(status)
+
+
+def _load_quietly(out: Path) -> dict:
+    try:
+        import duckdb  # noqa: F401
+    except ImportError:
+        return {"skipped": "duckdb is not installed here; run `cctrace load` where it is"}
+    from cctrace.store import LoadError, load
+
+    try:
+        return load(out).to_json()
+    except LoadError as e:
+        return {"error": str(e)}
+
+
+def _print_record_summary(out: Path, summary: dict) -> None:
+    from cctrace.manifest import read_manifest
+
+    m = read_manifest(out)
+    procs = m.get("processes") or []
+    off = [p for p in procs if not str(p.get("cupti", "")).startswith("active")]
+    load = summary.get("load") or {}
+    rows = load.get("rows") or {}
+    parts = [
+        f"{rows[t]:,} {t}" for t in ("copies", "allocs", "api_calls", "syncs", "kernels", "markers") if rows.get(t)
+    ]
+    _err(f"trace written to {out} ({len(procs)} process(es){'; ' + ', '.join(parts) if parts else ''})")
+    reasons: dict[str, list] = {}
+    for p in off:
+        reasons.setdefault(str(p.get("cupti")), []).append(p.get("pid"))
+    for reason, pids in reasons.items():
+        who = f"pid {pids[0]}" if len(pids) == 1 else f"{len(pids)} processes"
+        _err(f"  CUPTI was {reason} ({who}); those processes ran untraced by CUPTI")
+    for name, s in (m.get("sources") or {}).items():
+        if s.get("dropped"):
+            _err(f"  {name}: {s['dropped']} records dropped")
+        for e in s.get("errors", [])[:5]:
+            _err(f"  {name}: {e}")
+    if "skipped" in load:
+        _err(f"  {load['skipped']}")
+    if "error" in load:
+        _err(f"  load failed: {load['error']}")
+    for p in load.get("problems", []):
+        _err(f"  {p}")
+
+
+@cli.command("load")
+@click.argument("trace_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print what was loaded as JSON.")
+def load_cmd(trace_dirs, as_json) -> None:
+    """Build TRACE_DIR/trace.duckdb from the Arrow shards of each TRACE_DIR."""
+    from cctrace.store import LoadError, load
+
+    results, failed = [], False
+    for d in trace_dirs:
+        try:
+            r = load(d, progress=None if as_json else (lambda m, d=d: _err(f"{d}: {m}")))
+        except LoadError as e:
+            _err(str(e))
+            failed = True
+            continue
+        results.append(r.to_json())
+        if not as_json:
+            for p in r.problems:
+                _err(f"{d}: skipped: {p}")
+            _err(f"{d}: loaded {r.shards} shards into {r.db_path}")
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    sys.exit(EXIT_BAD_TRACE if failed else 0)
+
+
+def main() -> None:
+    cli(prog_name="cctrace")

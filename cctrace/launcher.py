@@ -1,0 +1,86 @@
+"""`cctrace record -- CMD`: run CMD with the tracer injected into every Python process it starts.
+
+Injection is by environment only (PYTHONPATH gains a folder holding cctrace's sitecustomize), so
+children started by subprocess or multiprocessing (fork or spawn) are traced without code
+changes. The launcher forwards termination signals to the child, waits, merges the
+per-process records into manifest.json and returns the child's exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cctrace import tracer as T
+from cctrace.manifest import MANIFEST, build_manifest, write_json_atomic
+
+INJECT_DIR = Path(__file__).resolve().parent / "_inject"
+PACKAGE_HOME = Path(__file__).resolve().parent.parent
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@dataclass
+class RecordOptions:
+    kinds: tuple[str, ...] = T.DEFAULT_KINDS
+    flush_s: float = 1.0
+    quiet: bool = False
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def child_environment(trace_dir: Path, opts: RecordOptions, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(INJECT_DIR) + (os.pathsep + old if old else "")
+    env[T.ENV_DIR] = str(Path(trace_dir).resolve())
+    env[T.ENV_KINDS] = ",".join(opts.kinds) if opts.kinds else "none"
+    env[T.ENV_FLUSH] = str(opts.flush_s)
+    env[T.ENV_HOME] = str(PACKAGE_HOME)
+    if opts.quiet:
+        env[T.ENV_QUIET] = "1"
+    env.update(opts.extra_env)
+    return env
+
+
+def exit_status(returncode: int) -> int:
+    """subprocess's negative 'killed by signal N' becomes the shell's 128+N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
+    """Run `cmd` traced into `trace_dir`; returns its exit status (127 when it cannot start)."""
+    trace_dir = Path(trace_dir)
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    started_wall, started_ns = time.time(), time.monotonic_ns()
+    options = {"kinds": list(opts.kinds), "flush_s": opts.flush_s}
+    try:
+        child = subprocess.Popen(cmd, env=child_environment(trace_dir, opts))
+    except FileNotFoundError:
+        sys.stderr.write(f"cctrace: command not found: {cmd[0]}\n")
+        return 127
+    except PermissionError:
+        sys.stderr.write(f"cctrace: permission denied: {cmd[0]}\n")
+        return 126
+
+    def forward(signum, frame):  # noqa: ARG001
+        try:
+            child.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    # Ctrl-C reaches the child through the terminal's process group; the launcher just waits.
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        rc = child.wait()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    status = exit_status(rc)
+    manifest = build_manifest(trace_dir, list(cmd), started_wall, started_ns, status, options)
+    write_json_atomic(trace_dir / MANIFEST, manifest)
+    return status

@@ -1,0 +1,1 @@
+"""Sources: each knows its tracer and the shared Arrow schemas, nothing downstream."""

@@ -1,0 +1,144 @@
+"""The store: Arrow shards -> one DuckDB file with a table per schema, plus the joining views.
+
+DuckDB is needed here, not on the recording host. Loading is per table: every shard of a
+table is read (keeping each complete batch of a damaged shard), concatenated in Arrow and
+inserted in one statement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from cctrace import schema as S
+from cctrace.manifest import read_manifest
+from cctrace.shards import parse_shard_name, read_shard
+
+DB_NAME = "trace.duckdb"
+
+# Views every analysis can rely on; they only join and name, they do not analyse.
+VIEWS = {
+    # each copy with the API call (same process, same correlation id) that issued it
+    "copies_with_api": """
+        SELECT c.*, a.name AS api_name, a.tid AS api_tid, a.start_ns AS api_start_ns, a.end_ns AS api_end_ns
+        FROM copies c
+        LEFT JOIN api_calls a
+          ON a.pid = c.pid AND a.correlation_id = c.correlation_id AND a.source = 'cupti' AND c.correlation_id > 0
+    """,
+}
+
+
+class LoadError(Exception):
+    """A trace directory that cannot be loaded; the message says what to do."""
+
+
+@dataclass
+class LoadResult:
+    db_path: Path
+    rows: dict[str, int] = field(default_factory=dict)
+    shards: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"db": str(self.db_path), "rows": self.rows, "shards": self.shards, "problems": self.problems}
+
+
+def find_shards(trace_dir: Path) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = {t: [] for t in S.TABLES}
+    for p in sorted(Path(trace_dir).iterdir()):
+        parsed = parse_shard_name(p)
+        if parsed:
+            out[parsed[0]].append(p)
+    return out
+
+
+def processes_table(manifest: dict) -> pa.Table:
+    rows = [
+        {
+            "pid": p.get("pid"),
+            "ppid": p.get("ppid"),
+            "argv": json.dumps(p.get("argv") or []),
+            "start_ns": p.get("start_ns"),
+            "end_ns": p.get("end_ns"),
+            "cupti": p.get("cupti"),
+        }
+        for p in manifest.get("processes") or []
+        if isinstance(p.get("pid"), int) and p["pid"] > 0
+    ]
+    return pa.Table.from_pylist(rows, schema=S.schema("processes"))
+
+
+def load(
+    trace_dir: Path,
+    db_path: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> LoadResult:
+    """Build `trace.duckdb` in the trace directory (replacing an older one) from its shards."""
+    import duckdb
+
+    trace_dir = Path(trace_dir)
+    if not trace_dir.is_dir():
+        raise LoadError(f"{trace_dir} is not a directory; give the trace directory that `cctrace record` wrote")
+    shards = find_shards(trace_dir)
+    if not any(shards.values()) and not (trace_dir / "manifest.json").exists():
+        raise LoadError(f"{trace_dir} holds no trace shards (*.arrows) and no manifest.json")
+    db_path = Path(db_path) if db_path else trace_dir / DB_NAME
+    tmp = db_path.with_name(db_path.name + ".loading")
+    for p in (tmp, Path(str(tmp) + ".wal")):
+        if p.exists():
+            p.unlink()
+    result = LoadResult(db_path)
+    con = duckdb.connect(str(tmp))
+    try:
+        for table in S.TABLES:
+            if table == "processes":
+                data = processes_table(read_manifest(trace_dir))
+            else:
+                parts = []
+                for path in shards[table]:
+                    r = read_shard(path)
+                    result.shards += 1
+                    if r.problem:
+                        result.problems.append(
+                            f"{path.name}: kept {r.batches} batches ({r.data.num_rows} rows), {r.problem}"
+                        )
+                    parts.append(r.data)
+                data = pa.concat_tables(parts) if parts else S.empty_table(table)
+            con.register("_incoming", data)
+            con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM _incoming')
+            con.unregister("_incoming")
+            result.rows[table] = data.num_rows
+            if progress:
+                progress(f"{table}: {data.num_rows:,} rows")
+        for name, sql in VIEWS.items():
+            con.execute(f'CREATE VIEW "{name}" AS {sql}')
+        con.execute("CREATE TABLE trace_meta AS SELECT ? AS manifest", [json.dumps(read_manifest(trace_dir))])
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    os.replace(tmp, db_path)
+    return result
+
+
+def resolve_db(trace: Path) -> Path:
+    """TRACE may be a trace directory or its DuckDB file; load the directory if not yet loaded."""
+    trace = Path(trace)
+    if trace.is_file():
+        return trace
+    if not trace.exists():
+        raise LoadError(f"{trace} does not exist")
+    db = trace / DB_NAME
+    if not db.exists():
+        load(trace)
+    return db
+
+
+def connect(trace: Path, read_only: bool = True):
+    import duckdb
+
+    return duckdb.connect(str(resolve_db(trace)), read_only=read_only)

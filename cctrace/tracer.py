@@ -1,0 +1,204 @@
+"""The in-process side of `cctrace record`: started by the injected sitecustomize in every
+Python process of the traced command.
+
+It owns the shard writer, the sources that feed it, a flusher thread (so a SIGKILL loses at
+most one interval) and the exit paths: normal exit, sys.exit and unhandled exceptions (atexit),
+SIGTERM (a handler that flushes, then dies of the signal as before), fork (the child writes its
+own shards) and multiprocessing's os._exit (a Finalize hook).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from cctrace.manifest import proc_record_path, write_json_atomic
+from cctrace.shards import ShardWriter
+
+ENV_DIR = "CCTRACE_DIR"
+ENV_KINDS = "CCTRACE_KINDS"
+ENV_FLUSH = "CCTRACE_FLUSH_S"
+ENV_QUIET = "CCTRACE_QUIET"
+ENV_HOME = "CCTRACE_HOME"
+ENV_INJECT = "CCTRACE_INJECT_DIR"
+
+DEFAULT_KINDS = ("memcpy", "memcpy2", "memset", "memory", "sync", "runtime", "overhead")
+OPTIONAL_KINDS = ("kernel", "driver", "nvtx")
+
+_active: Tracer | None = None
+
+
+class Tracer:
+    def __init__(self, trace_dir: Path, kinds: tuple[str, ...], flush_s: float = 1.0, quiet: bool = False) -> None:
+        self.trace_dir = Path(trace_dir)
+        self.kinds = kinds
+        self.flush_s = flush_s
+        self.quiet = quiet
+        self.pid = os.getpid()
+        self.writer = ShardWriter(self.trace_dir, self.pid)
+        self.sources: dict[str, object] = {}
+        self.cupti_status = "off: not started"
+        self.start_ns = time.monotonic_ns()
+        self._stop = threading.Event()
+        self._stopped = False
+        self._flusher: threading.Thread | None = None
+        self._prev_sigterm = None
+        self.forked_from: int | None = None
+
+    # ---- life cycle -------------------------------------------------------------------
+    def start(self) -> None:
+        self._write_proc_record(final=False)
+        self._start_cupti()
+        self._write_proc_record(final=False)
+        self._start_flusher()
+        atexit.register(self.stop, "exit")
+        self._install_sigterm()
+        self._wrap_os_exit()
+        os.register_at_fork(after_in_child=self._after_fork_child)
+
+    def _start_cupti(self) -> None:
+        from cctrace.sources.cupti_source import CuptiSource, CuptiUnavailable
+
+        cupti_kinds = tuple(k for k in self.kinds if k != "none")
+        if not cupti_kinds:
+            self.cupti_status = "off: no CUPTI activity kinds asked for"
+            return
+        src = CuptiSource(self.writer, cupti_kinds, flush_s=self.flush_s)
+        try:
+            src.start()
+        except CuptiUnavailable as e:
+            self.cupti_status = f"off: {e}"
+            if os.environ.get("CCTRACE_VERBOSE"):
+                self._say(f"CUPTI is off in pid {self.pid} ({e}); the program runs untraced by CUPTI")
+            self.sources["cupti"] = src
+            return
+        self.sources["cupti"] = src
+        self.cupti_status = "active"
+
+    def _start_flusher(self) -> None:
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="cctrace-flusher", daemon=True)
+        self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_s):
+            try:
+                self.writer.flush()
+            except Exception as e:  # noqa: BLE001 - a flush failure must not kill the traced program
+                self._error(f"flush failed: {e}")
+
+    def stop(self, reason: str = "exit") -> None:
+        """Drain the sources and close the shards; safe to call more than once."""
+        if self._stopped or os.getpid() != self.pid:
+            return
+        self._stopped = True
+        self._stop.set()
+        for src in self.sources.values():
+            try:
+                src.stop()  # type: ignore[attr-defined]
+            except Exception as e:  # noqa: BLE001
+                self._error(f"stopping a source failed: {e}")
+        try:
+            self.writer.close()
+        except Exception as e:  # noqa: BLE001
+            self._error(f"closing shards failed: {e}")
+        self.exit_reason = reason
+        self._write_proc_record(final=True)
+
+    # ---- exit paths -------------------------------------------------------------------
+    def _install_sigterm(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, self._on_sigterm)
+        except (ValueError, OSError):
+            pass
+
+    def _on_sigterm(self, signum, frame) -> None:  # noqa: ARG002
+        self.stop("SIGTERM")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def _after_fork_child(self) -> None:
+        """A forked child is a new process: it writes its own shards and its own record."""
+        parent = self.pid
+        self.pid = os.getpid()
+        self.forked_from = parent
+        self.start_ns = time.monotonic_ns()
+        self.writer.reopen_for_child(self.pid)
+        self._stopped = False
+        for src in self.sources.values():
+            after = getattr(src, "after_fork_child", None)
+            if after:
+                after()
+        self._write_proc_record(final=False)
+        self._start_flusher()
+
+    def _wrap_os_exit(self) -> None:
+        """multiprocessing's fork children (and some servers' workers) leave through os._exit,
+        which skips atexit; flush first, then exit exactly as asked."""
+        real_exit = os._exit
+        if getattr(real_exit, "_cctrace_wrapped", False):
+            return
+
+        def _exit(code: int) -> None:
+            tracer = _active
+            if tracer is not None:
+                tracer.stop("os._exit")
+            real_exit(code)
+
+        _exit._cctrace_wrapped = True  # type: ignore[attr-defined]
+        os._exit = _exit
+
+    # ---- records ------------------------------------------------------------------------
+    def _write_proc_record(self, final: bool) -> None:
+        health = {}
+        for name, src in self.sources.items():
+            health[name] = src.health()  # type: ignore[attr-defined]
+        rec = {
+            "pid": self.pid,
+            "ppid": os.getppid(),
+            "forked_from": self.forked_from,
+            "argv": list(sys.argv) if hasattr(sys, "argv") else [],
+            "executable": sys.executable,
+            "start_ns": self.start_ns,
+            "end_ns": time.monotonic_ns() if final else None,
+            "exit_reason": getattr(self, "exit_reason", None) if final else None,
+            "cupti": self.cupti_status,
+            "kinds": list(self.kinds),
+            "sources": health,
+            "rows_written": dict(self.writer.rows_written),
+        }
+        try:
+            write_json_atomic(proc_record_path(self.trace_dir, self.pid), rec)
+        except OSError as e:
+            self._say(f"could not write the process record: {e}")
+
+    def _error(self, msg: str) -> None:
+        src = self.sources.get("cupti")
+        if src is not None:
+            src.errors.append(msg)  # type: ignore[attr-defined]
+        self._say(msg)
+
+    def _say(self, msg: str) -> None:
+        if not self.quiet:
+            sys.stderr.write(f"cctrace: {msg}\n")
+
+
+def boot_from_env() -> Tracer | None:
+    """Start tracing this process if `cctrace record` asked for it through the environment."""
+    global _active
+    trace_dir = os.environ.get(ENV_DIR)
+    if not trace_dir or _active is not None:
+        return _active
+    kinds = tuple(k for k in os.environ.get(ENV_KINDS, ",".join(DEFAULT_KINDS)).split(",") if k)
+    flush_s = float(os.environ.get(ENV_FLUSH, "1.0"))
+    _active = Tracer(Path(trace_dir), kinds, flush_s=flush_s, quiet=bool(os.environ.get(ENV_QUIET)))
+    _active.start()
+    return _active

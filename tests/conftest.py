@@ -1,0 +1,48 @@
+"""Shared fixtures: the real launcher, real subprocesses, real DuckDB; GPU tests skip without a GPU."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _have_gpu() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return shutil.which("nvidia-smi") is not None
+
+
+HAVE_GPU = _have_gpu()
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ARG001
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (libcuda.so.1 and nvidia-smi)")
+    for item in items:
+        if "gpu" in item.keywords and not HAVE_GPU:
+            item.add_marker(skip)
+
+
+def cctrace(*args: str, timeout: float = 120, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run the real CLI as a user would (`python -m cctrace ...`)."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    if env:
+        e.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "cctrace", *args], capture_output=True, text=True, timeout=timeout, env=e, **kw
+    )
+
+
+@pytest.fixture
+def run_cctrace():
+    return cctrace
