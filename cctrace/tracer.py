@@ -46,6 +46,7 @@ class Tracer:
         self.start_ns = time.monotonic_ns()
         self._stop = threading.Event()
         self._stopped = False
+        self._sigterm_pending = False
         self._flusher: threading.Thread | None = None
         self._prev_sigterm = None
         self.forked_from: int | None = None
@@ -109,6 +110,8 @@ class Tracer:
             self._error(f"closing shards failed: {e}")
         self.exit_reason = reason
         self._write_proc_record(final=True)
+        if self._sigterm_pending:
+            self._die_of_sigterm()
 
     # ---- exit paths -------------------------------------------------------------------
     def _install_sigterm(self) -> None:
@@ -121,7 +124,14 @@ class Tracer:
             pass
 
     def _on_sigterm(self, signum, frame) -> None:  # noqa: ARG002
+        if self._stopped:
+            # interrupted our own stop() (e.g. a pool worker already exiting): let it finish, die after
+            self._sigterm_pending = True
+            return
         self.stop("SIGTERM")
+        self._die_of_sigterm()
+
+    def _die_of_sigterm(self) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -133,6 +143,7 @@ class Tracer:
         self.start_ns = time.monotonic_ns()
         self.writer.reopen_for_child(self.pid)
         self._stopped = False
+        self._sigterm_pending = False
         for src in self.sources.values():
             after = getattr(src, "after_fork_child", None)
             if after:

@@ -45,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--staging-stream", action="store_true", help="remedy: H2D on an idle staging stream")
     p.add_argument("--async-readback", action="store_true", help="remedy: D2H drained on a worker thread")
     p.add_argument("--no-nvtx", action="store_true", help="do not emit an NVTX range per step")
+    p.add_argument(
+        "--torch-profiler", action="store_true", help="run the timed steps under torch.profiler (for comparison)"
+    )
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -219,6 +222,11 @@ def main(argv=None) -> dict:
         srv.step(i)
     torch.cuda.synchronize()
     warm = dict(srv.issued)
+    prof = None
+    if a.torch_profiler:
+        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        prof = torch.profiler.profile(activities=acts)
+        prof.__enter__()
     t0 = time.perf_counter()
     for i in range(a.warmup, a.warmup + a.steps):
         if nvtx:
@@ -228,6 +236,8 @@ def main(argv=None) -> dict:
             torch.cuda.nvtx.range_pop()
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
+    if prof is not None:
+        prof.__exit__(None, None, None)
     srv.close()
     timed = {k: srv.issued[k] - warm[k] for k in srv.issued}
     summary = {

@@ -106,7 +106,7 @@ def test_children_of_subprocess_and_multiprocessing_are_traced(tmp_path):
     pids = {n: p for p, n in rows}
     assert len({pids[n] for n in ("parent", "subprocess", "fork", "spawn", "forkserver")}) == 5
     m = json.loads((out / "manifest.json").read_text())
-    fork_rec = [p for p in m["processes"] if p["pid"] == pids["fork"]][0]
+    fork_rec = next(p for p in m["processes"] if p["pid"] == pids["fork"])
     assert fork_rec["forked_from"] == pids["parent"]
     con = duckdb.connect(str(out / "trace.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM processes").fetchone()[0] >= 7
@@ -117,7 +117,9 @@ def test_users_sitecustomize_and_pythonpath_keep_working(tmp_path):
     site.mkdir()
     (site / "sitecustomize.py").write_text("import builtins\nbuiltins.USER_SITE_RAN = True\n")
     (site / "usermod.py").write_text("VALUE = 42\n")
-    prog = _script(tmp_path, "import builtins, usermod\nassert builtins.USER_SITE_RAN and usermod.VALUE == 42\nprove('ok')\n")
+    prog = _script(
+        tmp_path, "import builtins, usermod\nassert builtins.USER_SITE_RAN and usermod.VALUE == 42\nprove('ok')\n"
+    )
     out = tmp_path / "trace"
     r = cctrace("record", "-o", str(out), "--", sys.executable, str(prog), env={"PYTHONPATH": f"{ROOT}:{site}"})
     assert r.returncode == 0, r.stderr
@@ -127,8 +129,12 @@ def test_users_sitecustomize_and_pythonpath_keep_working(tmp_path):
 def _start_in_own_group(args):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(
-        [sys.executable, "-m", "cctrace", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
+        [sys.executable, "-m", "cctrace", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 

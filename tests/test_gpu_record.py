@@ -1,0 +1,143 @@
+"""Recording examples/serve.py on a real GPU: the trace must hold exactly what the script issued."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, cctrace
+
+pytestmark = pytest.mark.gpu
+SERVE = [
+    sys.executable,
+    str(ROOT / "examples" / "serve.py"),
+    "--hidden",
+    "512",
+    "--layers",
+    "2",
+    "--vocab",
+    "4096",
+    "--batch",
+    "8",
+    "--max-blocks",
+    "16",
+    "--kv-blocks",
+    "256",
+    "--swap-blocks",
+    "8",
+]
+
+
+def _summary(stdout: str) -> dict:
+    line = [ln for ln in stdout.splitlines() if ln.startswith("SERVE_SUMMARY ")][-1]
+    return json.loads(line.split(" ", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def serve_trace(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu") / "serve"
+    r = cctrace(
+        "record",
+        "-o",
+        str(out),
+        "--nvtx",
+        "--kernels",
+        "--",
+        *SERVE,
+        "--steps",
+        "40",
+        "--swap-every",
+        "10",
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    return out, _summary(r.stdout), r
+
+
+def _con(out):
+    import duckdb
+
+    return duckdb.connect(str(out / "trace.duckdb"), read_only=True)
+
+
+def test_cupti_was_active_and_nothing_dropped(serve_trace):
+    out, _, r = serve_trace
+    m = json.loads((out / "manifest.json").read_text())
+    main = [p for p in m["processes"] if p["cupti"] == "active"]
+    assert main, r.stderr
+    cupti = main[0]["sources"]["cupti"]
+    assert cupti["dropped"] == 0
+    assert not [e for e in cupti["errors"] if "buffer callback" in e], cupti["errors"]
+    assert m["gpu"]["available"] and m["gpu"]["gpus"]
+
+
+def test_one_nvtx_range_per_timed_step(serve_trace):
+    out, s, _ = serve_trace
+    n = _con(out).execute("SELECT count(*) FROM markers WHERE name LIKE 'step %'").fetchone()[0]
+    assert n == s["steps"]
+
+
+def test_h2d_and_d2h_counts_and_bytes_match_what_serve_issued(serve_trace):
+    out, s, _ = serve_trace
+    con = _con(out)
+    window = con.execute("SELECT min(start_ns), max(end_ns) FROM markers WHERE name LIKE 'step %'").fetchone()
+    q = """SELECT count(*), sum(bytes), count(*) FILTER (src_kind = 'pinned'), count(*) FILTER (src_kind = 'pageable')
+           FROM copies_with_api WHERE copy_kind = ? AND api_start_ns BETWEEN ? AND ?"""
+    h2d = con.execute(q, ["HtoD", *window]).fetchone()
+    d2h = con.execute(q.replace("src_kind", "dst_kind"), ["DtoH", *window]).fetchone()
+    t = s["issued_timed"]
+    assert h2d[0] == t["h2d"] and h2d[1] == t["h2d_bytes"]
+    assert h2d[2] == t["h2d_pinned"] and h2d[3] == t["h2d_pageable"]
+    assert d2h[0] == t["d2h"] and d2h[1] == t["d2h_bytes"]
+    # every copy was matched to the runtime call that issued it
+    assert con.execute("SELECT count(*) FROM copies_with_api WHERE api_name IS NULL AND op='memcpy'").fetchone()[0] == 0
+
+
+def test_clock_is_monotonic_and_copies_sit_inside_their_steps(serve_trace):
+    out, _, _ = serve_trace
+    con = _con(out)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["start_ns"] < con.execute("SELECT min(start_ns) FROM copies").fetchone()[0] < m["end_ns"]
+    # the GPU never starts a copy before the host asked for it
+    early = con.execute("SELECT count(*) FROM copies_with_api WHERE start_ns < api_start_ns").fetchone()[0]
+    assert early == 0
+
+
+def test_sigkilled_serve_leaves_loadable_shards(tmp_path):
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cctrace",
+            "record",
+            "-o",
+            str(out),
+            "--flush-interval",
+            "0.2",
+            "--",
+            *SERVE,
+            "--steps",
+            "100000",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("copies.*.arrows")):
+        time.sleep(0.2)
+    time.sleep(2)
+    procs = [json.loads(f.read_text())["pid"] for f in out.glob("proc.*.json")]
+    for pid in procs:
+        os.kill(pid, signal.SIGKILL)
+    assert p.wait(timeout=120) == 128 + 9
+    r = cctrace("load", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    loaded = json.loads(r.stdout)[0]
+    assert loaded["rows"]["copies"] > 100
