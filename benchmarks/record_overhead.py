@@ -1,0 +1,95 @@
+"""How much `cctrace record` slows examples/serve.py, against plain and torch.profiler.
+
+Runs the modes alternately (plain, cctrace default kinds, cctrace + kernels + NVTX, torch.profiler),
+--reps times each, and prints steps/s (median, min, max), the slowdown of each mode's median against
+plain's, and the records per second each traced run captured. Needs a GPU.
+
+    python benchmarks/record_overhead.py --reps 3 --steps 300 [--json out.json] [-- serve.py args]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVE = str(ROOT / "examples" / "serve.py")
+
+
+def modes(py: str) -> dict[str, list[str]]:
+    rec = [py, "-m", "cctrace", "record", "--no-load", "-q", "--force", "-o", "{out}"]
+    return {
+        "plain": [py, SERVE],
+        "cctrace": [*rec, "--", py, SERVE],
+        "cctrace+kernels+nvtx": [*rec, "--kernels", "--nvtx", "--", py, SERVE],
+        "torch.profiler": [py, SERVE, "--torch-profiler"],
+    }
+
+
+def run_once(cmd: list[str], serve_args: list[str], out: Path) -> dict:
+    full = [c.replace("{out}", str(out)) for c in cmd] + serve_args
+    r = subprocess.run(full, capture_output=True, text=True, cwd=ROOT)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("SERVE_SUMMARY ")]
+    if r.returncode != 0 or not lines:
+        raise SystemExit(f"run failed ({r.returncode}): {' '.join(full)}\n{r.stderr[-2000:]}")
+    summary = json.loads(lines[-1].split(" ", 1)[1])
+    records = None
+    if out.exists():
+        total, seconds = 0, 0.0
+        for p in out.glob("proc.*.json"):
+            rec = json.loads(p.read_text())
+            total += sum(rec.get("rows_written", {}).values())
+            if rec.get("end_ns") and rec.get("start_ns"):
+                seconds = max(seconds, (rec["end_ns"] - rec["start_ns"]) / 1e9)
+        records = {"total": total, "per_s": total / seconds if seconds else None}
+    return {"steps_per_s": summary["steps_per_s"], "records": records}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("serve_args", nargs="*", help="extra arguments for serve.py (after --)")
+    a = ap.parse_args()
+    serve_args = ["--steps", str(a.steps), *a.serve_args]
+    results: dict[str, list[dict]] = {m: [] for m in modes(sys.executable)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(a.reps):
+            for name, cmd in modes(sys.executable).items():
+                out = Path(tmp) / f"{name}-{rep}"
+                res = run_once(cmd, serve_args, out)
+                results[name].append(res)
+                print(
+                    f"rep {rep + 1}/{a.reps} {name:22s} {res['steps_per_s']:8.1f} steps/s", file=sys.stderr, flush=True
+                )
+    base = statistics.median(r["steps_per_s"] for r in results["plain"])
+    rows = []
+    print(f"\n{'mode':22s} {'median':>9s} {'min':>9s} {'max':>9s} {'slowdown':>9s} {'records/s':>10s}")
+    for name, runs in results.items():
+        s = [r["steps_per_s"] for r in runs]
+        med = statistics.median(s)
+        rps = [r["records"]["per_s"] for r in runs if r["records"] and r["records"]["per_s"]]
+        row = {
+            "mode": name,
+            "median": med,
+            "min": min(s),
+            "max": max(s),
+            "runs": s,
+            "slowdown_pct": 100 * (base - med) / base,
+            "records_per_s": statistics.median(rps) if rps else None,
+        }
+        rows.append(row)
+        rec = f"{row['records_per_s']:10.0f}" if row["records_per_s"] else f"{'-':>10s}"
+        print(f"{name:22s} {med:9.1f} {min(s):9.1f} {max(s):9.1f} {row['slowdown_pct']:8.1f}% {rec}")
+    if a.json:
+        a.json.write_text(json.dumps({"steps": a.steps, "reps": a.reps, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
