@@ -110,34 +110,61 @@ def test_clock_is_monotonic_and_copies_sit_inside_their_steps(serve_trace):
 def test_sigkilled_serve_leaves_loadable_shards(tmp_path):
     out = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cctrace",
-            "record",
-            "-o",
-            str(out),
-            "--flush-interval",
-            "0.2",
-            "--",
-            *SERVE,
-            "--steps",
-            "100000",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "cctrace",
+        "record",
+        "-o",
+        str(out),
+        "--flush-interval",
+        "0.2",
+        "--",
+        *SERVE,
+        "--steps",
+        "1000000",
+    ]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob("copies.*.arrows")):
+    while time.time() < deadline and not list(out.glob("copies.*.arrows")) and p.poll() is None:
         time.sleep(0.2)
     time.sleep(2)
-    procs = [json.loads(f.read_text())["pid"] for f in out.glob("proc.*.json")]
-    for pid in procs:
-        os.kill(pid, signal.SIGKILL)
-    assert p.wait(timeout=120) == 128 + 9
+    assert p.poll() is None, p.stderr.read()
+    pids = [json.loads(f.read_text())["pid"] for f in out.glob("proc.*.json")]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert p.wait(timeout=120) == 128 + 9, p.stderr.read()
     r = cctrace("load", str(out), "--json")
     assert r.returncode == 0, r.stderr
     loaded = json.loads(r.stdout)[0]
     assert loaded["rows"]["copies"] > 100
+
+
+CHILDREN = """
+import multiprocessing as mp, sys, torch
+def work(n):
+    x = torch.arange(n, dtype=torch.int64)
+    for _ in range(n):
+        x.to("cuda")
+    torch.cuda.synchronize()
+if __name__ == "__main__":
+    for i, method in enumerate(("spawn", "fork")):  # the parent never touches CUDA, as vLLM's engine
+        p = mp.get_context(method).Process(target=work, args=(10 + i,))
+        p.start(); p.join(); assert p.exitcode == 0
+"""
+
+
+def test_spawn_and_fork_workers_are_traced_by_cupti(tmp_path):
+    prog = tmp_path / "children.py"
+    prog.write_text(CHILDREN)
+    out = tmp_path / "children"
+    r = cctrace("record", "-o", str(out), "--", sys.executable, str(prog), timeout=300)
+    assert r.returncode == 0, r.stderr
+    import duckdb
+
+    con = duckdb.connect(str(out / "trace.duckdb"), read_only=True)
+    per_pid = dict(con.execute("SELECT pid, count(*) FROM copies WHERE copy_kind='HtoD' GROUP BY pid").fetchall())
+    assert sorted(per_pid.values()) == [10, 11], (per_pid, r.stderr)
