@@ -34,6 +34,7 @@ class ShardWriter:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._rows: dict[tuple[str, tuple[str, ...]], list[tuple]] = {}
+        self._batches: list[tuple[str, pa.RecordBatch]] = []
         self._writers: dict[str, tuple[object, ipc.RecordBatchStreamWriter]] = {}
         self.rows_written: dict[str, int] = {}
         self.closed = False
@@ -50,15 +51,23 @@ class ShardWriter:
             else:
                 buf.extend(rows)
 
+    def add_batch(self, table: str, batch: pa.RecordBatch) -> None:
+        """Queue a ready batch of the table's schema (sources that build columns vectorised)."""
+        if batch.num_rows:
+            with self._lock:
+                self._batches.append((table, batch))
+
     def flush(self) -> None:
         """Write everything queued so far as record batches and flush the files."""
         with self._flush_lock:
             with self._lock:
                 pending, self._rows = self._rows, {}
+                batches, self._batches = self._batches, []
             touched = set()
             for (table, columns), rows in pending.items():
                 cols = dict(zip(columns, map(list, zip(*rows, strict=True)), strict=True))
-                batch = S.rows_to_batch(table, cols)
+                batches.append((table, S.rows_to_batch(table, cols)))
+            for table, batch in batches:
                 self._writer(table).write_batch(batch)
                 self.rows_written[table] = self.rows_written.get(table, 0) + batch.num_rows
                 touched.add(table)
@@ -91,6 +100,7 @@ class ShardWriter:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._rows = {}
+        self._batches = []
         self._writers = {}
         self.rows_written = {}
         self.pid = pid

@@ -28,6 +28,7 @@ ENV_HOME = "CCTRACE_HOME"
 ENV_INJECT = "CCTRACE_INJECT_DIR"
 
 DEFAULT_KINDS = ("memcpy", "memcpy2", "memset", "memory", "sync", "runtime", "overhead")
+# "kernel" also records the runtime launch calls that pair with the kernels
 OPTIONAL_KINDS = ("kernel", "driver", "nvtx")
 
 _active: Tracer | None = None
@@ -89,6 +90,8 @@ class Tracer:
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.flush_s):
             try:
+                for src in list(self.sources.values()):
+                    src.drain()  # type: ignore[attr-defined]
                 self.writer.flush()
             except Exception as e:  # noqa: BLE001 - a flush failure must not kill the traced program
                 self._error(f"flush failed: {e}")

@@ -13,17 +13,26 @@ import ctypes
 import os
 import re
 import time
+from collections import deque
+from itertools import groupby
+from operator import attrgetter
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cctrace import schema as S
 from cctrace.clock import measure_offset
 from cctrace.shards import ShardWriter
 
 # runtime calls kept when RUNTIME records are on; everything else is switched off by callback id
 RUNTIME_KEEP = re.compile(
     r"^cuda(Memcpy|Memset|Malloc|Free|HostAlloc|HostRegister|HostUnregister|MemPrefetch|"
-    r"StreamSynchronize|DeviceSynchronize|EventSynchronize|StreamWaitEvent|StreamQuery|EventQuery|"
-    r"LaunchKernel|LaunchCooperativeKernel|LaunchKernelExC|GraphLaunch|MemcpyBatch)"
+    r"StreamSynchronize|DeviceSynchronize|EventSynchronize|StreamWaitEvent|MemcpyBatch)"
 )
-BUFFER_BYTES = 8 * 1024 * 1024
+# launches are many per step; their records come with the 'kernel' kind, where they pair with kernels
+RUNTIME_LAUNCH = re.compile(r"^cuda(LaunchKernel|LaunchCooperativeKernel|LaunchKernelExC|GraphLaunch)")
+# small buffers: cupti-python builds one Python object per record while holding the GIL
+BUFFER_BYTES = 512 * 1024
 
 COPY_KIND = {
     "HTOD": "HtoD",
@@ -53,54 +62,6 @@ SYNC_TYPE = {
     "STREAM_WAIT_EVENT": "stream_wait_event",
 }
 
-COPY_COLS = (
-    "pid",
-    "op",
-    "copy_kind",
-    "src_kind",
-    "dst_kind",
-    "bytes",
-    "start_ns",
-    "end_ns",
-    "device_id",
-    "context_id",
-    "stream_id",
-    "correlation_id",
-    "is_async",
-    "src_device_id",
-    "dst_device_id",
-    "source",
-)
-ALLOC_COLS = (
-    "pid",
-    "op",
-    "memory_kind",
-    "bytes",
-    "address",
-    "ts_ns",
-    "device_id",
-    "context_id",
-    "stream_id",
-    "correlation_id",
-    "is_async",
-    "source",
-)
-API_COLS = ("pid", "tid", "name", "domain", "start_ns", "end_ns", "correlation_id", "return_value", "source")
-SYNC_COLS = (
-    "pid",
-    "sync_type",
-    "start_ns",
-    "end_ns",
-    "context_id",
-    "stream_id",
-    "correlation_id",
-    "event_id",
-    "source",
-)
-KERNEL_COLS = ("pid", "name", "start_ns", "end_ns", "device_id", "context_id", "stream_id", "correlation_id", "source")
-MARKER_COLS = ("pid", "tid", "name", "domain", "start_ns", "end_ns", "source")
-OVERHEAD_COLS = ("pid", "kind", "start_ns", "end_ns", "source")
-
 
 class CuptiUnavailable(RuntimeError):
     """CUPTI cannot trace this process; the message says why in one line."""
@@ -127,6 +88,8 @@ class CuptiSource:
         self._enabled_kinds: list = []
         self._cupti = None
         self._open_markers: dict[int, tuple] = {}
+        self._pending: deque[list] = deque()
+        self.convert_cpu_ns = 0
         self._api_names: dict[tuple[int, int], str] = {}
 
     # ---- start / stop ---------------------------------------------------------------------
@@ -142,7 +105,6 @@ class CuptiSource:
         except OSError as e:
             raise CuptiUnavailable(f"libcupti could not be loaded ({e})") from None
         self._cupti = cupti
-        self._pid = self.writer.pid
         A = cupti.ActivityKind
         self._copy_kind = _enum_map(cupti.ActivityMemcpyKind, COPY_KIND)
         self._mem_kind = _enum_map(cupti.ActivityMemoryKind, MEM_KIND)
@@ -162,18 +124,7 @@ class CuptiSource:
         self._runtime_kind = int(cupti.ActivityKind.RUNTIME)
         self._driver_domain = int(cupti.CallbackDomain.DRIVER_API)
 
-        self._handlers = {
-            int(A.MEMCPY): self._memcpy,
-            int(A.MEMCPY2): self._p2p,
-            int(A.MEMSET): self._memset,
-            int(A.MEMORY2): self._memory,
-            int(A.SYNCHRONIZATION): self._sync,
-            int(A.RUNTIME): self._api,
-            int(A.DRIVER): self._api,
-            int(A.CONCURRENT_KERNEL): self._kernel,
-            int(A.MARKER): self._marker,
-            int(A.OVERHEAD): self._overhead,
-        }
+        self._setup_specs()
         kind_of = {
             "memcpy": A.MEMCPY,
             "memcpy2": A.MEMCPY2,
@@ -221,6 +172,7 @@ class CuptiSource:
     def _restrict_runtime(self) -> None:
         """Keep RUNTIME records only for the calls that move, allocate, free, sync or launch."""
         cupti = self._cupti
+        launches = "kernel" in self.kinds
         kept = off = 0
         misses = 0
         for cbid in range(1, 2000):
@@ -234,7 +186,7 @@ class CuptiSource:
             misses = 0
             name = name.decode() if isinstance(name, bytes) else str(name)
             self._api_names[(self._runtime_domain, cbid)] = _clean_name(name)
-            keep = bool(RUNTIME_KEEP.match(name))
+            keep = bool(RUNTIME_KEEP.match(name) or (launches and RUNTIME_LAUNCH.match(name)))
             try:
                 cupti.activity_enable_runtime_api(cbid, 1 if keep else 0)
             except Exception as e:  # noqa: BLE001
@@ -270,6 +222,7 @@ class CuptiSource:
             cupti.activity_flush_all(1)
         except Exception as e:  # noqa: BLE001
             self.errors.append(f"final flush failed: {e}")
+        self.drain()
         self._count_dropped()
         end = measure_offset(cupti.get_timestamp)
         self.clock["drift_ns"] = end["offset_ns"] - self._offset
@@ -277,8 +230,8 @@ class CuptiSource:
 
     def after_fork_child(self) -> None:
         """CUPTI's worker thread does not survive fork; what the child records is reported as-is."""
-        self._pid = self.writer.pid
         self.records = {}
+        self._pending = deque()
         self.errors = []
         self._open_markers = {}
 
@@ -297,213 +250,333 @@ class CuptiSource:
             "errors": list(self.errors),
             "enabled": list(self.enabled),
             "runtime_filter": self.runtime_filter,
+            "convert_cpu_ns": self.convert_cpu_ns,
             "clock": self.clock,
         }
 
-    # ---- callbacks ------------------------------------------------------------------------
+    # ---- callbacks ----------------------------------------------------------------------
     def _buffer_requested(self):
         return BUFFER_BYTES, 0
 
     def _buffer_completed(self, activities: list) -> None:
-        t0 = time.thread_time_ns()  # CPU time: wall time would count GIL waits
-        out: dict[str, list] = {}
-        handlers = self._handlers
-        try:
-            for a in activities:
-                h = handlers.get(a.kind)
-                if h is not None:
-                    h(a, out)
-            cols = _COLS
-            for table, rows in out.items():
-                self.writer.extend(table, cols[table], rows)
-                self.records[table] = self.records.get(table, 0) + len(rows)
-        except Exception as e:  # noqa: BLE001 - never raise into CUPTI's thread
-            if len(self.errors) < 20:
-                self.errors.append(f"buffer callback: {type(e).__name__}: {e}")
-        self.records["_callback_cpu_ns"] = self.records.get("_callback_cpu_ns", 0) + time.thread_time_ns() - t0
+        """On CUPTI's thread, holding the GIL: only queue the list; conversion happens in drain()."""
+        self._pending.append(activities)
 
-    def _memcpy(self, a, out) -> None:
-        off = self._offset
-        out.setdefault("copies", []).append(
-            (
-                self._pid,
-                "memcpy",
-                self._copy_kind.get(a.copy_kind, "unknown"),
-                self._mem_kind.get(a.src_kind, "unknown"),
-                self._mem_kind.get(a.dst_kind, "unknown"),
-                a.bytes,
-                a.start + off,
-                a.end + off,
-                a.device_id,
-                a.context_id,
-                a.stream_id,
-                a.correlation_id,
-                bool(a.flags_ & self._memcpy_async),
-                a.device_id,
-                a.device_id,
-                "cupti",
-            )
+    def drain(self) -> None:
+        """Convert queued records to Arrow batches for the writer (called by the flusher thread).
+
+        Records are grouped by kind and their fields read with C-level attrgetters; all per-column
+        work (clock offset, enum names, flags) is vectorised in pyarrow. Between buffers the GIL is
+        handed back (sleep(0)) so the traced program's main thread never waits behind a long drain.
+        """
+        pending = self._pending
+        while pending:
+            activities = pending.popleft()
+            t0 = time.thread_time_ns()
+            try:
+                self._convert(activities)
+            except Exception as e:  # noqa: BLE001 - never lose the tracer over one bad buffer
+                if len(self.errors) < 20:
+                    self.errors.append(f"converting records: {type(e).__name__}: {e}")
+            self.convert_cpu_ns += time.thread_time_ns() - t0
+            time.sleep(0)
+
+    def _convert(self, activities: list) -> None:
+        activities.sort(key=_KIND)
+        for kind, group in groupby(activities, _KIND):
+            spec = self._specs.get(kind)
+            if spec is None:
+                continue
+            table, getter, attrs, build = spec
+            rows = list(map(getter, group))
+            if not rows:
+                continue
+            columns = zip(attrs, zip(*rows, strict=True), strict=True)
+            if build == self._marker:  # object_id is a struct object: stays Python
+                raw = dict(columns)
+            else:
+                raw = {name: pa.array(col) for name, col in columns}
+            cols = build(raw, len(rows), kind)
+            if cols is None:
+                continue
+            n = len(next(iter(cols.values())))
+            if not n:
+                continue
+            self.writer.add_batch(table, _batch(table, cols, n))
+            self.records[table] = self.records.get(table, 0) + n
+
+    def _setup_specs(self) -> None:
+        A = self._cupti.ActivityKind
+        copy_attrs = (
+            "copy_kind",
+            "src_kind",
+            "dst_kind",
+            "bytes",
+            "start",
+            "end",
+            "device_id",
+            "context_id",
+            "stream_id",
+            "correlation_id",
+            "flags_",
         )
-
-    def _p2p(self, a, out) -> None:
-        off = self._offset
-        out.setdefault("copies", []).append(
-            (
-                self._pid,
-                "p2p",
-                self._copy_kind.get(a.copy_kind, "PtoP"),
-                self._mem_kind.get(a.src_kind, "unknown"),
-                self._mem_kind.get(a.dst_kind, "unknown"),
-                a.bytes,
-                a.start + off,
-                a.end + off,
-                a.device_id,
-                a.context_id,
-                getattr(a, "stream_id", -1),
-                a.correlation_id,
-                True,
-                a.src_device_id,
-                a.dst_device_id,
-                "cupti",
-            )
+        p2p_attrs = (
+            "copy_kind",
+            "src_kind",
+            "dst_kind",
+            "bytes",
+            "start",
+            "end",
+            "device_id",
+            "context_id",
+            "correlation_id",
+            "flags_",
+            "src_device_id",
+            "dst_device_id",
         )
+        specs = {
+            A.MEMCPY: ("copies", copy_attrs, self._memcpy),
+            A.MEMCPY2: ("copies", p2p_attrs, self._p2p),
+            A.MEMSET: (
+                "copies",
+                (
+                    "memory_kind",
+                    "bytes",
+                    "start",
+                    "end",
+                    "device_id",
+                    "context_id",
+                    "stream_id",
+                    "correlation_id",
+                    "flags_",
+                ),
+                self._memset,
+            ),
+            A.MEMORY2: (
+                "allocs",
+                (
+                    "memory_operation_type",
+                    "memory_kind",
+                    "bytes",
+                    "address",
+                    "timestamp",
+                    "device_id",
+                    "context_id",
+                    "stream_id",
+                    "correlation_id",
+                    "is_async",
+                ),
+                self._memory,
+            ),
+            A.SYNCHRONIZATION: (
+                "syncs",
+                ("type", "start", "end", "context_id", "stream_id", "correlation_id", "cuda_event_id"),
+                self._sync,
+            ),
+            A.RUNTIME: (
+                "api_calls",
+                ("cbid", "thread_id", "start", "end", "correlation_id", "return_value"),
+                self._api,
+            ),
+            A.DRIVER: ("api_calls", ("cbid", "thread_id", "start", "end", "correlation_id", "return_value"), self._api),
+            A.CONCURRENT_KERNEL: (
+                "kernels",
+                ("name", "start", "end", "device_id", "context_id", "stream_id", "correlation_id"),
+                self._kernel,
+            ),
+            A.MARKER: ("markers", ("flags_", "id", "name", "domain", "timestamp", "object_id"), self._marker),
+            A.OVERHEAD: ("overheads", ("overhead_kind", "start", "end"), self._overhead),
+        }
+        self._specs = {int(k): (t, attrgetter(*attrs), attrs, b) for k, (t, attrs, b) in specs.items()}
 
-    def _memset(self, a, out) -> None:
-        off = self._offset
-        kind = self._mem_kind.get(a.memory_kind, "unknown")
-        out.setdefault("copies", []).append(
-            (
-                self._pid,
-                "memset",
-                "memset",
-                kind,
-                kind,
-                a.bytes,
-                a.start + off,
-                a.end + off,
-                a.device_id,
-                a.context_id,
-                a.stream_id,
-                a.correlation_id,
-                bool(a.flags_ & self._memset_async),
-                a.device_id,
-                a.device_id,
-                "cupti",
-            )
-        )
+    # ---- per-kind column builders: raw attribute arrays -> table columns ----------------------
+    def _t(self, arr: pa.Array) -> pa.Array:
+        return pc.add(arr.cast(pa.int64()), self._offset)
 
-    def _memory(self, a, out) -> None:
-        out.setdefault("allocs", []).append(
-            (
-                self._pid,
-                self._alloc_op.get(a.memory_operation_type, "unknown"),
-                self._mem_kind.get(a.memory_kind, "unknown"),
-                a.bytes,
-                a.address,
-                a.timestamp + self._offset,
-                a.device_id,
-                a.context_id,
-                a.stream_id,
-                a.correlation_id,
-                bool(a.is_async),
-                "cupti",
-            )
-        )
+    def _memcpy(self, r: dict, n: int, _kind: int) -> dict:
+        return {
+            "op": _const("memcpy", n),
+            "copy_kind": _names(r["copy_kind"], self._copy_kind),
+            "src_kind": _names(r["src_kind"], self._mem_kind),
+            "dst_kind": _names(r["dst_kind"], self._mem_kind),
+            "bytes": r["bytes"],
+            "start_ns": self._t(r["start"]),
+            "end_ns": self._t(r["end"]),
+            "device_id": r["device_id"],
+            "context_id": r["context_id"],
+            "stream_id": r["stream_id"],
+            "correlation_id": r["correlation_id"],
+            "is_async": _flag(r["flags_"], self._memcpy_async),
+            "src_device_id": r["device_id"],
+            "dst_device_id": r["device_id"],
+        }
 
-    def _sync(self, a, out) -> None:
-        off = self._offset
-        out.setdefault("syncs", []).append(
-            (
-                self._pid,
-                self._sync_type.get(a.type, "unknown"),
-                a.start + off,
-                a.end + off,
-                a.context_id,
-                _u32(a.stream_id),
-                a.correlation_id,
-                _u32(a.cuda_event_id),
-                "cupti",
-            )
-        )
+    def _p2p(self, r: dict, n: int, _kind: int) -> dict:
+        cols = self._memcpy({**r, "stream_id": pa.nulls(n, pa.int64())}, n, _kind)
+        cols.update(op=_const("p2p", n), src_device_id=r["src_device_id"], dst_device_id=r["dst_device_id"])
+        return cols
 
-    def _api(self, a, out) -> None:
-        off = self._offset
-        domain = self._runtime_domain if a.kind == self._runtime_kind else self._driver_domain
-        key = (domain, a.cbid)
+    def _memset(self, r: dict, n: int, _kind: int) -> dict:
+        kind = _names(r["memory_kind"], self._mem_kind)
+        return {
+            "op": _const("memset", n),
+            "copy_kind": _const("memset", n),
+            "src_kind": kind,
+            "dst_kind": kind,
+            "bytes": r["bytes"],
+            "start_ns": self._t(r["start"]),
+            "end_ns": self._t(r["end"]),
+            "device_id": r["device_id"],
+            "context_id": r["context_id"],
+            "stream_id": r["stream_id"],
+            "correlation_id": r["correlation_id"],
+            "is_async": _flag(r["flags_"], self._memset_async),
+        }
+
+    def _memory(self, r: dict, n: int, _kind: int) -> dict:  # noqa: ARG002
+        return {
+            "op": _names(r["memory_operation_type"], self._alloc_op),
+            "memory_kind": _names(r["memory_kind"], self._mem_kind),
+            "bytes": r["bytes"],
+            "address": r["address"],
+            "ts_ns": self._t(r["timestamp"]),
+            "device_id": r["device_id"],
+            "context_id": r["context_id"],
+            "stream_id": r["stream_id"],
+            "correlation_id": r["correlation_id"],
+            "is_async": pc.not_equal(r["is_async"], 0),
+        }
+
+    def _sync(self, r: dict, n: int, _kind: int) -> dict:  # noqa: ARG002
+        return {
+            "sync_type": _names(r["type"], self._sync_type),
+            "start_ns": self._t(r["start"]),
+            "end_ns": self._t(r["end"]),
+            "context_id": r["context_id"],
+            "stream_id": _invalid_u32(r["stream_id"]),
+            "correlation_id": r["correlation_id"],
+            "event_id": _invalid_u32(r["cuda_event_id"]),
+        }
+
+    def _api(self, r: dict, n: int, kind: int) -> dict:
+        runtime = kind == self._runtime_kind
+        domain = self._runtime_domain if runtime else self._driver_domain
+        uniq = pc.unique(r["cbid"])
+        names = pa.array([self._api_name(domain, int(c)) for c in uniq.to_pylist()], pa.string())
+        return {
+            "tid": r["thread_id"],
+            "name": pc.take(names, pc.index_in(r["cbid"], value_set=uniq)),
+            "domain": _const("runtime" if runtime else "driver", n),
+            "start_ns": self._t(r["start"]),
+            "end_ns": self._t(r["end"]),
+            "correlation_id": r["correlation_id"],
+            "return_value": r["return_value"],
+        }
+
+    def _api_name(self, domain: int, cbid: int) -> str:
+        key = (domain, cbid)
         name = self._api_names.get(key)
         if name is None:
             try:
-                raw = self._cupti.get_callback_name(domain, a.cbid)
+                raw = self._cupti.get_callback_name(domain, cbid)
                 name = _clean_name(raw.decode() if isinstance(raw, bytes) else str(raw))
             except Exception:  # noqa: BLE001
-                name = f"cbid{a.cbid}"
+                name = f"cbid{cbid}"
             self._api_names[key] = name
-        out.setdefault("api_calls", []).append(
-            (
-                self._pid,
-                a.thread_id,
-                name,
-                "runtime" if domain == self._runtime_domain else "driver",
-                a.start + off,
-                a.end + off,
-                a.correlation_id,
-                a.return_value,
-                "cupti",
-            )
-        )
+        return name
 
-    def _kernel(self, a, out) -> None:
-        off = self._offset
-        out.setdefault("kernels", []).append(
-            (
-                self._pid,
-                a.name,
-                a.start + off,
-                a.end + off,
-                a.device_id,
-                a.context_id,
-                a.stream_id,
-                a.correlation_id,
-                "cupti",
-            )
-        )
+    def _kernel(self, r: dict, n: int, _kind: int) -> dict:  # noqa: ARG002
+        return {
+            "name": r["name"],
+            "start_ns": self._t(r["start"]),
+            "end_ns": self._t(r["end"]),
+            "device_id": r["device_id"],
+            "context_id": r["context_id"],
+            "stream_id": r["stream_id"],
+            "correlation_id": r["correlation_id"],
+        }
 
-    def _marker(self, a, out) -> None:
-        flags = a.flags_
-        ts = a.timestamp + self._offset
-        if flags & self._marker_start:
-            self._open_markers[a.id] = (a.name, a.domain, ts, _marker_tid(a))
-        elif flags & self._marker_end:
-            opened = self._open_markers.pop(a.id, None)
-            if opened is not None:
-                name, domain, start, tid = opened
-                out.setdefault("markers", []).append((self._pid, tid, name, domain or "", start, ts, "nvtx"))
-        elif flags & self._marker_instant:
-            out.setdefault("markers", []).append((self._pid, _marker_tid(a), a.name, a.domain or "", ts, ts, "nvtx"))
+    def _marker(self, r: dict, n: int, _kind: int) -> dict | None:  # noqa: ARG002
+        """NVTX start/end records pair up by id (few per step, so plain Python)."""
+        out: dict[str, list] = {"tid": [], "name": [], "domain": [], "start_ns": [], "end_ns": []}
+        ts = self._t(r["timestamp"]).to_pylist()
+        for flags, mid, name, domain, t, obj in zip(
+            r["flags_"].to_pylist(),
+            r["id"].to_pylist(),
+            r["name"].to_pylist(),
+            r["domain"].to_pylist(),
+            ts,
+            r["object_id"].to_pylist(),
+            strict=True,
+        ):
+            if flags & self._marker_start:
+                self._open_markers[mid] = (name, domain, t, _marker_tid(obj))
+            elif flags & self._marker_end:
+                opened = self._open_markers.pop(mid, None)
+                if opened is not None:
+                    self._add_marker(out, opened[3], opened[0], opened[1], opened[2], t)
+            elif flags & self._marker_instant:
+                self._add_marker(out, _marker_tid(obj), name, domain, t, t)
+        return out
 
-    def _overhead(self, a, out) -> None:
-        off = self._offset
-        out.setdefault("overheads", []).append(
-            (
-                self._pid,
-                self._overhead_kind.get(a.overhead_kind, str(a.overhead_kind)),
-                a.start + off,
-                a.end + off,
-                "cupti",
-            )
-        )
+    @staticmethod
+    def _add_marker(out: dict, tid: int, name, domain, start: int, end: int) -> None:
+        out["tid"].append(tid)
+        out["name"].append(name or "")
+        out["domain"].append(domain or "")
+        out["start_ns"].append(start)
+        out["end_ns"].append(end)
+
+    def _overhead(self, r: dict, n: int, _kind: int) -> dict:  # noqa: ARG002
+        return {
+            "kind": _names(r["overhead_kind"], self._overhead_kind),
+            "start_ns": self._t(r["start"]),
+            "end_ns": self._t(r["end"]),
+        }
 
 
-_COLS = {
-    "copies": COPY_COLS,
-    "allocs": ALLOC_COLS,
-    "api_calls": API_COLS,
-    "syncs": SYNC_COLS,
-    "kernels": KERNEL_COLS,
-    "markers": MARKER_COLS,
-    "overheads": OVERHEAD_COLS,
-}
 _VERSION_SUFFIX = re.compile(r"_v\d+$")
+
+
+_KIND = attrgetter("kind")
+
+
+def _const(value, n: int) -> pa.Array:
+    return pa.array([value] * n)
+
+
+def _names(codes: pa.Array, mapping: dict[int, str]) -> pa.Array:
+    """Enum codes -> names, vectorised; codes outside the map become 'unknown'."""
+    keys = pa.array(list(mapping), pa.int64())
+    names = pa.array([*mapping.values(), "unknown"], pa.string())
+    idx = pc.fill_null(pc.index_in(codes.cast(pa.int64()), value_set=keys), len(mapping))
+    return pc.take(names, idx)
+
+
+def _flag(flags: pa.Array, mask: int) -> pa.Array:
+    return pc.not_equal(pc.bit_wise_and(flags.cast(pa.int64()), mask), 0)
+
+
+def _invalid_u32(arr: pa.Array) -> pa.Array:
+    arr = arr.cast(pa.int64())
+    return pc.if_else(pc.equal(arr, 0xFFFFFFFF), -1, arr)
+
+
+def _batch(table: str, cols: dict, n: int) -> pa.RecordBatch:
+    sch = S.schema(table)
+    arrays = []
+    for field in sch:
+        v = cols.get(field.name)
+        if v is None:
+            v = _PID_SOURCE.get(field.name)
+            v = pa.nulls(n, field.type) if v is None else pa.array([v()] * n, field.type)
+        elif not isinstance(v, pa.Array):
+            v = pa.array(v, field.type)
+        arrays.append(v.cast(field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=sch)
+
+
+_PID_SOURCE = {"pid": os.getpid, "source": lambda: "cupti"}
 
 
 def _clean_name(name: str) -> str:
@@ -527,8 +600,8 @@ def _u32(v: int) -> int:
     return -1 if v == 0xFFFFFFFF else v
 
 
-def _marker_tid(a) -> int:
+def _marker_tid(obj) -> int:
     try:
-        return int(a.object_id.pt.thread_id)
+        return int(obj.pt.thread_id)
     except Exception:  # noqa: BLE001
         return -1
