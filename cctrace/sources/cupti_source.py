@@ -295,7 +295,7 @@ class CuptiSource:
             if build == self._marker:  # object_id is a struct object: stays Python
                 raw = dict(columns)
             else:
-                raw = {name: pa.array(col) for name, col in columns}
+                raw = {name: pa.array(col, _RAW_TYPES.get(name)) for name, col in columns}
             cols = build(raw, len(rows), kind)
             if cols is None:
                 continue
@@ -499,16 +499,11 @@ class CuptiSource:
     def _marker(self, r: dict, n: int, _kind: int) -> dict | None:  # noqa: ARG002
         """NVTX start/end records pair up by id (few per step, so plain Python)."""
         out: dict[str, list] = {"tid": [], "name": [], "domain": [], "start_ns": [], "end_ns": []}
-        ts = self._t(r["timestamp"]).to_pylist()
-        for flags, mid, name, domain, t, obj in zip(
-            r["flags_"].to_pylist(),
-            r["id"].to_pylist(),
-            r["name"].to_pylist(),
-            r["domain"].to_pylist(),
-            ts,
-            r["object_id"].to_pylist(),
-            strict=True,
+        off = self._offset
+        for flags, mid, name, domain, ts, obj in zip(
+            r["flags_"], r["id"], r["name"], r["domain"], r["timestamp"], r["object_id"], strict=True
         ):
+            t = ts + off
             if flags & self._marker_start:
                 self._open_markers[mid] = (name, domain, t, _marker_tid(obj))
             elif flags & self._marker_end:
@@ -539,6 +534,7 @@ _VERSION_SUFFIX = re.compile(r"_v\d+$")
 
 
 _KIND = attrgetter("kind")
+_RAW_TYPES = {"address": pa.uint64()}  # the rest infer as int64 / string
 
 
 def _const(value, n: int) -> pa.Array:
