@@ -104,8 +104,14 @@ class CuptiSource:
             raise CuptiUnavailable(f"cupti-python is not importable ({e}); pip install 'cctrace[gpu]'") from None
         except OSError as e:
             raise CuptiUnavailable(f"libcupti could not be loaded ({e})") from None
+        self.bind(cupti)
+        self._enable()
+        self.clock = measure_offset(cupti.get_timestamp)
+        self._offset = self.clock["offset_ns"]
+
+    def bind(self, cupti) -> None:
+        """Read the enum values this CUPTI build uses and prepare the per-kind converters."""
         self._cupti = cupti
-        A = cupti.ActivityKind
         self._copy_kind = _enum_map(cupti.ActivityMemcpyKind, COPY_KIND)
         self._mem_kind = _enum_map(cupti.ActivityMemoryKind, MEM_KIND)
         self._sync_type = _enum_map(cupti.ActivitySynchronizationType, SYNC_TYPE)
@@ -123,8 +129,12 @@ class CuptiSource:
         self._runtime_domain = int(cupti.CallbackDomain.RUNTIME_API)
         self._runtime_kind = int(cupti.ActivityKind.RUNTIME)
         self._driver_domain = int(cupti.CallbackDomain.DRIVER_API)
-
+        self._offset = 0
         self._setup_specs()
+
+    def _enable(self) -> None:
+        cupti = self._cupti
+        A = cupti.ActivityKind
         kind_of = {
             "memcpy": A.MEMCPY,
             "memcpy2": A.MEMCPY2,
@@ -166,8 +176,6 @@ class CuptiSource:
             cupti.activity_flush_period(max(1, int(self.flush_s * 1000)))
         except Exception as e:  # noqa: BLE001
             self.errors.append(f"flush period not set: {e}")
-        self.clock = measure_offset(cupti.get_timestamp)
-        self._offset = self.clock["offset_ns"]
 
     def _restrict_runtime(self) -> None:
         """Keep RUNTIME records only for the calls that move, allocate, free, sync or launch."""

@@ -1,0 +1,223 @@
+"""Decoding CUPTI activity records into the shared tables, without a GPU.
+
+CUPTI cannot run here, so the records are plain objects with the attribute names and enum values
+of cupti-python's classes (CUpti_ActivityMemcpy6, CUpti_ActivityAPI, ...); what is under test is
+cctrace's conversion: kind grouping, clock offset, enum names, flags, NVTX pairing, u32 sentinels.
+"""
+
+import enum
+from types import SimpleNamespace as NS
+
+from cctrace.shards import ShardWriter, read_shard
+from cctrace.sources.cupti_source import CuptiSource
+
+
+class ActivityKind(enum.IntEnum):
+    MEMCPY = 1
+    MEMSET = 2
+    DRIVER = 4
+    RUNTIME = 5
+    CONCURRENT_KERNEL = 10
+    MARKER = 12
+    OVERHEAD = 16
+    MEMCPY2 = 22
+    SYNCHRONIZATION = 38
+    MEMORY2 = 49
+
+
+class ActivityMemcpyKind(enum.IntEnum):
+    UNKNOWN = 0
+    HTOD = 1
+    DTOH = 2
+    DTOD = 8
+    PTOP = 10
+
+
+class ActivityMemoryKind(enum.IntEnum):
+    UNKNOWN = 0
+    PAGEABLE = 1
+    PINNED = 2
+    DEVICE = 3
+
+
+class ActivitySynchronizationType(enum.IntEnum):
+    UNKNOWN = 0
+    EVENT_SYNCHRONIZE = 1
+    STREAM_WAIT_EVENT = 2
+    STREAM_SYNCHRONIZE = 3
+    CONTEXT_SYNCHRONIZE = 4
+
+
+class ActivityOverheadKind(enum.IntEnum):
+    UNKNOWN = 0
+    CUPTI_BUFFER_FLUSH = 1 << 16
+
+
+class ActivityMemoryOperationType(enum.IntEnum):
+    INVALID = 0
+    ALLOCATION = 1
+    RELEASE = 2
+
+
+NAMES = {5: "cudaMemcpyAsync_v3020", 6: "cudaStreamSynchronize_v3020", 7: "cuMemcpyHtoDAsync_v2"}
+CUPTI = NS(
+    ActivityKind=ActivityKind,
+    ActivityMemcpyKind=ActivityMemcpyKind,
+    ActivityMemoryKind=ActivityMemoryKind,
+    ActivitySynchronizationType=ActivitySynchronizationType,
+    ActivityOverheadKind=ActivityOverheadKind,
+    ActivityMemoryOperationType=ActivityMemoryOperationType,
+    ActivityFlag=NS(MEMCPY_ASYNC=1, MEMSET_ASYNC=1, MARKER_INSTANTANEOUS=1, MARKER_START=2, MARKER_END=4),
+    CallbackDomain=NS(RUNTIME_API=1, DRIVER_API=2),
+    get_callback_name=lambda _domain, cbid: NAMES[cbid],
+)
+THREAD = NS(pt=NS(thread_id=99))
+
+
+def _decode(tmp_path, records, offset=1000):
+    w = ShardWriter(tmp_path, 1)
+    src = CuptiSource(w, ("memcpy",))
+    src.bind(CUPTI)
+    src._offset = offset
+    src._buffer_completed(list(records))
+    src.drain()
+    w.close()
+    assert src.errors == []
+    return src, {p.name.split(".")[0]: read_shard(p).data.to_pylist() for p in tmp_path.glob("*.arrows")}
+
+
+def test_copies_api_calls_and_syncs(tmp_path):
+    recs = [
+        NS(kind=5, cbid=5, thread_id=99, start=5, end=9, correlation_id=5, return_value=0),
+        NS(
+            kind=1,
+            copy_kind=1,
+            src_kind=2,
+            dst_kind=3,
+            bytes=64,
+            start=10,
+            end=20,
+            device_id=0,
+            context_id=1,
+            stream_id=7,
+            correlation_id=5,
+            flags_=1,
+        ),
+        NS(
+            kind=1,
+            copy_kind=2,
+            src_kind=3,
+            dst_kind=1,
+            bytes=8,
+            start=40,
+            end=41,
+            device_id=0,
+            context_id=1,
+            stream_id=7,
+            correlation_id=8,
+            flags_=0,
+        ),
+        NS(kind=5, cbid=6, thread_id=99, start=25, end=30, correlation_id=6, return_value=0),
+        NS(kind=4, cbid=7, thread_id=98, start=26, end=28, correlation_id=7, return_value=0),
+        NS(
+            kind=38,
+            type=3,
+            start=25,
+            end=30,
+            context_id=1,
+            stream_id=0xFFFFFFFF,
+            correlation_id=6,
+            cuda_event_id=0xFFFFFFFF,
+        ),
+        NS(
+            kind=2,
+            memory_kind=3,
+            bytes=10,
+            start=1,
+            end=2,
+            device_id=0,
+            context_id=1,
+            stream_id=7,
+            correlation_id=9,
+            flags_=1,
+        ),
+    ]
+    src, t = _decode(tmp_path, recs)
+    h2d = next(r for r in t["copies"] if r["copy_kind"] == "HtoD")
+    d2h = next(r for r in t["copies"] if r["copy_kind"] == "DtoH")
+    memset = next(r for r in t["copies"] if r["op"] == "memset")
+    assert (h2d["src_kind"], h2d["dst_kind"], h2d["bytes"], h2d["is_async"]) == ("pinned", "device", 64, True)
+    assert (h2d["start_ns"], h2d["end_ns"]) == (1010, 1020)  # CUPTI clock + measured offset
+    assert (d2h["src_kind"], d2h["dst_kind"], d2h["is_async"]) == ("device", "pageable", False)
+    assert (memset["copy_kind"], memset["dst_kind"], memset["is_async"]) == ("memset", "device", True)
+    names = {r["name"]: r for r in t["api_calls"]}
+    assert set(names) == {"cudaMemcpyAsync", "cudaStreamSynchronize", "cuMemcpyHtoDAsync_v2"}
+    assert names["cudaMemcpyAsync"]["domain"] == "runtime" and names["cuMemcpyHtoDAsync_v2"]["domain"] == "driver"
+    assert names["cudaMemcpyAsync"]["tid"] == 99 and names["cudaMemcpyAsync"]["start_ns"] == 1005
+    (sync,) = t["syncs"]
+    assert (sync["sync_type"], sync["stream_id"], sync["event_id"]) == ("stream", -1, -1)
+    assert src.records["copies"] == 3 and src.records["api_calls"] == 3
+
+
+def test_allocs_with_64bit_addresses_and_overheads(tmp_path):
+    recs = [
+        NS(
+            kind=49,
+            memory_operation_type=1,
+            memory_kind=3,
+            bytes=4096,
+            address=2**63 + 5,
+            timestamp=3,
+            device_id=0,
+            context_id=1,
+            stream_id=7,
+            correlation_id=4,
+            is_async=0,
+        ),
+        NS(
+            kind=49,
+            memory_operation_type=2,
+            memory_kind=2,
+            bytes=4096,
+            address=77,
+            timestamp=9,
+            device_id=0,
+            context_id=1,
+            stream_id=7,
+            correlation_id=4,
+            is_async=1,
+        ),
+        NS(kind=16, overhead_kind=1 << 16, start=1, end=2),
+        NS(kind=16, overhead_kind=12345, start=1, end=2),
+    ]
+    _, t = _decode(tmp_path, recs)
+    a, f = t["allocs"]
+    assert (a["op"], a["memory_kind"], a["address"], a["ts_ns"], a["is_async"]) == (
+        "alloc",
+        "device",
+        2**63 + 5,
+        1003,
+        False,
+    )
+    assert (f["op"], f["memory_kind"], f["is_async"]) == ("free", "pinned", True)
+    assert [o["kind"] for o in t["overheads"]] == ["cupti_buffer_flush", "unknown"]
+
+
+def test_nvtx_ranges_pair_across_buffers(tmp_path):
+    w = ShardWriter(tmp_path, 1)
+    src = CuptiSource(w, ("nvtx",))
+    src.bind(CUPTI)
+    src._buffer_completed([NS(kind=12, flags_=2, id=1, name="step 0", domain=None, timestamp=1, object_id=THREAD)])
+    src._buffer_completed(
+        [
+            NS(kind=12, flags_=4, id=1, name="", domain=None, timestamp=50, object_id=THREAD),
+            NS(kind=12, flags_=1, id=2, name="tick", domain="d", timestamp=60, object_id=THREAD),
+        ]
+    )
+    src.drain()
+    w.close()
+    rows = read_shard(tmp_path / "markers.1.arrows").data.to_pylist()
+    assert [(r["name"], r["start_ns"], r["end_ns"], r["tid"]) for r in rows] == [
+        ("step 0", 1, 50, 99),
+        ("tick", 60, 60, 99),
+    ]
