@@ -57,10 +57,15 @@ class Server:
         self.a = a
         self.dev = torch.device("cuda")
         g = torch.Generator(device="cpu").manual_seed(a.seed)
+        gd = torch.Generator(device=self.dev).manual_seed(a.seed)  # weights are made on the GPU: fast start
         dt = torch.float16
-        self.emb = (torch.randn(a.vocab, a.hidden, generator=g, dtype=dt) * 0.02).to(self.dev)
-        self.w = [(torch.randn(a.hidden, a.hidden, generator=g, dtype=dt) * 0.02).to(self.dev) for _ in range(a.layers)]
-        self.w_out = (torch.randn(a.hidden, a.vocab, generator=g, dtype=dt) * 0.02).to(self.dev)
+
+        def weights(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=gd, dtype=dt, device=self.dev) * 0.02
+
+        self.emb = weights(a.vocab, a.hidden)
+        self.w = [weights(a.hidden, a.hidden) for _ in range(a.layers)]
+        self.w_out = weights(a.hidden, a.vocab)
         # KV cache: [blocks, block_size, hidden]
         self.kv = torch.zeros(a.kv_blocks, a.block_size, a.hidden, dtype=dt, device=self.dev)
         self.swap_host = torch.empty(a.swap_blocks, a.block_size, a.hidden, dtype=dt).pin_memory()
