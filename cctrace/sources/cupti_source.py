@@ -31,8 +31,10 @@ RUNTIME_KEEP = re.compile(
 )
 # launches are many per step; their records come with the 'kernel' kind, where they pair with kernels
 RUNTIME_LAUNCH = re.compile(r"^cuda(LaunchKernel|LaunchCooperativeKernel|LaunchKernelExC|GraphLaunch)")
-# small buffers: cupti-python builds one Python object per record while holding the GIL
-BUFFER_BYTES = 512 * 1024
+# cupti-python builds one Python object per record while holding the GIL, so buffers stay modest
+BUFFER_BYTES = int(os.environ.get("CCTRACE_CUPTI_BUFFER_KB", "1024")) * 1024
+# diagnostics only (benchmarks/cupti_cost.py): drop delivered buffers unconverted
+DISCARD = bool(os.environ.get("CCTRACE_CUPTI_DISCARD"))
 
 COPY_KIND = {
     "HTOD": "HtoD",
@@ -268,7 +270,8 @@ class CuptiSource:
 
     def _buffer_completed(self, activities: list) -> None:
         """On CUPTI's thread, holding the GIL: only queue the list; conversion happens in drain()."""
-        self._pending.append(activities)
+        if not DISCARD:
+            self._pending.append(activities)
 
     def drain(self) -> None:
         """Convert queued records to Arrow batches for the writer (called by the flusher thread).

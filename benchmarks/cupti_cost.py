@@ -1,0 +1,96 @@
+"""Where the CUPTI source's overhead comes from: serve.py steps/s under one CUPTI setting at a time.
+
+Each configuration is a set of activity kinds (and the diagnostic knobs CCTRACE_CUPTI_BUFFER_KB and
+CCTRACE_CUPTI_DISCARD), run alternately --reps times; prints median steps/s, slowdown against plain,
+and the tracer's own conversion CPU time per second. Needs a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVE = str(ROOT / "examples" / "serve.py")
+BASE = "memcpy,memset,memory,sync"
+CONFIGS = {
+    "plain": None,
+    "memcpy": ("memcpy", {}),
+    "base4": (BASE, {}),
+    "base4+runtime": (BASE + ",runtime", {}),
+    "default": ("memcpy,memcpy2,memset,memory,sync,runtime,overhead", {}),
+    "default,discard": ("memcpy,memcpy2,memset,memory,sync,runtime,overhead", {"CCTRACE_CUPTI_DISCARD": "1"}),
+    "default,8MB-buffers": ("memcpy,memcpy2,memset,memory,sync,runtime,overhead", {"CCTRACE_CUPTI_BUFFER_KB": "8192"}),
+}
+
+
+def run(name: str, steps: int, out: Path) -> tuple[float, float | None]:
+    cfg = CONFIGS[name]
+    env = dict(os.environ)
+    if cfg is None:
+        cmd = [sys.executable, SERVE, "--steps", str(steps)]
+    else:
+        kinds, extra = cfg
+        env.update(extra)
+        cmd = [
+            sys.executable,
+            "-m",
+            "cctrace",
+            "record",
+            "--no-load",
+            "-q",
+            "--force",
+            "-o",
+            str(out),
+            "--kinds",
+            kinds,
+            "--",
+            sys.executable,
+            SERVE,
+            "--steps",
+            str(steps),
+        ]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("SERVE_SUMMARY ")]
+    if not line:
+        raise SystemExit(f"{name} failed: {r.stderr[-1500:]}")
+    sps = json.loads(line[-1].split(" ", 1)[1])["steps_per_s"]
+    conv = None
+    for p in out.glob("proc.*.json"):
+        rec = json.loads(p.read_text())
+        c = rec.get("sources", {}).get("cupti", {})
+        if rec.get("end_ns"):
+            conv = c.get("convert_cpu_ns", 0) / ((rec["end_ns"] - rec["start_ns"]) / 1e9) / 1e6
+    return sps, conv
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--only", help="comma-separated configuration names")
+    a = ap.parse_args()
+    names = a.only.split(",") if a.only else list(CONFIGS)
+    res: dict[str, list] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(a.reps):
+            for n in names:
+                res[n].append(run(n, a.steps, Path(tmp) / f"{n}-{rep}"))
+    base = statistics.median(s for s, _ in res.get("plain", [(1, None)]))
+    print(f"{'config':22s} {'steps/s':>9s} {'runs':>20s} {'slowdown':>9s} {'convert ms/s':>13s}")
+    for n, rs in res.items():
+        med = statistics.median(s for s, _ in rs)
+        conv = [c for _, c in rs if c is not None]
+        runs = "/".join(f"{s:.0f}" for s, _ in rs)
+        cv = f"{statistics.median(conv):13.1f}" if conv else f"{'-':>13s}"
+        print(f"{n:22s} {med:9.1f} {runs:>20s} {100 * (base - med) / base:8.1f}% {cv}")
+
+
+if __name__ == "__main__":
+    main()
