@@ -19,14 +19,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = str(ROOT / "examples" / "serve.py")
 BASE = "memcpy,memset,memory,sync"
+DEFAULT = "memcpy,memcpy2,memset,memory,sync,runtime,overhead"
 CONFIGS = {
     "plain": None,
-    "memcpy": ("memcpy", {}),
-    "base4": (BASE, {}),
-    "base4+runtime": (BASE + ",runtime", {}),
-    "default": ("memcpy,memcpy2,memset,memory,sync,runtime,overhead", {}),
-    "default,discard": ("memcpy,memcpy2,memset,memory,sync,runtime,overhead", {"CCTRACE_CUPTI_DISCARD": "1"}),
-    "default,8MB-buffers": ("memcpy,memcpy2,memset,memory,sync,runtime,overhead", {"CCTRACE_CUPTI_BUFFER_KB": "8192"}),
+    "default": (DEFAULT, {}),
+    "8MB": (DEFAULT, {"CCTRACE_CUPTI_BUFFER_KB": "8192"}),
+    "8MB,no-flush": (DEFAULT, {"CCTRACE_CUPTI_BUFFER_KB": "8192", "CCTRACE_CUPTI_FLUSH": "none"}),
+    "32MB,no-flush": (DEFAULT, {"CCTRACE_CUPTI_BUFFER_KB": "32768", "CCTRACE_CUPTI_FLUSH": "none"}),
+    "32MB,no-flush,discard": (
+        DEFAULT,
+        {"CCTRACE_CUPTI_BUFFER_KB": "32768", "CCTRACE_CUPTI_FLUSH": "none", "CCTRACE_CUPTI_DISCARD": "1"},
+    ),
+    "32MB,manual-flush": (DEFAULT, {"CCTRACE_CUPTI_BUFFER_KB": "32768", "CCTRACE_CUPTI_FLUSH": "manual"}),
+    "base4,32MB,no-flush": (BASE, {"CCTRACE_CUPTI_BUFFER_KB": "32768", "CCTRACE_CUPTI_FLUSH": "none"}),
 }
 
 

@@ -140,7 +140,8 @@ def test_sigkilled_serve_leaves_loadable_shards(tmp_path):
     r = cctrace("load", str(out), "--json")
     assert r.returncode == 0, r.stderr
     loaded = json.loads(r.stdout)[0]
-    assert loaded["rows"]["copies"] > 100
+    sizes = {f.name: f.stat().st_size for f in out.iterdir()}
+    assert loaded["rows"]["copies"] > 100, (loaded, sizes)
 
 
 CHILDREN = """

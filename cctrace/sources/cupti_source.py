@@ -33,6 +33,9 @@ RUNTIME_KEEP = re.compile(
 RUNTIME_LAUNCH = re.compile(r"^cuda(LaunchKernel|LaunchCooperativeKernel|LaunchKernelExC|GraphLaunch)")
 # cupti-python builds one Python object per record while holding the GIL, so buffers stay modest
 BUFFER_BYTES = int(os.environ.get("CCTRACE_CUPTI_BUFFER_KB", "1024")) * 1024
+# How records reach us between full buffers: 'period' (CUPTI's worker flushes every interval),
+# 'manual' (our flusher calls activity_flush_all(0) every interval) or 'none' (full buffers and exit only).
+FLUSH_MODE = os.environ.get("CCTRACE_CUPTI_FLUSH", "period")
 # diagnostics only (benchmarks/cupti_cost.py): drop delivered buffers unconverted
 DISCARD = bool(os.environ.get("CCTRACE_CUPTI_DISCARD"))
 
@@ -174,10 +177,11 @@ class CuptiSource:
             self._restrict_runtime()
         if "nvtx" in self.enabled:
             self._inject_nvtx()
-        try:
-            cupti.activity_flush_period(max(1, int(self.flush_s * 1000)))
-        except Exception as e:  # noqa: BLE001
-            self.errors.append(f"flush period not set: {e}")
+        if FLUSH_MODE == "period":
+            try:
+                cupti.activity_flush_period(max(1, int(self.flush_s * 1000)))
+            except Exception as e:  # noqa: BLE001
+                self.errors.append(f"flush period not set: {e}")
 
     def _restrict_runtime(self) -> None:
         """Keep RUNTIME records only for the calls that move, allocate, free, sync or launch."""
@@ -280,6 +284,12 @@ class CuptiSource:
         work (clock offset, enum names, flags) is vectorised in pyarrow. Between buffers the GIL is
         handed back (sleep(0)) so the traced program's main thread never waits behind a long drain.
         """
+        if FLUSH_MODE == "manual" and self._cupti is not None and self.enabled:
+            try:
+                self._cupti.activity_flush_all(0)
+            except Exception as e:  # noqa: BLE001
+                if len(self.errors) < 20:
+                    self.errors.append(f"periodic flush: {e}")
         pending = self._pending
         while pending:
             activities = pending.popleft()
