@@ -23,15 +23,9 @@ DEFAULT = "memcpy,memcpy2,memset,memory,sync,runtime,overhead"
 CONFIGS = {
     "plain": None,
     "default": (DEFAULT, {}),
-    "8MB": (DEFAULT, {"CCTRACE_CUPTI_BUFFER_KB": "8192"}),
-    "8MB,no-flush": (DEFAULT, {"CCTRACE_CUPTI_BUFFER_KB": "8192", "CCTRACE_CUPTI_FLUSH": "none"}),
-    "32MB,no-flush": (DEFAULT, {"CCTRACE_CUPTI_BUFFER_KB": "32768", "CCTRACE_CUPTI_FLUSH": "none"}),
-    "32MB,no-flush,discard": (
-        DEFAULT,
-        {"CCTRACE_CUPTI_BUFFER_KB": "32768", "CCTRACE_CUPTI_FLUSH": "none", "CCTRACE_CUPTI_DISCARD": "1"},
-    ),
-    "32MB,manual-flush": (DEFAULT, {"CCTRACE_CUPTI_BUFFER_KB": "32768", "CCTRACE_CUPTI_FLUSH": "manual"}),
-    "base4,32MB,no-flush": (BASE, {"CCTRACE_CUPTI_BUFFER_KB": "32768", "CCTRACE_CUPTI_FLUSH": "none"}),
+    "default,python-callbacks": (DEFAULT, {"CCTRACE_NO_SHIM": "1"}),
+    "base4": (BASE, {}),
+    "default+kernel+nvtx": (DEFAULT + ",kernel,nvtx", {}),
 }
 
 

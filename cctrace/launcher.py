@@ -42,8 +42,35 @@ def child_environment(trace_dir: Path, opts: RecordOptions, base: dict[str, str]
     env[T.ENV_HOME] = str(PACKAGE_HOME)
     if opts.quiet:
         env[T.ENV_QUIET] = "1"
+    if opts.kinds and not env.get("CCTRACE_NO_SHIM"):  # CCTRACE_NO_SHIM: diagnostics only
+        env.update(_shim_env())
     env.update(opts.extra_env)
     return env
+
+
+def _shim_env() -> dict[str, str]:
+    """Build the C buffer shim once, here, so every traced process can load it."""
+    from cctrace.native import NativeUnavailable, build_shim
+    from cctrace.sources.cupti_source import ENV_SHIM, ENV_SHIM_ERROR
+
+    try:
+        return {ENV_SHIM: str(build_shim())}
+    except (NativeUnavailable, OSError) as e:
+        return {ENV_SHIM_ERROR: str(e)}
+
+
+def decode_raw(trace_dir: Path) -> dict:
+    """Turn the CUPTI buffers the shim wrote into shards; returns what happened, for the manifest."""
+    from cctrace.sources.cupti_raw import RawDecodeUnavailable, decode_trace, raw_files
+
+    n = len(raw_files(trace_dir))
+    if not n:
+        return {"raw_files": 0}
+    try:
+        problems = decode_trace(trace_dir)
+    except RawDecodeUnavailable as e:
+        return {"raw_files": n, "decoded": False, "reason": str(e)}
+    return {"raw_files": n, "decoded": True, "problems": problems}
 
 
 def exit_status(returncode: int) -> int:
@@ -81,6 +108,7 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
         for s, h in previous.items():
             signal.signal(s, h)
     status = exit_status(rc)
+    options["cupti_decode"] = decode_raw(trace_dir)
     manifest = build_manifest(trace_dir, list(cmd), started_wall, started_ns, status, options)
     write_json_atomic(trace_dir / MANIFEST, manifest)
     return status

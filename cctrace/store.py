@@ -84,6 +84,7 @@ def load(
     trace_dir = Path(trace_dir)
     if not trace_dir.is_dir():
         raise LoadError(f"{trace_dir} is not a directory; give the trace directory that `cctrace record` wrote")
+    result_problems = _decode_pending_raw(trace_dir)
     shards = find_shards(trace_dir)
     if not any(shards.values()) and not (trace_dir / "manifest.json").exists():
         raise LoadError(f"{trace_dir} holds no trace shards (*.arrows) and no manifest.json")
@@ -92,7 +93,7 @@ def load(
     for p in (tmp, Path(str(tmp) + ".wal")):
         if p.exists():
             p.unlink()
-    result = LoadResult(db_path)
+    result = LoadResult(db_path, problems=result_problems)
     con = duckdb.connect(str(tmp))
     try:
         for table in S.TABLES:
@@ -123,6 +124,18 @@ def load(
         con.close()
     os.replace(tmp, db_path)
     return result
+
+
+def _decode_pending_raw(trace_dir: Path) -> list[str]:
+    """CUPTI buffers a killed recording left undecoded are decoded now, where cupti-python exists."""
+    from cctrace.sources.cupti_raw import RawDecodeUnavailable, decode_trace, raw_files
+
+    if not raw_files(trace_dir):
+        return []
+    try:
+        return decode_trace(trace_dir)
+    except RawDecodeUnavailable as e:
+        return [f"{len(raw_files(trace_dir))} raw CUPTI file(s) left undecoded: {e}"]
 
 
 def resolve_db(trace: Path) -> Path:

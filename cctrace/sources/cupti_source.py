@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from cctrace import schema as S
 from cctrace.clock import measure_offset
+from cctrace.native import shim_stats
 from cctrace.shards import ShardWriter
 
 # runtime calls kept when RUNTIME records are on; everything else is switched off by callback id
@@ -32,10 +33,13 @@ RUNTIME_KEEP = re.compile(
 # launches are many per step; their records come with the 'kernel' kind, where they pair with kernels
 RUNTIME_LAUNCH = re.compile(r"^cuda(LaunchKernel|LaunchCooperativeKernel|LaunchKernelExC|GraphLaunch)")
 # cupti-python builds one Python object per record while holding the GIL, so buffers stay modest
-BUFFER_BYTES = int(os.environ.get("CCTRACE_CUPTI_BUFFER_KB", "1024")) * 1024
+BUFFER_BYTES = int(os.environ.get("CCTRACE_CUPTI_BUFFER_KB", "4096")) * 1024
 # How records reach us between full buffers: 'period' (CUPTI's worker flushes every interval),
 # 'manual' (our flusher calls activity_flush_all(0) every interval) or 'none' (full buffers and exit only).
 FLUSH_MODE = os.environ.get("CCTRACE_CUPTI_FLUSH", "period")
+ENV_SHIM = "CCTRACE_CUPTI_SHIM"  # path of the compiled buffer shim, set by the launcher
+ENV_SHIM_ERROR = "CCTRACE_CUPTI_SHIM_ERROR"  # why there is none
+RAW_SUFFIX = ".cuptiraw"
 # diagnostics only (benchmarks/cupti_cost.py): drop delivered buffers unconverted
 DISCARD = bool(os.environ.get("CCTRACE_CUPTI_DISCARD"))
 
@@ -95,6 +99,8 @@ class CuptiSource:
         self._open_markers: dict[int, tuple] = {}
         self._pending: deque[list] = deque()
         self.convert_cpu_ns = 0
+        self._shim = None
+        self.delivery = "none"
         self._api_names: dict[tuple[int, int], str] = {}
 
     # ---- start / stop ---------------------------------------------------------------------
@@ -157,7 +163,7 @@ class CuptiSource:
             raise CuptiUnavailable(f"unknown activity kind(s) {', '.join(unknown)}; known: {', '.join(kind_of)}")
         try:
             cupti.set_thread_id_type(cupti.ActivityThreadIdType.SYSTEM)
-            cupti.activity_register_callbacks(self._buffer_requested, self._buffer_completed)
+            self._register_callbacks()
         except Exception as e:  # noqa: BLE001 - cuptiError and friends
             raise CuptiUnavailable(f"CUPTI refused to start ({e}); another profiler may hold it") from None
         for name in self.kinds:
@@ -228,6 +234,31 @@ class CuptiSource:
             except Exception:  # noqa: BLE001
                 pass
 
+    def _register_callbacks(self) -> None:
+        """C callbacks through the shim when it is available; else cupti-python's Python callbacks."""
+        cupti = self._cupti
+        shim_path = os.environ.get(ENV_SHIM)
+        if shim_path:
+            from cctrace.native import load_shim
+
+            cupti.get_timestamp()  # makes cupti-python load libcupti, so it shows in our mappings
+            lib = _mapped_library("libcupti")
+            if lib is None:
+                self.errors.append("libcupti not found in this process; using Python buffer callbacks")
+            else:
+                self._shim = load_shim(shim_path)
+                register = ctypes.cast(ctypes.CDLL(lib).cuptiActivityRegisterCallbacks, ctypes.c_void_p).value
+                path = str(raw_path(self.writer.directory, self.writer.pid)).encode()
+                rc = self._shim.cct_start(register, path, BUFFER_BYTES)
+                if rc != 0:
+                    raise CuptiUnavailable(f"CUPTI refused the buffer callbacks (status {rc})")
+                self.delivery = "c-shim"
+                return
+        else:
+            self.errors.append(os.environ.get(ENV_SHIM_ERROR, "no buffer shim") + "; using Python buffer callbacks")
+        cupti.activity_register_callbacks(self._buffer_requested, self._buffer_completed)
+        self.delivery = "python-callbacks"
+
     def stop(self) -> None:
         cupti = self._cupti
         if cupti is None:
@@ -244,6 +275,8 @@ class CuptiSource:
 
     def after_fork_child(self) -> None:
         """CUPTI's worker thread does not survive fork; what the child records is reported as-is."""
+        if self._shim is not None:
+            self._shim.cct_reopen(str(raw_path(self.writer.directory, self.writer.pid)).encode())
         self.records = {}
         self._pending = deque()
         self.errors = []
@@ -265,6 +298,8 @@ class CuptiSource:
             "enabled": list(self.enabled),
             "runtime_filter": self.runtime_filter,
             "convert_cpu_ns": self.convert_cpu_ns,
+            "delivery": self.delivery,
+            "shim": shim_stats(self._shim) if self._shim is not None else None,
             "clock": self.clock,
         }
 
@@ -323,7 +358,7 @@ class CuptiSource:
             n = len(next(iter(cols.values())))
             if not n:
                 continue
-            self.writer.add_batch(table, _batch(table, cols, n))
+            self.writer.add_batch(table, _batch(table, cols, n, self.writer.pid))
             self.records[table] = self.records.get(table, 0) + n
 
     def _setup_specs(self) -> None:
@@ -579,26 +614,30 @@ def _invalid_u32(arr: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(arr, 0xFFFFFFFF), -1, arr)
 
 
-def _batch(table: str, cols: dict, n: int) -> pa.RecordBatch:
+def _batch(table: str, cols: dict, n: int, pid: int) -> pa.RecordBatch:
     sch = S.schema(table)
     arrays = []
     for field in sch:
         v = cols.get(field.name)
         if v is None:
-            v = _PID_SOURCE.get(field.name)
-            v = pa.nulls(n, field.type) if v is None else pa.array([v()] * n, field.type)
+            const = {"pid": pid, "source": "cupti"}.get(field.name)
+            v = pa.nulls(n, field.type) if const is None else pa.array([const] * n, field.type)
         elif not isinstance(v, pa.Array):
             v = pa.array(v, field.type)
         arrays.append(v.cast(field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=sch)
 
 
-_PID_SOURCE = {"pid": os.getpid, "source": lambda: "cupti"}
-
-
 def _clean_name(name: str) -> str:
     """`cudaMemcpyAsync_v3020` -> `cudaMemcpyAsync`; driver names keep their `_v2` (the symbol)."""
     return _VERSION_SUFFIX.sub("", name) if name.startswith("cuda") else name
+
+
+def raw_path(directory, pid: int):
+    """Where the shim appends this process's completed CUPTI buffers."""
+    from pathlib import Path
+
+    return Path(directory) / f"cupti.{pid}{RAW_SUFFIX}"
 
 
 def _mapped_library(prefix: str) -> str | None:

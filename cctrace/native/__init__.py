@@ -1,0 +1,67 @@
+"""Building and loading cctrace's small C helper (the CUPTI buffer shim).
+
+It is compiled on first use with the system C compiler into a cache keyed by the source's hash,
+so a recording host needs `cc` but no build step at install time. When no compiler is found the
+caller falls back (and says so).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("cupti_shim.c")
+
+
+class NativeUnavailable(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("CCTRACE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cctrace"
+    )
+    return Path(base)
+
+
+def build_shim() -> Path:
+    """Compile the shim if this source version has not been built yet; return the .so path."""
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    target = cache_dir() / f"cupti_shim-{digest}.so"
+    if target.exists():
+        return target
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        raise NativeUnavailable("no C compiler (cc/gcc/clang) to build the CUPTI buffer shim")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        r = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(SOURCE)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise NativeUnavailable(f"building the CUPTI buffer shim failed: {r.stderr.strip()[:300]}")
+        os.replace(out, target)
+    return target
+
+
+def load_shim(path: str | os.PathLike) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    lib.cct_start.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    lib.cct_start.restype = ctypes.c_int
+    lib.cct_reopen.argtypes = [ctypes.c_char_p]
+    lib.cct_reopen.restype = ctypes.c_int
+    lib.cct_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 5)]
+    lib.cct_stats.restype = None
+    return lib
+
+
+def shim_stats(lib: ctypes.CDLL) -> dict:
+    out = (ctypes.c_uint64 * 5)()
+    lib.cct_stats(ctypes.byref(out))
+    return dict(
+        zip(("buffers_requested", "buffers_completed", "bytes", "failed_writes", "failed_allocs"), out, strict=True)
+    )

@@ -1,0 +1,147 @@
+"""Decoding the CUPTI buffers that the C shim appended to `cupti.<pid>.cuptiraw` into Arrow shards.
+
+This runs after the traced process (in `cctrace record` once the command ends, or in `cctrace load`),
+on a host with cupti-python and libcupti: libcupti's cuptiActivityGetNextRecord walks each buffer and
+cupti-python's record classes read the fields in place (`from_ptr`), so no record layout is
+hard-coded here. A truncated last buffer (SIGKILL mid-write) is skipped and reported.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+from cctrace.manifest import proc_record_path
+from cctrace.shards import ShardWriter
+from cctrace.sources.cupti_source import RAW_SUFFIX, CuptiSource
+
+MAGIC = 0x3130425554504343
+HEADER = struct.Struct("<QQ")
+
+# record class per activity kind name, as cupti-python 13.0 names them
+RECORD_CLASSES = {
+    "MEMCPY": "ActivityMemcpy6",
+    "MEMCPY2": "ActivityMemcpyPtoP4",
+    "MEMSET": "ActivityMemset4",
+    "MEMORY2": "ActivityMemory4",
+    "SYNCHRONIZATION": "ActivitySynchronization2",
+    "RUNTIME": "ActivityAPI",
+    "DRIVER": "ActivityAPI",
+    "CONCURRENT_KERNEL": "ActivityKernel10",
+    "MARKER": "ActivityMarker2",
+    "OVERHEAD": "ActivityOverhead3",
+}
+
+
+class RawDecodeUnavailable(RuntimeError):
+    pass
+
+
+def raw_files(trace_dir: Path) -> list[Path]:
+    return sorted(Path(trace_dir).glob(f"cupti.*{RAW_SUFFIX}"))
+
+
+def iter_buffers(path: Path) -> Iterator[tuple[bytes | None, str | None]]:
+    """Yield each whole buffer of a raw file; a damaged tail yields (None, problem) and stops."""
+    with open(path, "rb") as f:
+        while True:
+            head = f.read(HEADER.size)
+            if not head:
+                return
+            if len(head) < HEADER.size:
+                yield None, f"truncated buffer header at byte {f.tell() - len(head)}"
+                return
+            magic, size = HEADER.unpack(head)
+            if magic != MAGIC:
+                yield None, f"bad buffer marker at byte {f.tell() - HEADER.size}"
+                return
+            data = f.read(size)
+            if len(data) < size:
+                yield None, f"last buffer truncated ({len(data)} of {size} bytes)"
+                return
+            yield data, None
+
+
+class _Walker:
+    """libcupti's record iterator plus cupti-python's record classes."""
+
+    def __init__(self) -> None:
+        try:
+            from cupti import cupti
+        except ImportError as e:
+            raise RawDecodeUnavailable(f"cupti-python is needed to decode CUPTI buffers ({e})") from None
+        self.cupti = cupti
+        cupti.get_timestamp()
+        from cctrace.sources.cupti_source import _mapped_library
+
+        lib = _mapped_library("libcupti")
+        if lib is None:
+            raise RawDecodeUnavailable("libcupti is not loaded; cannot walk CUPTI buffers")
+        self.next_record = ctypes.CDLL(lib).cuptiActivityGetNextRecord
+        self.next_record.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]
+        self.next_record.restype = ctypes.c_int
+        self.classes = {}
+        for kind, cls in RECORD_CLASSES.items():
+            k = getattr(cupti.ActivityKind, kind, None)
+            c = getattr(cupti, cls, None)
+            if k is not None and c is not None:
+                self.classes[int(k)] = c
+
+    def records(self, data: bytes) -> tuple[list, object]:
+        buf = ctypes.create_string_buffer(data, len(data))
+        rec = ctypes.c_void_p(None)
+        out = []
+        classes = self.classes
+        while self.next_record(buf, len(data), ctypes.byref(rec)) == 0:
+            addr = rec.value
+            cls = classes.get(ctypes.c_uint32.from_address(addr).value)
+            if cls is not None:
+                out.append(cls.from_ptr(addr, True))
+        return out, buf  # buf must outlive the records that point into it
+
+
+def decode_trace(trace_dir: Path) -> list[str]:
+    """Decode every raw CUPTI file of a trace into shards; returns problems. Raw files are removed
+    once decoded (what they held is in the shards)."""
+    files = raw_files(trace_dir)
+    if not files:
+        return []
+    walker = _Walker()
+    problems = []
+    for path in files:
+        pid = int(path.name.split(".")[1])
+        rec_path = proc_record_path(trace_dir, pid)
+        proc = json.loads(rec_path.read_text()) if rec_path.exists() else {}
+        cupti_health = (proc.get("sources") or {}).get("cupti") or {}
+        offset = (cupti_health.get("clock") or {}).get("offset_ns")
+        if offset is None:
+            problems.append(f"{path.name}: no clock mapping recorded for pid {pid}; CUPTI times left unmapped")
+            offset = 0
+        writer = ShardWriter(trace_dir, pid)
+        src = CuptiSource(writer, tuple(proc.get("kinds") or ()))
+        src.bind(walker.cupti)
+        src._offset = offset
+        n_buffers = 0
+        for data, problem in iter_buffers(path):
+            if problem:
+                problems.append(f"{path.name}: {problem}; kept {n_buffers} whole buffers")
+                break
+            records, keep = walker.records(data)
+            src._convert(records)
+            del records, keep
+            n_buffers += 1
+        writer.close()
+        problems.extend(f"{path.name}: {e}" for e in src.errors)
+        if proc:
+            health = proc.setdefault("sources", {}).setdefault("cupti", {})
+            health["records"] = {**(health.get("records") or {}), **src.records}
+            health["decoded_buffers"] = n_buffers
+            proc["rows_written"] = {**(proc.get("rows_written") or {}), **writer.rows_written}
+            from cctrace.manifest import write_json_atomic
+
+            write_json_atomic(rec_path, proc)
+        path.unlink()
+    return problems
