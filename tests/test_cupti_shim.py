@@ -30,6 +30,26 @@ static void *emit(void *arg) {
     D(0, 0, buf, size, (size_t)j->n);
     return 0;
 }
+/* records of 24 bytes: kind, pad, name pointer, value; walked as cuptiActivityGetNextRecord would */
+int fake_next(uint8_t *buf, size_t valid, void **rec) {
+    uint8_t *r = *rec ? (uint8_t *)*rec + 24 : buf;
+    if (r + 24 > buf + valid) return 1;
+    *rec = r; return 0;
+}
+static const char *NAMES[] = {"step 0", "gemm_kernel", "step 1"};
+int fake_emit_named(int count) {
+    uint8_t *buf; size_t size, maxr;
+    R(&buf, &size, &maxr);
+    for (int i = 0; i < count; i++) {
+        uint32_t kind = (i % 2) ? 10 : 12;
+        const char *name = NAMES[i % 3];
+        uint64_t v = (uint64_t)i;
+        memcpy(buf + 24 * i, &kind, 4); memset(buf + 24 * i + 4, 0, 4);
+        memcpy(buf + 24 * i + 8, &name, 8); memcpy(buf + 24 * i + 16, &v, 8);
+    }
+    D(0, 0, buf, size, (size_t)(24 * count));
+    return 0;
+}
 int fake_emit(int n, int fill) {  /* from another thread, like CUPTI's worker */
     pthread_t t; struct job j = {n, (unsigned char)fill};
     pthread_create(&t, 0, emit, &j); pthread_join(t, 0); return 0;
@@ -67,3 +87,21 @@ def test_shim_appends_completed_buffers_whole(tmp_path, fake_cupti):
     got = list(iter_buffers(raw))
     assert len([b for b, _ in got if b is not None]) == 7
     assert "truncated" in got[-1][1]
+
+
+def test_shim_saves_the_strings_records_point_to(tmp_path, fake_cupti):
+    from cctrace.sources.cupti_raw import iter_buffers_with_strings
+
+    shim = load_shim(build_shim())
+    raw = tmp_path / "cupti.2.cuptiraw"
+    reg = ctypes.cast(fake_cupti.cuptiActivityRegisterCallbacks, ctypes.c_void_p).value
+    nxt = ctypes.cast(fake_cupti.fake_next, ctypes.c_void_p).value
+    kinds = (ctypes.c_uint32 * 2)(12, 10)
+    offsets = (ctypes.c_uint32 * 2)(8, 8)
+    assert shim.cct_set_string_fields(nxt, kinds, offsets, 2) == 0
+    assert shim.cct_start(reg, str(raw).encode(), 64 * 1024) == 0
+    fake_cupti.fake_emit_named(6)
+    ((data, strings, problem),) = list(iter_buffers_with_strings(raw))
+    assert problem is None and len(data) == 6 * 24
+    ptrs = [int.from_bytes(data[24 * i + 8 : 24 * i + 16], "little") for i in range(6)]
+    assert [strings[p] for p in ptrs] == ["step 0", "gemm_kernel", "step 1"] * 2

@@ -54,6 +54,13 @@ def load_shim(path: str | os.PathLike) -> ctypes.CDLL:
     lib.cct_start.restype = ctypes.c_int
     lib.cct_reopen.argtypes = [ctypes.c_char_p]
     lib.cct_reopen.restype = ctypes.c_int
+    lib.cct_set_string_fields.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_uint32),
+        ctypes.POINTER(ctypes.c_uint32),
+        ctypes.c_int,
+    ]
+    lib.cct_set_string_fields.restype = ctypes.c_int
     lib.cct_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 5)]
     lib.cct_stats.restype = None
     return lib

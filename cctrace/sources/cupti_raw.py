@@ -19,7 +19,9 @@ from cctrace.shards import ShardWriter
 from cctrace.sources.cupti_source import RAW_SUFFIX, CuptiSource
 
 MAGIC = 0x3130425554504343
+STR_MAGIC = 0x3130525453544343
 HEADER = struct.Struct("<QQ")
+STR_ENTRY = struct.Struct("<QI")
 
 # record class per activity kind name, as cupti-python 13.0 names them
 RECORD_CLASSES = {
@@ -44,25 +46,60 @@ def raw_files(trace_dir: Path) -> list[Path]:
     return sorted(Path(trace_dir).glob(f"cupti.*{RAW_SUFFIX}"))
 
 
-def iter_buffers(path: Path) -> Iterator[tuple[bytes | None, str | None]]:
-    """Yield each whole buffer of a raw file; a damaged tail yields (None, problem) and stops."""
+def _blocks(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
     with open(path, "rb") as f:
         while True:
             head = f.read(HEADER.size)
             if not head:
                 return
             if len(head) < HEADER.size:
-                yield None, f"truncated buffer header at byte {f.tell() - len(head)}"
+                yield 0, None, f"truncated block header at byte {f.tell() - len(head)}"
                 return
             magic, size = HEADER.unpack(head)
-            if magic != MAGIC:
-                yield None, f"bad buffer marker at byte {f.tell() - HEADER.size}"
+            if magic not in (MAGIC, STR_MAGIC):
+                yield 0, None, f"bad block marker at byte {f.tell() - HEADER.size}"
                 return
             data = f.read(size)
             if len(data) < size:
-                yield None, f"last buffer truncated ({len(data)} of {size} bytes)"
+                yield 0, None, f"last block truncated ({len(data)} of {size} bytes)"
                 return
-            yield data, None
+            yield magic, data, None
+
+
+def parse_strings(data: bytes) -> dict[int, str]:
+    out, pos = {}, 0
+    while pos + STR_ENTRY.size <= len(data):
+        ptr, n = STR_ENTRY.unpack_from(data, pos)
+        pos += STR_ENTRY.size
+        out[ptr] = data[pos : pos + n].decode("utf-8", "replace")
+        pos += n
+    return out
+
+
+def iter_buffers(path: Path) -> Iterator[tuple[bytes | None, str | None]]:
+    """Yield each whole buffer of a raw file; a damaged tail yields (None, problem) and stops."""
+    for data, _strings, problem in iter_buffers_with_strings(path):
+        yield data, problem
+
+
+def iter_buffers_with_strings(path: Path) -> Iterator[tuple[bytes | None, dict, str | None]]:
+    """Each buffer with the strings (pointer -> text) of its records; the strings follow it."""
+    pending: bytes | None = None
+    strings: dict[int, str] = {}
+    for magic, data, problem in _blocks(path):
+        if problem:
+            if pending is not None:
+                yield pending, strings, None
+            yield None, {}, problem
+            return
+        if magic == STR_MAGIC:
+            strings = parse_strings(data or b"")
+            continue
+        if pending is not None:
+            yield pending, strings, None
+        pending, strings = data, {}
+    if pending is not None:
+        yield pending, strings, None
 
 
 class _Walker:
@@ -83,6 +120,11 @@ class _Walker:
         self.next_record = ctypes.CDLL(lib).cuptiActivityGetNextRecord
         self.next_record.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]
         self.next_record.restype = ctypes.c_int
+        from cctrace.sources.cupti_source import string_fields
+
+        self.string_fields: dict[int, list[tuple[str, int]]] = {}
+        for kind, field, offset in string_fields(cupti):
+            self.string_fields.setdefault(kind, []).append((field, offset))
         self.classes = {}
         for kind, cls in RECORD_CLASSES.items():
             k = getattr(cupti.ActivityKind, kind, None)
@@ -90,17 +132,41 @@ class _Walker:
             if k is not None and c is not None:
                 self.classes[int(k)] = c
 
-    def records(self, data: bytes) -> tuple[list, object]:
+    def records(self, data: bytes, strings: dict[int, str]) -> tuple[list, object]:
+        """Record objects of one buffer. String fields point into the recording process, so for
+        records that have them a plain copy is made with the strings the shim saved."""
         buf = ctypes.create_string_buffer(data, len(data))
         rec = ctypes.c_void_p(None)
         out = []
-        classes = self.classes
+        classes, with_strings = self.classes, self.string_fields
         while self.next_record(buf, len(data), ctypes.byref(rec)) == 0:
             addr = rec.value
-            cls = classes.get(ctypes.c_uint32.from_address(addr).value)
-            if cls is not None:
-                out.append(cls.from_ptr(addr, True))
+            kind = ctypes.c_uint32.from_address(addr).value
+            cls = classes.get(kind)
+            if cls is None:
+                continue
+            obj = cls.from_ptr(addr, True)
+            fields = with_strings.get(kind)
+            if fields:
+                obj = _WithStrings(
+                    obj, {f: strings.get(ctypes.c_uint64.from_address(addr + off).value, "") for f, off in fields}
+                )
+            out.append(obj)
         return out, buf  # buf must outlive the records that point into it
+
+
+class _WithStrings:
+    """A record whose string fields come from the saved strings, everything else from the record."""
+
+    __slots__ = ("_rec", "_strings")
+
+    def __init__(self, rec, strings: dict[str, str]) -> None:
+        self._rec = rec
+        self._strings = strings
+
+    def __getattr__(self, name: str):
+        s = self._strings.get(name)
+        return s if s is not None else getattr(self._rec, name)
 
 
 def decode_trace(trace_dir: Path) -> list[str]:
@@ -125,11 +191,11 @@ def decode_trace(trace_dir: Path) -> list[str]:
         src.bind(walker.cupti)
         src._offset = offset
         n_buffers = 0
-        for data, problem in iter_buffers(path):
+        for data, strings, problem in iter_buffers_with_strings(path):
             if problem:
                 problems.append(f"{path.name}: {problem}; kept {n_buffers} whole buffers")
                 break
-            records, keep = walker.records(data)
+            records, keep = walker.records(data, strings)
             src._convert(records)
             del records, keep
             n_buffers += 1

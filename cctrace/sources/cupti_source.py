@@ -249,6 +249,7 @@ class CuptiSource:
                 self._shim = load_shim(shim_path)
                 register = ctypes.cast(ctypes.CDLL(lib).cuptiActivityRegisterCallbacks, ctypes.c_void_p).value
                 path = str(raw_path(self.writer.directory, self.writer.pid)).encode()
+                self._set_string_fields(ctypes.CDLL(lib))
                 rc = self._shim.cct_start(register, path, BUFFER_BYTES)
                 if rc != 0:
                     raise CuptiUnavailable(f"CUPTI refused the buffer callbacks (status {rc})")
@@ -258,6 +259,15 @@ class CuptiSource:
             self.errors.append(os.environ.get(ENV_SHIM_ERROR, "no buffer shim") + "; using Python buffer callbacks")
         cupti.activity_register_callbacks(self._buffer_requested, self._buffer_completed)
         self.delivery = "python-callbacks"
+
+    def _set_string_fields(self, libcupti: ctypes.CDLL) -> None:
+        """Tell the shim where kernel and NVTX names sit, so it copies them out with each buffer."""
+        fields = string_fields(self._cupti)
+        kinds = (ctypes.c_uint32 * len(fields))(*[k for k, _, _ in fields])
+        offsets = (ctypes.c_uint32 * len(fields))(*[o for _, _, o in fields])
+        nxt = ctypes.cast(libcupti.cuptiActivityGetNextRecord, ctypes.c_void_p).value
+        if self._shim.cct_set_string_fields(nxt, kinds, offsets, len(fields)) != 0:
+            self.errors.append("string fields not registered with the shim; kernel/NVTX names will be missing")
 
     def stop(self) -> None:
         cupti = self._cupti
@@ -631,6 +641,24 @@ def _batch(table: str, cols: dict, n: int, pid: int) -> pa.RecordBatch:
 def _clean_name(name: str) -> str:
     """`cudaMemcpyAsync_v3020` -> `cudaMemcpyAsync`; driver names keep their `_v2` (the symbol)."""
     return _VERSION_SUFFIX.sub("", name) if name.startswith("cuda") else name
+
+
+# string-pointer fields: (activity kind, cupti-python dtype, field)
+STRING_FIELDS = (
+    ("CONCURRENT_KERNEL", "activity_kernel10_dtype", "name"),
+    ("MARKER", "activity_marker2_dtype", "name"),
+    ("MARKER", "activity_marker2_dtype", "domain"),
+)
+
+
+def string_fields(cupti) -> list[tuple[int, str, int]]:
+    """(kind value, field name, byte offset) of each string pointer, from cupti-python's dtypes."""
+    out = []
+    for kind, dtype_name, field in STRING_FIELDS:
+        dtype = getattr(cupti, dtype_name, None)
+        if dtype is not None and field in (dtype.fields or {}):
+            out.append((int(getattr(cupti.ActivityKind, kind)), field, int(dtype.fields[field][1])))
+    return out
 
 
 def raw_path(directory, pid: int):
