@@ -23,8 +23,8 @@ DEFAULT = "memcpy,memcpy2,memset,memory,sync,runtime,overhead"
 CONFIGS = {
     "plain": None,
     "default": (DEFAULT, {}),
-    "default,no-periodic-flush": (DEFAULT, {"CCTRACE_CUPTI_FLUSH": "none"}),
-    "default,python-callbacks": (DEFAULT, {"CCTRACE_NO_SHIM": "1"}),
+    "default-no-periodic-flush": (DEFAULT, {"CCTRACE_CUPTI_FLUSH": "none"}),
+    "default-python-callbacks": (DEFAULT, {"CCTRACE_NO_SHIM": "1"}),
     "base4": (BASE, {}),
     "default+kernel+nvtx": (DEFAULT + ",kernel,nvtx", {}),
 }

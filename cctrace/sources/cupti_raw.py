@@ -14,6 +14,8 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from cctrace.manifest import proc_record_path
 from cctrace.shards import ShardWriter
 from cctrace.sources.cupti_source import RAW_SUFFIX, CuptiSource
@@ -126,33 +128,39 @@ class _Walker:
         for kind, field, offset in string_fields(cupti):
             self.string_fields.setdefault(kind, []).append((field, offset))
         self.classes = {}
-        for kind, cls in RECORD_CLASSES.items():
+        for kind, (cls, dtype) in RECORD_CLASSES.items():
             k = getattr(cupti.ActivityKind, kind, None)
             c = getattr(cupti, cls, None)
             if k is not None and c is not None:
-                self.classes[int(k)] = c
+                self.classes[int(k)] = (c, getattr(cupti, dtype, None))
 
     def records(self, data: bytes, strings: dict[int, str]) -> tuple[list, object]:
         """Record objects of one buffer. String fields point into the recording process, so for
         records that have them a plain copy is made with the strings the shim saved."""
-        buf = ctypes.create_string_buffer(data, len(data))
+        mem = bytearray(data)
+        buf = (ctypes.c_char * len(mem)).from_buffer(mem)
+        base = ctypes.addressof(buf)
         rec = ctypes.c_void_p(None)
         out = []
         classes, with_strings = self.classes, self.string_fields
-        while self.next_record(buf, len(data), ctypes.byref(rec)) == 0:
+        while self.next_record(buf, len(mem), ctypes.byref(rec)) == 0:
             addr = rec.value
             kind = ctypes.c_uint32.from_address(addr).value
-            cls = classes.get(kind)
-            if cls is None:
+            entry = classes.get(kind)
+            if entry is None:
                 continue
-            obj = cls.from_ptr(addr, True)
+            cls, dtype = entry
+            if dtype is not None:  # a numpy view: cupti-python's buffer manager never sees our memory
+                obj = cls.from_data(np.frombuffer(mem, dtype=dtype, count=1, offset=addr - base))
+            else:
+                obj = cls.from_ptr(addr, True)
             fields = with_strings.get(kind)
             if fields:
                 obj = _WithStrings(
                     obj, {f: strings.get(ctypes.c_uint64.from_address(addr + off).value, "") for f, off in fields}
                 )
             out.append(obj)
-        return out, buf  # buf must outlive the records that point into it
+        return out, (mem, buf)  # the memory must outlive the records that point into it
 
 
 class _WithStrings:
