@@ -132,7 +132,7 @@ class _Walker:
             k = getattr(cupti.ActivityKind, kind, None)
             c = getattr(cupti, cls, None)
             if k is not None and c is not None:
-                self.classes[int(k)] = (c, getattr(cupti, dtype, None))
+                self.classes[int(k)] = [c, getattr(cupti, dtype, None)]
 
     def records(self, data: bytes, strings: dict[int, str]) -> tuple[list, object]:
         """Record objects of one buffer. String fields point into the recording process, so for
@@ -150,9 +150,13 @@ class _Walker:
             if entry is None:
                 continue
             cls, dtype = entry
+            obj = None
             if dtype is not None:  # a numpy view: cupti-python's buffer manager never sees our memory
-                obj = cls.from_data(np.frombuffer(mem, dtype=dtype, count=1, offset=addr - base))
-            else:
+                try:
+                    obj = cls.from_data(np.frombuffer(mem, dtype=dtype, count=1, offset=addr - base))
+                except (TypeError, ValueError):
+                    entry[1] = None
+            if obj is None:
                 obj = cls.from_ptr(addr, True)
             fields = with_strings.get(kind)
             if fields:
