@@ -27,16 +27,16 @@ STR_ENTRY = struct.Struct("<QI")
 
 # record class per activity kind name, as cupti-python 13.0 names them
 RECORD_CLASSES = {
-    "MEMCPY": "ActivityMemcpy6",
-    "MEMCPY2": "ActivityMemcpyPtoP4",
-    "MEMSET": "ActivityMemset4",
-    "MEMORY2": "ActivityMemory4",
-    "SYNCHRONIZATION": "ActivitySynchronization2",
-    "RUNTIME": "ActivityAPI",
-    "DRIVER": "ActivityAPI",
-    "CONCURRENT_KERNEL": "ActivityKernel10",
-    "MARKER": "ActivityMarker2",
-    "OVERHEAD": "ActivityOverhead3",
+    "MEMCPY": ("ActivityMemcpy6", "activity_memcpy6_dtype"),
+    "MEMCPY2": ("ActivityMemcpyPtoP4", "activity_memcpy_pto_p4_dtype"),
+    "MEMSET": ("ActivityMemset4", "activity_memset4_dtype"),
+    "MEMORY2": ("ActivityMemory4", "activity_memory4_dtype"),
+    "SYNCHRONIZATION": ("ActivitySynchronization2", "activity_synchronization2_dtype"),
+    "RUNTIME": ("ActivityAPI", "activity_api_dtype"),
+    "DRIVER": ("ActivityAPI", "activity_api_dtype"),
+    "CONCURRENT_KERNEL": ("ActivityKernel10", "activity_kernel10_dtype"),
+    "MARKER": ("ActivityMarker2", "activity_marker2_dtype"),
+    "OVERHEAD": ("ActivityOverhead3", "activity_overhead3_dtype"),
 }
 
 
