@@ -166,5 +166,149 @@ def load_cmd(trace_dirs, as_json) -> None:
     sys.exit(EXIT_BAD_TRACE if failed else 0)
 
 
+def _params(pairs) -> dict:
+    from cctrace.analysis import QueryError, parse_params
+
+    try:
+        return parse_params(pairs)
+    except QueryError as e:
+        _err(str(e))
+        sys.exit(EXIT_USAGE)
+
+
+def _analysis_errors(fn):
+    """Turn the analysis layer's expected failures into one-line messages and exit codes."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        from cctrace.analysis import QueryError
+        from cctrace.store import LoadError
+
+        try:
+            return fn(*a, **kw)
+        except (LoadError, FileNotFoundError) as e:
+            _err(str(e))
+            sys.exit(EXIT_BAD_TRACE)
+        except QueryError as e:
+            _err(str(e))
+            sys.exit(EXIT_USAGE)
+
+    return wrapper
+
+
+PARAM_HELP = "Query parameter k=v (repeatable); `cctrace query --list` shows them."
+
+
+@cli.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report (stable keys).")
+@click.option("--markdown", is_flag=True, help="Markdown, for tickets.")
+@click.option("--param", "params", multiple=True, help=PARAM_HELP)
+@_analysis_errors
+def report(trace, as_json, markdown, params) -> None:
+    """Attribute the time TRACE lost at the CPU<->GPU boundary, with advice.
+
+    TRACE is a trace directory (loaded on first use) or its trace.duckdb. JSON keys: window_ms,
+    steps, step_source, step_ms, categories[{category, events, lost_ms, per_step_us, pct_of_window,
+    gpu_idle_overlap_ms, advice}], explained_ms, unexplained_ms, gpu_idle_ms, cost_model, top, params.
+    """
+    from cctrace.analysis import report as build
+    from cctrace.views import print_report, report_markdown
+
+    r = build(trace, _params(params))
+    if as_json:
+        click.echo(json.dumps(r, indent=2, default=str))
+    elif markdown:
+        click.echo(report_markdown(r))
+    else:
+        from rich.console import Console
+
+        print_report(r, Console())
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.argument("trace", required=False, type=click.Path(path_type=Path))
+@click.option("--list", "list_", is_flag=True, help="List the canned queries and their parameters.")
+@click.option("--param", "params", multiple=True, help=PARAM_HELP)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write here (required for parquet).")
+@_analysis_errors
+def query(name, trace, list_, params, fmt, output) -> None:
+    """Run canned query NAME (or your own FILE.sql) on TRACE.
+
+    Your SQL sees the tables (copies, api_calls, ...) and the analysis views (steps, win, xfers,
+    cost_model, xfer_costs, async_calls, sync_calls, gpu_idle, bridge_waits, ...).
+    """
+    from cctrace.analysis import PARAMS, Analysis, list_queries
+
+    if list_:
+        for q in list_queries():
+            click.echo(f"{q.name:20s} {q.answers}")
+            if q.params and q.params != "none":
+                click.echo(f"{'':20s}   params: {q.params}")
+        click.echo("\nparameters: " + "; ".join(f"{k} ({d[2]}, default {d[1]})" for k, d in PARAMS.items()))
+        return
+    if not name or not trace:
+        _err("usage: cctrace query NAME|FILE.sql TRACE  (or --list)")
+        sys.exit(EXIT_USAGE)
+    a = Analysis(trace, _params(params))
+    try:
+        t = a.run(name)
+    finally:
+        a.close()
+    if fmt == "parquet":
+        if not output:
+            _err("--format parquet needs -o FILE")
+            sys.exit(EXIT_USAGE)
+        import pyarrow.parquet as pq
+
+        pq.write_table(t, output)
+        return
+    if fmt == "table":
+        from rich.console import Console
+
+        from cctrace.views import arrow_table
+
+        Console().print(arrow_table(t, title=name))
+        return
+    if fmt == "csv":
+        import io
+
+        import pyarrow.csv as pcsv
+
+        buf = io.BytesIO()
+        pcsv.write_csv(t, buf)
+        text = buf.getvalue().decode()
+    else:
+        text = json.dumps(t.to_pylist(), indent=2, default=str)
+    if output:
+        Path(output).write_text(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command("diff")
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--param", "params", multiple=True, help=PARAM_HELP)
+@_analysis_errors
+def diff_cmd(base, trace, as_json, params) -> None:
+    """Attribute the per-step time TRACE lost relative to BASE to the boundary categories."""
+    from cctrace.analysis import diff
+
+    d = diff(base, trace, _params(params))
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+    else:
+        from rich.console import Console
+
+        from cctrace.views import print_diff
+
+        print_diff(d, Console())
+
+
 def main() -> None:
     cli(prog_name="cctrace")

@@ -1,0 +1,103 @@
+"""Rendering analysis results: rich tables for the terminal, Markdown for tickets. No analysis here."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from rich.console import Console
+from rich.table import Table
+
+LABELS = {
+    "small_crossings": "small crossings",
+    "stream_concurrency": "lost stream concurrency",
+    "async_stalls": "async stalls",
+    "alloc_and_copy": "alloc-and-copy",
+    "sync_waits": "sync waits / readbacks",
+}
+
+
+def arrow_table(t: pa.Table, title: str | None = None, limit: int = 200) -> Table:
+    out = Table(title=title, show_lines=False)
+    for name in t.column_names:
+        out.add_column(name, overflow="fold")
+    for row in t.slice(0, limit).to_pylist():
+        out.add_row(*["" if v is None else str(v) for v in row.values()])
+    return out
+
+
+def print_report(r: dict, console: Console) -> None:
+    steps = f"{r['steps']} steps ({r['step_source']}), {r['step_ms']} ms/step" if r["steps"] else "no steps found"
+    console.print(f"[bold]cctrace report[/bold] {r['trace']}")
+    console.print(f"window {r['window_ms']} ms, {steps}; GPU {', '.join(r['gpu']) or 'unknown'}")
+    t = Table(title="Where the time went")
+    for c in ("category", "events", "lost ms", "per step µs", "% of window", "GPU idle overlap ms"):
+        t.add_column(c, justify="left" if c == "category" else "right")
+    for c in r["categories"]:
+        t.add_row(
+            LABELS[c["category"]],
+            str(c["events"]),
+            f"{c['lost_ms']:.3f}",
+            f"{c['per_step_us']:.2f}",
+            f"{c['pct_of_window']:.2f}",
+            f"{c['gpu_idle_overlap_ms']:.3f}",
+        )
+    t.add_row("[dim]unexplained (compute, Python, ...)[/dim]", "", f"{r['unexplained_ms']:.3f}", "", "", "")
+    console.print(t)
+    if not r["gpu_busy_complete"]:
+        console.print("[yellow]no kernels recorded: GPU idle counts copies only (record with --kernels)[/yellow]")
+    for c in r["categories"]:
+        if c["advice"]:
+            console.print(f"• {LABELS[c['category']]}: {c['advice']}")
+            for row in r["top"].get(c["category"], [])[:2]:
+                console.print(f"    [dim]{_brief(row)}[/dim]")
+    cm = Table(title="Crossing cost model (fitted on this trace)")
+    for col in ("copy_kind", "host_kind", "copies", "toll_us", "gbps", "bandwidth_assumed"):
+        cm.add_column(col)
+    for row in r["cost_model"]:
+        cm.add_row(*[str(row[k]) for k in ("copy_kind", "host_kind", "copies", "toll_us", "gbps", "bandwidth_assumed")])
+    console.print(cm)
+
+
+def _brief(row: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in row.items() if v not in (None, ""))
+
+
+def report_markdown(r: dict) -> str:
+    lines = [
+        f"### cctrace report: `{r['trace']}`",
+        "",
+        f"Window {r['window_ms']} ms, {r['steps']} steps ({r['step_source']}), {r['step_ms']} ms/step.",
+        "",
+        "| category | events | lost ms | per step µs | % of window | GPU idle overlap ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in r["categories"]:
+        lines.append(
+            f"| {LABELS[c['category']]} | {c['events']} | {c['lost_ms']:.3f} | {c['per_step_us']:.2f} | "
+            f"{c['pct_of_window']:.2f} | {c['gpu_idle_overlap_ms']:.3f} |"
+        )
+    lines.append(f"| unexplained | | {r['unexplained_ms']:.3f} | | | |")
+    lines.append("")
+    lines += [f"- **{LABELS[c['category']]}**: {c['advice']}" for c in r["categories"] if c["advice"]]
+    return "\n".join(lines) + "\n"
+
+
+def print_diff(d: dict, console: Console) -> None:
+    console.print(f"[bold]cctrace diff[/bold] {d['base']} -> {d['trace']}")
+    console.print(
+        f"step time {d['base_step_ms']:.4f} -> {d['trace_step_ms']:.4f} ms "
+        f"({d['gap_ms_per_step']:+.4f} ms/step, {d['gap_pct']}%)"
+    )
+    t = Table(title="What explains the gap (per step)")
+    for c in ("category", "base ms", "trace ms", "delta ms", "share of gap"):
+        t.add_column(c, justify="left" if c == "category" else "right")
+    for c in d["categories"]:
+        share = "" if c["share_of_gap"] is None else f"{100 * c['share_of_gap']:.1f}%"
+        t.add_row(
+            LABELS[c["category"]],
+            f"{c['base_ms_per_step']:.4f}",
+            f"{c['trace_ms_per_step']:.4f}",
+            f"{c['delta_ms_per_step']:+.4f}",
+            share,
+        )
+    t.add_row("[dim]unexplained[/dim]", "", "", f"{d['unexplained_ms_per_step']:+.4f}", "")
+    console.print(t)
