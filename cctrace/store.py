@@ -28,7 +28,7 @@ VIEWS = {
         SELECT c.*, a.name AS api_name, a.tid AS api_tid, a.start_ns AS api_start_ns, a.end_ns AS api_end_ns
         FROM copies c
         LEFT JOIN api_calls a
-          ON a.pid = c.pid AND a.correlation_id = c.correlation_id AND a.source = 'cupti' AND c.correlation_id > 0
+          ON a.pid = c.pid AND a.correlation_id = c.correlation_id AND a.source <> 'ebpf' AND c.correlation_id > 0
     """,
 }
 
