@@ -1,29 +1,30 @@
--- Shared building blocks for the canned queries (TEMP views, created per connection).
+-- Shared building blocks for the canned queries: TEMP tables computed once per connection
+-- (materialised, so every query reuses them and DuckDB plans each step on its own).
 -- Parameters are DuckDB variables (SET VARIABLE), bound by cctrace from --param k=v; defaults here.
 -- Times are ns on CLOCK_MONOTONIC. Works on CUPTI traces, host-probe-only traces and both merged.
 
 -- Steps: NVTX ranges whose name matches step_pattern; without them, detected iterations
 -- (the intervals between consecutive blocking readbacks, D2H into pageable memory).
-CREATE OR REPLACE TEMP VIEW nvtx_steps AS
+CREATE OR REPLACE TEMP TABLE nvtx_steps AS
 SELECT row_number() OVER (ORDER BY start_ns) AS step, name, pid, tid, start_ns, end_ns
 FROM markers WHERE name LIKE coalesce(getvariable('step_pattern'), 'step%') AND end_ns > start_ns;
 
-CREATE OR REPLACE TEMP VIEW readbacks AS
+CREATE OR REPLACE TEMP TABLE readbacks AS
 SELECT * FROM copies WHERE copy_kind = 'DtoH' AND dst_kind = 'pageable' AND op = 'memcpy';
 
-CREATE OR REPLACE TEMP VIEW detected_steps AS
+CREATE OR REPLACE TEMP TABLE detected_steps AS
 SELECT row_number() OVER (ORDER BY end_ns) AS step, 'iteration' AS name, pid, NULL::BIGINT AS tid,
        prev_end AS start_ns, end_ns
 FROM (SELECT pid, end_ns, lag(end_ns) OVER (ORDER BY end_ns) AS prev_end FROM readbacks)
 WHERE prev_end IS NOT NULL;
 
-CREATE OR REPLACE TEMP VIEW steps AS
+CREATE OR REPLACE TEMP TABLE steps AS
 SELECT * FROM nvtx_steps
 UNION ALL
 SELECT * FROM detected_steps WHERE NOT EXISTS (SELECT 1 FROM nvtx_steps);
 
 -- The analysed window: first step start to last step end, else everything recorded.
-CREATE OR REPLACE TEMP VIEW win AS
+CREATE OR REPLACE TEMP TABLE win AS
 WITH ev AS (
     SELECT start_ns, end_ns FROM copies UNION ALL SELECT start_ns, end_ns FROM api_calls
     UNION ALL SELECT start_ns, end_ns FROM kernels
@@ -35,7 +36,7 @@ SELECT coalesce((SELECT min(start_ns) FROM steps), (SELECT min(start_ns) FROM ev
 
 -- Every host<->device transfer with its issuing call: CUPTI copies, or (host-probe-only traces)
 -- the probed copy calls, whose GPU time is unknown and approximated by the call's duration.
-CREATE OR REPLACE TEMP VIEW xfers AS
+CREATE OR REPLACE TEMP TABLE xfers AS
 SELECT c.pid, c.copy_kind, c.src_kind, c.dst_kind, c.bytes, c.start_ns, c.end_ns, c.stream_id,
        c.correlation_id, c.api_name, c.api_tid, c.api_start_ns, c.api_end_ns, 'gpu' AS timing
 FROM copies_with_api c WHERE c.op IN ('memcpy', 'p2p')
@@ -46,7 +47,7 @@ FROM api_calls a
 WHERE a.source = 'ebpf' AND a.bytes IS NOT NULL AND a.copy_kind IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM copies WHERE source = 'cupti');
 
-CREATE OR REPLACE TEMP VIEW xfer_dir AS
+CREATE OR REPLACE TEMP TABLE xfer_dir AS
 SELECT x.*, CASE x.copy_kind WHEN 'HtoD' THEN x.src_kind WHEN 'DtoH' THEN x.dst_kind ELSE 'device' END AS host_kind,
        x.end_ns - x.start_ns AS dur_ns
 FROM xfers x, win
@@ -54,7 +55,7 @@ WHERE x.copy_kind IN ('HtoD', 'DtoH', 'DtoD', 'PtoP') AND x.start_ns >= win.star
 
 -- Crossing cost model per direction and host memory kind, fitted on the trace's own copies:
 -- bandwidth from large copies, toll (fixed cost) from small ones, each a median (robust to outliers).
-CREATE OR REPLACE TEMP VIEW cost_model AS
+CREATE OR REPLACE TEMP TABLE cost_model AS
 WITH p AS (
     SELECT coalesce(getvariable('small_fit_bytes'), 65536) AS small_fit,
            coalesce(getvariable('large_fit_bytes'), 1048576) AS large_fit,
@@ -76,14 +77,14 @@ SELECT t.copy_kind, t.host_kind, t.copies, greatest(coalesce(t.toll_ns, 0), 0) A
 FROM toll t JOIN bw USING (copy_kind, host_kind), p;
 
 -- Each transfer priced by the model: what its bytes need, and what it cost beyond that.
-CREATE OR REPLACE TEMP VIEW xfer_costs AS
+CREATE OR REPLACE TEMP TABLE xfer_costs AS
 SELECT x.*, m.toll_ns, m.bytes_per_ns, x.bytes / m.bytes_per_ns AS byte_ns,
        greatest(x.dur_ns - x.bytes / m.bytes_per_ns, 0) AS excess_ns,
        x.bytes < coalesce(getvariable('small_bytes'), m.toll_ns * m.bytes_per_ns) AS small
 FROM xfer_dir x JOIN cost_model m USING (copy_kind, host_kind);
 
 -- Calls that are meant to return at once; time beyond normal_call_us is an async stall.
-CREATE OR REPLACE TEMP VIEW async_calls AS
+CREATE OR REPLACE TEMP TABLE async_calls AS
 SELECT a.*, a.end_ns - a.start_ns AS dur_ns,
        greatest(a.end_ns - a.start_ns - coalesce(getvariable('normal_call_us'), 20) * 1000, 0) AS stall_ns
 FROM api_calls a, win
@@ -95,7 +96,7 @@ WHERE a.start_ns >= win.start_ns AND a.start_ns <= win.end_ns
        OR (a.source = 'ebpf' AND regexp_matches(a.name, '^cuMemcpy.*Async')));
 
 -- Sync waits: stream/event/context synchronize calls, and blocking readbacks (D2H into pageable).
-CREATE OR REPLACE TEMP VIEW sync_calls AS
+CREATE OR REPLACE TEMP TABLE sync_calls AS
 SELECT a.*, a.end_ns - a.start_ns AS dur_ns,
        CASE WHEN regexp_matches(a.name, 'Synchronize') THEN 'sync' ELSE 'readback' END AS wait_kind
 FROM api_calls a, win
@@ -105,7 +106,7 @@ WHERE a.start_ns >= win.start_ns AND a.start_ns <= win.end_ns
             SELECT 1 FROM readbacks r WHERE r.pid = a.pid AND r.correlation_id = a.correlation_id)));
 
 -- GPU busy islands (union of copies and kernels) and the idle gaps between them in the window.
-CREATE OR REPLACE TEMP VIEW gpu_busy AS
+CREATE OR REPLACE TEMP TABLE gpu_busy AS
 WITH ev AS (
     SELECT start_ns, end_ns FROM copies UNION ALL SELECT start_ns, end_ns FROM kernels
 ), o AS (
@@ -119,13 +120,13 @@ WITH ev AS (
 )
 SELECT island, min(start_ns) AS start_ns, max(end_ns) AS end_ns FROM g GROUP BY island;
 
-CREATE OR REPLACE TEMP VIEW gpu_idle AS
+CREATE OR REPLACE TEMP TABLE gpu_idle AS
 SELECT greatest(prev_end, win.start_ns) AS start_ns, least(start_ns_next, win.end_ns) AS end_ns
 FROM (SELECT end_ns AS prev_end, lead(start_ns) OVER (ORDER BY start_ns) AS start_ns_next FROM gpu_busy), win
 WHERE start_ns_next > prev_end AND least(start_ns_next, win.end_ns) > greatest(prev_end, win.start_ns);
 
 -- Allocation followed, within alloc_window_us on the same thread, by an H2D copy that fits in it.
-CREATE OR REPLACE TEMP VIEW alloc_copy_pairs AS
+CREATE OR REPLACE TEMP TABLE alloc_copy_pairs AS
 SELECT a.pid, ac.tid, a.ts_ns AS alloc_ns, a.bytes AS alloc_bytes, coalesce(ac.name, 'alloc') AS alloc_call,
        coalesce(ac.end_ns - ac.start_ns, 0) AS alloc_call_ns, x.bytes AS copy_bytes, x.api_name AS copy_call,
        x.api_end_ns - x.api_start_ns AS copy_call_ns, x.dur_ns AS copy_ns, x.api_start_ns AS copy_call_start_ns
@@ -140,7 +141,7 @@ QUALIFY row_number() OVER (PARTITION BY a.pid, a.ts_ns, a.address ORDER BY x.api
 
 -- Host time stuck at the boundary, one category per call (first match wins: async stall,
 -- alloc-and-copy, small crossing, sync wait), as intervals for the GPU-idle overlap.
-CREATE OR REPLACE TEMP VIEW stuck AS
+CREATE OR REPLACE TEMP TABLE stuck AS
 WITH s AS (
     SELECT pid, correlation_id, 'async_stalls' AS category, start_ns + (dur_ns - stall_ns) AS start_ns, end_ns, 1 AS prio
     FROM async_calls WHERE stall_ns > 0
@@ -158,7 +159,7 @@ QUALIFY correlation_id IS NULL OR row_number() OVER (PARTITION BY pid, correlati
 
 -- Lost stream concurrency, per (delayed copy, copy of another stream that held the bridge): the
 -- part of the delayed copy's ready-to-start wait that the other copy covered.
-CREATE OR REPLACE TEMP VIEW bridge_waits AS
+CREATE OR REPLACE TEMP TABLE bridge_waits AS
 WITH ops AS (
     SELECT pid, stream_id, start_ns, end_ns, correlation_id, 1 AS is_copy FROM copies WHERE op IN ('memcpy', 'p2p')
     UNION ALL
@@ -167,14 +168,23 @@ WITH ops AS (
     SELECT *, max(end_ns) OVER (PARTITION BY pid, stream_id ORDER BY start_ns, end_ns
                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS stream_free_ns
     FROM ops
-), c AS (
+), c AS MATERIALIZED (
     SELECT x.pid, x.stream_id, x.start_ns, greatest(x.api_start_ns, coalesce(f.stream_free_ns, 0)) AS ready_ns
     FROM xfer_dir x JOIN free f ON f.is_copy = 1 AND f.pid = x.pid AND f.correlation_id = x.correlation_id
          AND f.start_ns = x.start_ns
     WHERE x.timing = 'gpu' AND x.copy_kind IN ('HtoD', 'DtoH') AND x.api_start_ns IS NOT NULL
+), o AS MATERIALIZED (
+    SELECT pid, stream_id, start_ns, end_ns FROM xfer_dir WHERE copy_kind IN ('HtoD', 'DtoH')
 )
 SELECT c.pid, c.stream_id, o.stream_id AS blocked_by_stream, c.start_ns AS copy_start_ns,
        least(o.end_ns, c.start_ns) - greatest(o.start_ns, c.ready_ns) AS wait_ns
-FROM c JOIN xfer_dir o ON o.pid = c.pid AND o.stream_id <> c.stream_id AND o.copy_kind IN ('HtoD', 'DtoH')
-     AND o.start_ns < c.start_ns AND o.end_ns > c.ready_ns
-WHERE c.start_ns > c.ready_ns;
+FROM (SELECT * FROM c WHERE c.start_ns > c.ready_ns) c
+-- only the two range conditions in the join, so DuckDB uses its inequality join (IEJoin)
+JOIN o ON o.start_ns < c.start_ns AND o.end_ns > c.ready_ns
+WHERE o.pid = c.pid AND o.stream_id <> c.stream_id;
+
+-- GPU idle time overlapping each category's stuck host time.
+CREATE OR REPLACE TEMP TABLE idle_by_category AS
+SELECT s.category, sum(greatest(least(s.end_ns, i.end_ns) - greatest(s.start_ns, i.start_ns), 0)) AS idle_ns
+FROM stuck s JOIN gpu_idle i ON s.start_ns < i.end_ns AND s.end_ns > i.start_ns
+GROUP BY ALL;

@@ -12,13 +12,10 @@ WITH cat AS (
     SELECT 'alloc_and_copy', count(*), sum(alloc_call_ns + copy_call_ns) FROM alloc_copy_pairs
     UNION ALL
     SELECT 'sync_waits', count(*), sum(dur_ns) FROM sync_calls
-), idle AS (
-    SELECT s.category, sum(greatest(least(s.end_ns, i.end_ns) - greatest(s.start_ns, i.start_ns), 0)) AS idle_ns
-    FROM stuck s JOIN gpu_idle i ON s.start_ns < i.end_ns AND s.end_ns > i.start_ns GROUP BY ALL
 )
 SELECT cat.category, cat.events, round(coalesce(cat.lost_ns, 0) / 1e6, 3) AS lost_ms,
        round(coalesce(cat.lost_ns, 0) / 1e3 / greatest(win.steps, 1), 3) AS per_step_us,
        round(100 * coalesce(cat.lost_ns, 0) / greatest(win.end_ns - win.start_ns, 1), 2) AS pct_of_window,
        round(coalesce(idle.idle_ns, 0) / 1e6, 3) AS gpu_idle_overlap_ms
-FROM cat CROSS JOIN win LEFT JOIN idle USING (category)
+FROM cat CROSS JOIN win LEFT JOIN idle_by_category idle USING (category)
 ORDER BY lost_ms DESC;

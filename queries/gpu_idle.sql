@@ -2,10 +2,7 @@
 -- answers: Bridge-induced GPU idle: how much GPU idle time overlaps host time stuck at the boundary, by category (the serving time actually lost)?
 -- params: none (kernels must be recorded, --kernels, for GPU busy time to be complete)
 -- columns: category, idle_overlap_ms, per_step_us, gpu_idle_ms
-SELECT s.category,
-       round(sum(greatest(least(s.end_ns, i.end_ns) - greatest(s.start_ns, i.start_ns), 0)) / 1e6, 3) AS idle_overlap_ms,
-       round(sum(greatest(least(s.end_ns, i.end_ns) - greatest(s.start_ns, i.start_ns), 0)) / 1e3
-             / greatest((SELECT steps FROM win), 1), 3) AS per_step_us,
+SELECT category, round(idle_ns / 1e6, 3) AS idle_overlap_ms,
+       round(idle_ns / 1e3 / greatest((SELECT steps FROM win), 1), 3) AS per_step_us,
        round((SELECT sum(end_ns - start_ns) FROM gpu_idle) / 1e6, 3) AS gpu_idle_ms
-FROM stuck s JOIN gpu_idle i ON s.start_ns < i.end_ns AND s.end_ns > i.start_ns
-GROUP BY ALL ORDER BY idle_overlap_ms DESC;
+FROM idle_by_category ORDER BY idle_overlap_ms DESC;
