@@ -2,7 +2,8 @@
 
 Each generated step has the serve.py pattern: 5 small H2D copies and a D2H readback (with their
 runtime calls), a stream sync, 6 kernels and an NVTX range: 20 events per step, all written through
-the real shard writer. Each size runs in a fresh process so peak memory (max RSS) is its own.
+the real shard writer. Each size is generated in one process and loaded + reported in a fresh one, so the max RSS
+printed is load + report alone.
 
     python benchmarks/analysis_scale.py --events 1e6 1e7 3e7
 """
@@ -59,68 +60,127 @@ def generate(out: Path, events: int) -> int:
         src = np.where(k == 5, "device", np.where(k % 2 == 0, "pageable", "pinned"))
         dst = np.where(k == 5, "pageable", "device")
         nbytes = np.where(k == 2, 4096, 128)
-        w.add_batch("copies", _batch("copies", {
-            "pid": np.ones(6 * n, np.int64), "op": np.full(6 * n, "memcpy"), "copy_kind": kind, "src_kind": src,
-            "dst_kind": dst, "bytes": nbytes, "start_ns": t + 2_000, "end_ns": t + 2_000 + cdur,
-            "stream_id": np.full(6 * n, 7), "correlation_id": corr, "source": np.full(6 * n, "cupti")}))
+        w.add_batch(
+            "copies",
+            _batch(
+                "copies",
+                {
+                    "pid": np.ones(6 * n, np.int64),
+                    "op": np.full(6 * n, "memcpy"),
+                    "copy_kind": kind,
+                    "src_kind": src,
+                    "dst_kind": dst,
+                    "bytes": nbytes,
+                    "start_ns": t + 2_000,
+                    "end_ns": t + 2_000 + cdur,
+                    "stream_id": np.full(6 * n, 7),
+                    "correlation_id": corr,
+                    "source": np.full(6 * n, "cupti"),
+                },
+            ),
+        )
         sync_t = np.repeat(base, 1) + 400_000
-        w.add_batch("api_calls", _batch("api_calls", {
-            "pid": np.ones(7 * n, np.int64), "tid": np.full(7 * n, 2),
-            "name": np.concatenate([np.full(6 * n, "cudaMemcpyAsync"), np.full(n, "cudaStreamSynchronize")]),
-            "domain": np.full(7 * n, "runtime"), "start_ns": np.concatenate([t, sync_t]),
-            "end_ns": np.concatenate([t + api_dur, sync_t + 20_000]),
-            "correlation_id": np.concatenate([corr, -np.arange(n, dtype=np.int64) - 1]),
-            "source": np.full(7 * n, "cupti")}))
+        w.add_batch(
+            "api_calls",
+            _batch(
+                "api_calls",
+                {
+                    "pid": np.ones(7 * n, np.int64),
+                    "tid": np.full(7 * n, 2),
+                    "name": np.concatenate([np.full(6 * n, "cudaMemcpyAsync"), np.full(n, "cudaStreamSynchronize")]),
+                    "domain": np.full(7 * n, "runtime"),
+                    "start_ns": np.concatenate([t, sync_t]),
+                    "end_ns": np.concatenate([t + api_dur, sync_t + 20_000]),
+                    "correlation_id": np.concatenate([corr, -np.arange(n, dtype=np.int64) - 1]),
+                    "source": np.full(7 * n, "cupti"),
+                },
+            ),
+        )
         kt = np.repeat(base, 6) + 420_000 + np.tile(np.arange(6), n) * 40_000
-        w.add_batch("kernels", _batch("kernels", {
-            "pid": np.ones(6 * n, np.int64), "name": np.full(6 * n, "gemm"), "start_ns": kt, "end_ns": kt + 35_000,
-            "stream_id": np.full(6 * n, 7), "source": np.full(6 * n, "cupti")}))
-        w.add_batch("markers", _batch("markers", {
-            "pid": np.ones(n, np.int64), "tid": np.full(n, 2), "name": [f"step {i}" for i in range(s0, s0 + n)],
-            "start_ns": base, "end_ns": base + step_ns - 1, "source": np.full(n, "nvtx")}))
+        w.add_batch(
+            "kernels",
+            _batch(
+                "kernels",
+                {
+                    "pid": np.ones(6 * n, np.int64),
+                    "name": np.full(6 * n, "gemm"),
+                    "start_ns": kt,
+                    "end_ns": kt + 35_000,
+                    "stream_id": np.full(6 * n, 7),
+                    "source": np.full(6 * n, "cupti"),
+                },
+            ),
+        )
+        w.add_batch(
+            "markers",
+            _batch(
+                "markers",
+                {
+                    "pid": np.ones(n, np.int64),
+                    "tid": np.full(n, 2),
+                    "name": [f"step {i}" for i in range(s0, s0 + n)],
+                    "start_ns": base,
+                    "end_ns": base + step_ns - 1,
+                    "source": np.full(n, "nvtx"),
+                },
+            ),
+        )
         w.flush()
     w.close()
     (out / "manifest.json").write_text(json.dumps({"command": ["analysis_scale"], "processes": []}))
     return steps * EVENTS_PER_STEP
 
 
-def measure(events: int) -> dict:
+def measure(d: Path, n: int) -> dict:
+    """load + report of an already generated trace, in this (fresh) process: its max RSS is theirs."""
     from cctrace.analysis import report
     from cctrace.store import load
 
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp) / "t"
-        t0 = time.perf_counter()
-        n = generate(d, events)
-        gen_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        load(d)
-        load_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        r = report(d)
-        report_s = time.perf_counter() - t0
-    return {"events": n, "generate_s": round(gen_s, 2), "load_s": round(load_s, 2),
-            "load_events_per_s": round(n / load_s), "report_s": round(report_s, 2),
-            "steps": r["steps"], "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    t0 = time.perf_counter()
+    load(d)
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    r = report(d)
+    report_s = time.perf_counter() - t0
+    return {
+        "events": n,
+        "load_s": round(load_s, 2),
+        "load_events_per_s": round(n / load_s),
+        "report_s": round(report_s, 2),
+        "steps": r["steps"],
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=float, nargs="+", default=[1e6, 1e7, 3e7])
-    ap.add_argument("--one", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--gen", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.one:
-        print(json.dumps(measure(int(a.one))))
+    if a.gen:
+        print(generate(Path(a.gen[0]), int(float(a.gen[1]))))
+        return
+    if a.measure:
+        print(json.dumps(measure(Path(a.measure[0]), int(a.measure[1]))))
         return
     print(f"{'events':>12s} {'load s':>8s} {'events/s':>12s} {'report s':>9s} {'max RSS MB':>11s}")
     for n in a.events:
-        r = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp) / "t"
+            g = subprocess.run([sys.executable, __file__, "--gen", str(d), str(n)], capture_output=True, text=True)
+            r = subprocess.run(
+                [sys.executable, __file__, "--measure", str(d), g.stdout.strip()], capture_output=True, text=True
+            )
         if r.returncode != 0:
             print(f"{int(n):>12,d} failed: {r.stderr[-800:]}")
             continue
         m = json.loads(r.stdout.strip().splitlines()[-1])
-        print(f"{m['events']:>12,d} {m['load_s']:>8.2f} {m['load_events_per_s']:>12,d} {m['report_s']:>9.2f} "
-              f"{m['max_rss_mb']:>11,d}", flush=True)
+        print(
+            f"{m['events']:>12,d} {m['load_s']:>8.2f} {m['load_events_per_s']:>12,d} {m['report_s']:>9.2f} "
+            f"{m['max_rss_mb']:>11,d}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
