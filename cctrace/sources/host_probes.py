@@ -1,0 +1,281 @@
+"""Host probes: eBPF (bcc) at the CUDA driver boundary, for CUPTI-less (CC "on") or deeper views.
+
+uprobes on libcuda's copy/memset/alloc/free/register/sync/launch entry points record each call of a
+traced process with its arguments; sched_switch gives the time a thread spent off-CPU inside a
+call, and NVIDIA ioctls (magic 'F') are timed. Events come through a ring buffer to this process,
+which writes them as shards (api_calls with source='ebpf', host_waits, ioctls). Times are
+bpf_ktime_get_ns, i.e. CLOCK_MONOTONIC, the clock of every other table.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import glob
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from cctrace.shards import ShardWriter
+
+PROBE_SOURCE = Path(__file__).resolve().parent.parent.parent / "probes" / "cuda_boundary.c"
+DIST_PACKAGES = ("/usr/lib/python3/dist-packages",)
+HEADER_TREES = ("/opt/cctrace/kheaders/build", "/opt/kheaders/build")
+
+P = {i: f"PT_REGS_PARM{i}(ctx)" for i in range(1, 7)}
+# name: (copy kind or None, bytes, stream, ptr, out_ptr) as C expressions over the call's arguments
+FUNCS: dict[str, tuple[str | None, str, str, str, str]] = {
+    "cuMemcpyHtoD_v2": ("HtoD", P[3], "0", P[1], "0"),
+    "cuMemcpyHtoDAsync_v2": ("HtoD", P[3], P[4], P[1], "0"),
+    "cuMemcpyDtoH_v2": ("DtoH", P[3], "0", P[2], "0"),
+    "cuMemcpyDtoHAsync_v2": ("DtoH", P[3], P[4], P[2], "0"),
+    "cuMemcpyDtoD_v2": ("DtoD", P[3], "0", P[1], "0"),
+    "cuMemcpyDtoDAsync_v2": ("DtoD", P[3], P[4], P[1], "0"),
+    "cuMemcpy": ("unknown", P[3], "0", P[1], "0"),
+    "cuMemcpyAsync": ("unknown", P[3], P[4], P[1], "0"),
+    "cuMemcpyPeer": ("PtoP", P[5], "0", P[1], "0"),
+    "cuMemcpyPeerAsync": ("PtoP", P[5], P[6], P[1], "0"),
+    "cuMemsetD8_v2": (None, P[3], "0", P[1], "0"),
+    "cuMemsetD8Async": (None, P[3], P[4], P[1], "0"),
+    "cuMemsetD32_v2": (None, f"{P[3]} * 4", "0", P[1], "0"),
+    "cuMemsetD32Async": (None, f"{P[3]} * 4", P[4], P[1], "0"),
+    "cuMemAlloc_v2": (None, P[2], "0", "0", P[1]),
+    "cuMemAllocAsync": (None, P[2], P[3], "0", P[1]),
+    "cuMemAllocManaged": (None, P[2], "0", "0", P[1]),
+    "cuMemAllocHost_v2": (None, P[2], "0", "0", P[1]),
+    "cuMemHostAlloc": (None, P[2], "0", "0", P[1]),
+    "cuMemFree_v2": (None, "0", "0", P[1], "0"),
+    "cuMemFreeAsync": (None, "0", P[2], P[1], "0"),
+    "cuMemFreeHost": (None, "0", "0", P[1], "0"),
+    "cuMemHostRegister_v2": (None, P[2], "0", P[1], "0"),
+    "cuMemHostUnregister": (None, "0", "0", P[1], "0"),
+    "cuStreamSynchronize": (None, "0", P[1], "0", "0"),
+    "cuEventSynchronize": (None, "0", "0", P[1], "0"),
+    "cuCtxSynchronize": (None, "0", "0", "0", "0"),
+    "cuStreamWaitEvent": (None, "0", P[1], P[2], "0"),
+    "cuLaunchKernel": (None, "0", "stack_arg(ctx, 9)", P[1], "0"),
+    "cuLaunchKernelEx": (None, "0", f"read_u64({P[1]} + 32)", P[2], "0"),
+    "cuGraphLaunch": (None, "0", P[2], P[1], "0"),
+}
+VARIANTS = ("", "_ptsz", "_ptds")
+EV_CALL, EV_OFFCPU, EV_IOCTL = 1, 2, 3
+
+
+class Event(ct.Structure):
+    _fields_ = [("type", ct.c_uint32), ("func", ct.c_uint32), ("pid", ct.c_uint32), ("tid", ct.c_uint32),
+                ("start", ct.c_uint64), ("end", ct.c_uint64), ("bytes", ct.c_uint64), ("stream", ct.c_uint64),
+                ("ptr", ct.c_uint64), ("ret", ct.c_int64), ("off_cpu_ns", ct.c_uint64), ("ioctl_ns", ct.c_uint64),
+                ("request", ct.c_uint64), ("fd", ct.c_int64)]
+
+
+class ProbesUnavailable(RuntimeError):
+    """Host probes cannot run here; the message says why and what to do."""
+
+
+def import_bcc():
+    """bcc comes from the distribution (python3-bpfcc), also when cctrace runs in a virtualenv."""
+    try:
+        import bcc
+    except ImportError:
+        for d in DIST_PACKAGES:
+            if os.path.isdir(os.path.join(d, "bcc")) and d not in sys.path:
+                sys.path.append(d)
+        try:
+            import bcc
+        except ImportError as e:
+            raise ProbesUnavailable(
+                f"bcc is not importable ({e}); install it with `apt-get install python3-bpfcc` (as root)"
+            ) from None
+    import bcc
+
+    return bcc
+
+
+def header_tree() -> str | None:
+    """A kernel header tree bcc can compile against: the running kernel's, or BCC_KERNEL_SOURCE."""
+    env = os.environ.get("BCC_KERNEL_SOURCE")
+    if env and os.path.isdir(env):
+        return env
+    running = f"/lib/modules/{os.uname().release}/build"
+    if os.path.isdir(os.path.join(running, "include")):
+        return running
+    for t in HEADER_TREES:
+        if os.path.isdir(os.path.join(t, "include")):
+            return t
+    return None
+
+
+def check_ready() -> None:
+    if os.geteuid() != 0:
+        raise ProbesUnavailable("host probes need root (run cctrace with sudo; the program still runs as you)")
+    import_bcc()
+    tree = header_tree()
+    if tree is None:
+        raise ProbesUnavailable(
+            f"no kernel headers for {os.uname().release}: install linux-headers-$(uname -r), or a recent "
+            "distribution header tree and point BCC_KERNEL_SOURCE at it (bash scripts/setup.sh does this)"
+        )
+    os.environ.setdefault("BCC_KERNEL_SOURCE", tree)
+    if not os.path.isdir("/sys/kernel/tracing/events") and not os.path.isdir("/sys/kernel/debug/tracing/events"):
+        raise ProbesUnavailable("tracefs is not mounted: mount -t tracefs none /sys/kernel/tracing")
+
+
+def find_libcuda(pid: int | None = None) -> str | None:
+    """The libcuda a process mapped (attach), else the one the dynamic loader would find."""
+    if env := os.environ.get("CCTRACE_LIBCUDA"):
+        return env
+    if pid:
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                for line in maps:
+                    path = line.rsplit(" ", 1)[-1].strip()
+                    if re.search(r"/libcuda\.so", path):
+                        return path
+        except OSError:
+            pass
+    try:
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
+        m = re.search(r"libcuda\.so\.1 .*=> (\S+)", out)
+        if m:
+            return os.path.realpath(m.group(1))
+    except OSError:
+        pass
+    for d in ("/usr/local/nvidia/lib64", "/usr/lib/x86_64-linux-gnu", "/usr/lib64"):
+        for p in sorted(glob.glob(os.path.join(d, "libcuda.so*"))):
+            return os.path.realpath(p)
+    return None
+
+
+def _program(names: list[str], ringbuf_pages_log2: int) -> str:
+    src = PROBE_SOURCE.read_text().replace("RINGBUF_PAGES_LOG2", str(ringbuf_pages_log2))
+    parts = [src]
+    for i, name in enumerate(names):
+        _kind, nbytes, stream, ptr, out = FUNCS[_base(name)]
+        parts.append(f"int enter_{i}(struct pt_regs *ctx) {{ return enter_call(ctx, {i}, (u64)({nbytes}), "
+                     f"(u64)({stream}), (u64)({ptr}), (u64)({out})); }}\n"
+                     f"int exit_{i}(struct pt_regs *ctx) {{ return exit_call(ctx); }}\n")
+    return "\n".join(parts)
+
+
+def _base(name: str) -> str:
+    for v in ("_ptsz", "_ptds"):
+        if name.endswith(v):
+            return name[: -len(v)]
+    return name
+
+
+API_COLS = ("pid", "tid", "name", "domain", "start_ns", "end_ns", "return_value", "bytes", "copy_kind", "stream",
+            "ptr", "on_cpu_ns", "off_cpu_ns", "ioctl_ns", "source")
+WAIT_COLS = ("pid", "tid", "start_ns", "end_ns", "in_call", "source")
+IOCTL_COLS = ("pid", "tid", "start_ns", "end_ns", "fd", "request", "return_value", "in_call", "source")
+
+
+class HostProbes:
+    def __init__(self, trace_dir: Path, libcuda: str | None = None, flush_s: float = 1.0) -> None:
+        self.trace_dir = Path(trace_dir)
+        self.libcuda = libcuda
+        self.flush_s = flush_s
+        self.writer = ShardWriter(self.trace_dir, os.getpid())
+        self.attached: list[str] = []
+        self.events = {"calls": 0, "offcpu": 0, "ioctls": 0}
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.bpf = None
+
+    def start(self, pids: list[int] | None = None) -> None:
+        check_ready()
+        bcc = import_bcc()
+        lib = self.libcuda or find_libcuda(pids[0] if pids else None)
+        if lib is None or not os.path.exists(lib):
+            raise ProbesUnavailable("no libcuda found to probe (set CCTRACE_LIBCUDA=/path/to/libcuda.so.1)")
+        self.libcuda = lib
+        names = [n + v for n in FUNCS for v in VARIANTS]
+        symbols = _exported_symbols(lib)
+        names = [n for n in names if n in symbols]
+        if not names:
+            raise ProbesUnavailable(f"{lib} exports none of the CUDA driver entry points cctrace probes")
+        self.names = names
+        try:
+            self.bpf = bcc.BPF(text=_program(names, 8), cflags=["-Wno-macro-redefined", "-Wno-duplicate-decl-specifier"])
+        except Exception as e:  # noqa: BLE001 - bcc raises plain Exception on compile errors
+            raise ProbesUnavailable(f"the eBPF program did not compile/load: {str(e)[:300]}") from None
+        for i, name in enumerate(names):
+            try:
+                self.bpf.attach_uprobe(name=lib, sym=name, fn_name=f"enter_{i}")
+                self.bpf.attach_uretprobe(name=lib, sym=name, fn_name=f"exit_{i}")
+                self.attached.append(name)
+            except Exception as e:  # noqa: BLE001
+                self.errors.append(f"{name}: {e}")
+        for pid in pids or []:
+            self.trace_pid(pid)
+        self.bpf[b"events"].open_ring_buffer(self._on_event)
+        self._thread = threading.Thread(target=self._poll, name="cctrace-probes", daemon=True)
+        self._thread.start()
+
+    def trace_pid(self, pid: int) -> None:
+        self.bpf[b"traced"][ct.c_uint32(pid)] = ct.c_uint8(1)
+
+    def _poll(self) -> None:
+        last = time.monotonic()
+        while not self._stop.is_set():
+            self.bpf.ring_buffer_poll(100)
+            if time.monotonic() - last >= self.flush_s:
+                self.writer.flush()
+                last = time.monotonic()
+
+    def _on_event(self, _ctx, data, _size) -> None:
+        ev = ct.cast(data, ct.POINTER(Event)).contents
+        name = self.names[ev.func] if ev.func < len(self.names) else None
+        if ev.type == EV_CALL:
+            kind = FUNCS[_base(name)][0]
+            dur = ev.end - ev.start
+            self.writer.extend("api_calls", API_COLS, [(
+                ev.pid, ev.tid, name, "driver", ev.start, ev.end, ev.ret, ev.bytes if FUNCS[_base(name)][1] != "0" else None,
+                kind, ev.stream, ev.ptr, dur - ev.off_cpu_ns, ev.off_cpu_ns, ev.ioctl_ns, "ebpf")])
+            self.events["calls"] += 1
+        elif ev.type == EV_OFFCPU:
+            self.writer.extend("host_waits", WAIT_COLS, [(ev.pid, ev.tid, ev.start, ev.end, name, "ebpf")])
+            self.events["offcpu"] += 1
+        elif ev.type == EV_IOCTL:
+            self.writer.extend("ioctls", IOCTL_COLS, [(ev.pid, ev.tid, ev.start, ev.end, ev.fd, ev.request, ev.ret,
+                                                        name, "ebpf")])
+            self.events["ioctls"] += 1
+
+    def stop(self) -> dict:
+        if self.bpf is None:
+            return self.health()
+        time.sleep(0.05)
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self.bpf.ring_buffer_consume()
+        self.writer.close()
+        lost = sum(v.value for v in self.bpf[b"lost"].values())
+        self.lost = int(lost)
+        self.bpf.cleanup()
+        self.bpf = None
+        return self.health()
+
+    def health(self) -> dict:
+        return {"libcuda": self.libcuda, "attached": len(self.attached), "events": dict(self.events),
+                "lost": getattr(self, "lost", 0), "errors": self.errors[:20]}
+
+
+def _exported_symbols(lib: str) -> set[str]:
+    """Dynamic symbols of a shared library (pyelftools, no binutils needed)."""
+    from elftools.elf.elffile import ELFFile
+
+    out = set()
+    with open(lib, "rb") as f:
+        elf = ELFFile(f)
+        dynsym = elf.get_section_by_name(".dynsym")
+        if dynsym is None:
+            return out
+        for sym in dynsym.iter_symbols():
+            if sym["st_shndx"] != "SHN_UNDEF" and sym["st_info"]["type"] == "STT_FUNC":
+                out.add(sym.name.split("@")[0])
+    return out
