@@ -52,12 +52,21 @@ def cli() -> None:
     type=click.FloatRange(0.05, 60),
     help="Seconds between shard flushes: the most a SIGKILL can lose.",
 )
+@click.option(
+    "--host-probes",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="eBPF probes at the CUDA driver boundary (need root and bcc; auto: when they can run).",
+)
 @click.option("--no-load", is_flag=True, help="Do not build trace.duckdb after the run.")
 @click.option("--force", is_flag=True, help="Write into an existing, non-empty output directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No messages from the tracer inside the program.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def record(output, kinds, kernels, nvtx, driver, flush_interval, no_load, force, quiet, as_json, command) -> None:
+def record(
+    output, kinds, kernels, nvtx, driver, flush_interval, host_probes, no_load, force, quiet, as_json, command
+) -> None:
     """Run COMMAND with every Python process it starts traced.
 
     \b
@@ -65,7 +74,7 @@ def record(output, kinds, kernels, nvtx, driver, flush_interval, no_load, force,
     The exit status is COMMAND's (127 if it cannot be found). The trace directory holds
     Arrow shards, manifest.json and, when duckdb is installed, trace.duckdb.
     """
-    from cctrace.launcher import RecordOptions, run_traced
+    from cctrace.launcher import RecordError, RecordOptions, run_traced
 
     if not command:
         _err("no command given; usage: cctrace record [OPTIONS] -- COMMAND [ARGS]...")
@@ -85,8 +94,12 @@ def record(output, kinds, kernels, nvtx, driver, flush_interval, no_load, force,
     if out.exists() and any(out.iterdir()) and not force:
         _err(f"{out} exists and is not empty; choose another -o or pass --force")
         sys.exit(EXIT_USAGE)
-    opts = RecordOptions(kinds=tuple(kind_list), flush_s=flush_interval, quiet=quiet)
-    status = run_traced(list(command), out, opts)
+    opts = RecordOptions(kinds=tuple(kind_list), flush_s=flush_interval, quiet=quiet, host_probes=host_probes)
+    try:
+        status = run_traced(list(command), out, opts)
+    except RecordError as e:
+        _err(str(e))
+        sys.exit(EXIT_USAGE)
     summary: dict = {"trace": str(out), "exit_code": status}
     if status != 127 and not no_load:
         summary["load"] = _load_quietly(out)
@@ -164,6 +177,60 @@ def load_cmd(trace_dirs, as_json) -> None:
     if as_json:
         click.echo(json.dumps(results, indent=2))
     sys.exit(EXIT_BAD_TRACE if failed else 0)
+
+
+@cli.command()
+@click.option("--pid", type=int, required=True, help="The running process to trace (and its threads and new children).")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Trace directory (default: cctrace-attach-<time>)."
+)
+@click.option(
+    "--duration", type=click.FloatRange(0.1), help="Seconds to trace (default: until Ctrl-C or the process ends)."
+)
+@click.option("--libcuda", help="The libcuda to probe (default: the one the process mapped).")
+@click.option("--force", is_flag=True, help="Write into an existing, non-empty output directory.")
+def attach(pid, output, duration, libcuda, force) -> None:
+    """Trace a running process with host probes only (no CUPTI: works in CC production mode).
+
+    Needs root and bcc. The trace has api_calls (with byte counts and directions from the probed
+    arguments), host_waits and ioctls; `cctrace report` works on it.
+    """
+    from cctrace.attach import AttachError, attach_pid
+
+    out = output or Path(time.strftime("cctrace-attach-%Y%m%d-%H%M%S"))
+    if out.exists() and any(out.iterdir()) and not force:
+        _err(f"{out} exists and is not empty; choose another -o or pass --force")
+        sys.exit(EXIT_USAGE)
+    try:
+        health = attach_pid(pid, out, duration, libcuda, progress=_err)
+    except AttachError as e:
+        _err(str(e))
+        sys.exit(EXIT_USAGE)
+    _err(
+        f"trace written to {out}: {health['events']['calls']:,} calls, {health['events']['offcpu']:,} off-CPU waits, "
+        f"{health['events']['ioctls']:,} ioctls, {health['lost']} lost"
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="The checks as JSON.")
+def doctor(as_json) -> None:
+    """What works on this machine for recording: driver, CUPTI, CC mode, bcc, headers, privileges.
+
+    Exit status 0 when `cctrace record` would use CUPTI and host probes, 1 when it would fall back.
+    """
+    from cctrace.doctor import run_checks
+
+    checks = run_checks()
+    if as_json:
+        click.echo(json.dumps(checks, indent=2))
+    else:
+        for c in checks:
+            mark = {"ok": "[ok]  ", "warn": "[warn]", "fail": "[FAIL]"}[c["status"]]
+            click.echo(f"{mark} {c['check']}: {c['detail']}")
+            if c["status"] != "ok" and c.get("fix"):
+                click.echo(f"       -> {c['fix']}")
+    sys.exit(0 if all(c["status"] == "ok" for c in checks) else 1)
 
 
 def _params(pairs) -> dict:

@@ -29,7 +29,36 @@ class RecordOptions:
     kinds: tuple[str, ...] = T.DEFAULT_KINDS
     flush_s: float = 1.0
     quiet: bool = False
+    host_probes: str = "auto"  # on | off | auto
     extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class RecordError(Exception):
+    """Recording cannot start as asked (e.g. --host-probes on where they cannot run)."""
+
+
+def start_probes(trace_dir: Path, mode: str, flush_s: float):
+    """Host probes per --host-probes; returns (probes or None, health for the manifest)."""
+    if mode == "off":
+        return None, {"state": "off (--host-probes off)"}
+    from cctrace.sources.host_probes import HostProbes, ProbesUnavailable
+
+    probes = HostProbes(trace_dir, flush_s=flush_s)
+    try:
+        probes.start()
+    except ProbesUnavailable as e:
+        if mode == "on":
+            raise RecordError(f"host probes cannot run: {e}") from None
+        sys.stderr.write(f"cctrace: host probes off: {e}\n")
+        return None, {"state": f"off: {e}"}
+    return probes, {"state": "active"}
+
+
+def _as_invoking_user() -> dict:
+    """Under sudo, the traced command runs as the user who ran sudo; only the probes keep root."""
+    if os.geteuid() == 0 and os.environ.get("SUDO_UID") and os.environ.get("SUDO_GID"):
+        return {"user": int(os.environ["SUDO_UID"]), "group": int(os.environ["SUDO_GID"]), "extra_groups": []}
+    return {}
 
 
 def child_environment(trace_dir: Path, opts: RecordOptions, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -84,14 +113,17 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
     trace_dir.mkdir(parents=True, exist_ok=True)
     started_wall, started_ns = time.time(), time.monotonic_ns()
     options = {"kinds": list(opts.kinds), "flush_s": opts.flush_s}
+    probes, options["host_probes"] = start_probes(trace_dir, opts.host_probes, opts.flush_s)
     try:
-        child = subprocess.Popen(cmd, env=child_environment(trace_dir, opts))
-    except FileNotFoundError:
-        sys.stderr.write(f"cctrace: command not found: {cmd[0]}\n")
-        return 127
-    except PermissionError:
-        sys.stderr.write(f"cctrace: permission denied: {cmd[0]}\n")
-        return 126
+        child = subprocess.Popen(cmd, env=child_environment(trace_dir, opts), **_as_invoking_user())
+    except (FileNotFoundError, PermissionError) as e:
+        if probes:
+            probes.stop()
+        what = "command not found" if isinstance(e, FileNotFoundError) else "permission denied"
+        sys.stderr.write(f"cctrace: {what}: {cmd[0]}\n")
+        return 127 if isinstance(e, FileNotFoundError) else 126
+    if probes:
+        probes.trace_pid(child.pid)
 
     def forward(signum, frame):  # noqa: ARG001
         try:
@@ -108,6 +140,8 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
         for s, h in previous.items():
             signal.signal(s, h)
     status = exit_status(rc)
+    if probes:
+        options["host_probes"].update(probes.stop())
     options["cupti_decode"] = decode_raw(trace_dir)
     manifest = build_manifest(trace_dir, list(cmd), started_wall, started_ns, status, options)
     write_json_atomic(trace_dir / MANIFEST, manifest)

@@ -78,8 +78,9 @@ def fake_cuda(tmp_path_factory):
     (d / "lib.c").write_text(LIB)
     (d / "app.c").write_text(APP)
     subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-o", str(d / "libcuda.so.1"), str(d / "lib.c")], check=True)
-    subprocess.run(["cc", "-O1", "-o", str(d / "app"), str(d / "app.c"), str(d / "libcuda.so.1"),
-                    f"-Wl,-rpath,{d}"], check=True)
+    subprocess.run(
+        ["cc", "-O1", "-o", str(d / "app"), str(d / "app.c"), str(d / "libcuda.so.1"), f"-Wl,-rpath,{d}"], check=True
+    )
     return d
 
 
@@ -113,8 +114,9 @@ def test_probes_see_each_call_with_arguments_and_split(tmp_path, fake_cuda):
     assert launch == (0x5151, 7)  # 9th argument, from the stack
     ioc = con.execute("SELECT count(*), min(request), min(in_call) FROM ioctls").fetchone()
     assert ioc[0] == 5 and (ioc[1] >> 8) & 0xFF == ord("F") and ioc[2] == "cuStreamSynchronize"
-    waits = con.execute("SELECT count(*), sum(end_ns - start_ns) FROM host_waits WHERE in_call = "
-                        "'cuMemcpyHtoDAsync_v2'").fetchone()
+    waits = con.execute(
+        "SELECT count(*), sum(end_ns - start_ns) FROM host_waits WHERE in_call = 'cuMemcpyHtoDAsync_v2'"
+    ).fetchone()
     assert waits[0] >= 20 and waits[1] >= 0.8 * 20 * 5e6
 
 
@@ -127,7 +129,7 @@ def test_untraced_processes_are_ignored_and_children_followed(tmp_path, fake_cud
     script = textwrap.dedent(f"""
         import subprocess, sys
         sys.stdin.readline()
-        subprocess.run([{str(fake_cuda / 'app')!r}], input="go\\n", text=True, check=True)
+        subprocess.run([{str(fake_cuda / "app")!r}], input="go\\n", text=True, check=True)
     """)
     import sys
 
@@ -142,3 +144,91 @@ def test_untraced_processes_are_ignored_and_children_followed(tmp_path, fake_cud
     assert other.pid not in pids
     assert len(pids) == 1 and pids != {parent.pid}  # the child the traced parent started
     assert con.execute("SELECT count(*) FROM api_calls WHERE name = 'cuMemcpyHtoDAsync_v2'").fetchone()[0] == 20
+
+
+@pytest.mark.root
+def test_record_with_host_probes_and_report_on_it(tmp_path, fake_cuda):
+    _require_probes()
+    import json
+    import sys
+
+    from tests.conftest import cctrace
+
+    wrapper = f"import subprocess, time; time.sleep(0.5); subprocess.run([{str(fake_cuda / 'app')!r}], input='go\\n', text=True, check=True)"
+    out = tmp_path / "rec"
+    r = cctrace(
+        "record",
+        "-o",
+        str(out),
+        "--host-probes",
+        "on",
+        "--",
+        sys.executable,
+        "-c",
+        wrapper,
+        env={"CCTRACE_LIBCUDA": str(fake_cuda / "libcuda.so.1")},
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    hp = m["options"]["host_probes"]
+    assert hp["state"] == "active" and hp["events"]["calls"] == 20 + 10 + 5 + 1 + 1 and hp["lost"] == 0
+    rep = cctrace("report", str(out), "--json", "--param", "normal_call_us=100")
+    j = json.loads(rep.stdout)
+    cats = {c["category"]: c for c in j["categories"]}
+    # host-only copies: bytes and direction from the probed arguments; 5 ms sleeps are async stalls
+    assert cats["async_stalls"]["events"] == 30
+    assert cats["sync_waits"]["events"] == 5
+
+
+@pytest.mark.root
+def test_attach_to_a_running_process(tmp_path, fake_cuda):
+    _require_probes()
+    import sys
+    import time
+
+    from tests.conftest import cctrace
+
+    app = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, time; time.sleep(3); "
+            f"subprocess.run([{str(fake_cuda / 'app')!r}], input='go\\n', text=True)",
+        ]
+    )
+    time.sleep(0.2)
+    out = tmp_path / "att"
+    r = cctrace(
+        "attach", "--pid", str(app.pid), "-o", str(out), "--libcuda", str(fake_cuda / "libcuda.so.1"), timeout=120
+    )
+    app.wait()
+    assert r.returncode == 0, r.stderr
+    assert "37 calls" in r.stderr
+    con = duckdb.connect(str(out / "trace.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM api_calls WHERE source = 'ebpf'").fetchone()[0] == 37
+
+
+def test_host_probes_on_without_root_or_bcc_is_a_clear_error(tmp_path, monkeypatch):
+    from cctrace.launcher import RecordError, start_probes
+
+    monkeypatch.setenv("CCTRACE_LIBCUDA", str(tmp_path / "missing.so"))
+    with pytest.raises(RecordError, match="host probes cannot run"):
+        start_probes(tmp_path, "on", 1.0)
+    probes, health = start_probes(tmp_path, "auto", 1.0)
+    assert probes is None and health["state"].startswith("off: ")
+
+
+def test_doctor_explains_each_piece():
+    import json
+
+    from tests.conftest import cctrace
+
+    r = cctrace("doctor", "--json")
+    checks = {c["check"]: c for c in json.loads(r.stdout)}
+    assert {"GPU and driver", "cupti-python", "bcc", "kernel headers", "tracefs", "privileges"} <= set(checks)
+    failed = [c for c in checks.values() if c["status"] != "ok"]
+    assert r.returncode == (1 if failed else 0)
+    assert all(c["fix"] for c in failed)
+    text = cctrace("doctor")
+    assert "kernel headers" in text.stdout and "Traceback" not in text.stderr

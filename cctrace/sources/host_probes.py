@@ -65,10 +65,22 @@ EV_CALL, EV_OFFCPU, EV_IOCTL = 1, 2, 3
 
 
 class Event(ct.Structure):
-    _fields_ = [("type", ct.c_uint32), ("func", ct.c_uint32), ("pid", ct.c_uint32), ("tid", ct.c_uint32),
-                ("start", ct.c_uint64), ("end", ct.c_uint64), ("bytes", ct.c_uint64), ("stream", ct.c_uint64),
-                ("ptr", ct.c_uint64), ("ret", ct.c_int64), ("off_cpu_ns", ct.c_uint64), ("ioctl_ns", ct.c_uint64),
-                ("request", ct.c_uint64), ("fd", ct.c_int64)]
+    _fields_ = [
+        ("type", ct.c_uint32),
+        ("func", ct.c_uint32),
+        ("pid", ct.c_uint32),
+        ("tid", ct.c_uint32),
+        ("start", ct.c_uint64),
+        ("end", ct.c_uint64),
+        ("bytes", ct.c_uint64),
+        ("stream", ct.c_uint64),
+        ("ptr", ct.c_uint64),
+        ("ret", ct.c_int64),
+        ("off_cpu_ns", ct.c_uint64),
+        ("ioctl_ns", ct.c_uint64),
+        ("request", ct.c_uint64),
+        ("fd", ct.c_int64),
+    ]
 
 
 class ProbesUnavailable(RuntimeError):
@@ -154,9 +166,11 @@ def _program(names: list[str], ringbuf_pages_log2: int) -> str:
     parts = [src]
     for i, name in enumerate(names):
         _kind, nbytes, stream, ptr, out = FUNCS[_base(name)]
-        parts.append(f"int enter_{i}(struct pt_regs *ctx) {{ return enter_call(ctx, {i}, (u64)({nbytes}), "
-                     f"(u64)({stream}), (u64)({ptr}), (u64)({out})); }}\n"
-                     f"int exit_{i}(struct pt_regs *ctx) {{ return exit_call(ctx); }}\n")
+        parts.append(
+            f"int enter_{i}(struct pt_regs *ctx) {{ return enter_call(ctx, {i}, (u64)({nbytes}), "
+            f"(u64)({stream}), (u64)({ptr}), (u64)({out})); }}\n"
+            f"int exit_{i}(struct pt_regs *ctx) {{ return exit_call(ctx); }}\n"
+        )
     return "\n".join(parts)
 
 
@@ -167,8 +181,23 @@ def _base(name: str) -> str:
     return name
 
 
-API_COLS = ("pid", "tid", "name", "domain", "start_ns", "end_ns", "return_value", "bytes", "copy_kind", "stream",
-            "ptr", "on_cpu_ns", "off_cpu_ns", "ioctl_ns", "source")
+API_COLS = (
+    "pid",
+    "tid",
+    "name",
+    "domain",
+    "start_ns",
+    "end_ns",
+    "return_value",
+    "bytes",
+    "copy_kind",
+    "stream",
+    "ptr",
+    "on_cpu_ns",
+    "off_cpu_ns",
+    "ioctl_ns",
+    "source",
+)
 WAIT_COLS = ("pid", "tid", "start_ns", "end_ns", "in_call", "source")
 IOCTL_COLS = ("pid", "tid", "start_ns", "end_ns", "fd", "request", "return_value", "in_call", "source")
 
@@ -200,7 +229,9 @@ class HostProbes:
             raise ProbesUnavailable(f"{lib} exports none of the CUDA driver entry points cctrace probes")
         self.names = names
         try:
-            self.bpf = bcc.BPF(text=_program(names, 8), cflags=["-Wno-macro-redefined", "-Wno-duplicate-decl-specifier"])
+            self.bpf = bcc.BPF(
+                text=_program(names, 8), cflags=["-Wno-macro-redefined", "-Wno-duplicate-decl-specifier"]
+            )
         except Exception as e:  # noqa: BLE001 - bcc raises plain Exception on compile errors
             raise ProbesUnavailable(f"the eBPF program did not compile/load: {str(e)[:300]}") from None
         for i, name in enumerate(names):
@@ -233,16 +264,37 @@ class HostProbes:
         if ev.type == EV_CALL:
             kind = FUNCS[_base(name)][0]
             dur = ev.end - ev.start
-            self.writer.extend("api_calls", API_COLS, [(
-                ev.pid, ev.tid, name, "driver", ev.start, ev.end, ev.ret, ev.bytes if FUNCS[_base(name)][1] != "0" else None,
-                kind, ev.stream, ev.ptr, dur - ev.off_cpu_ns, ev.off_cpu_ns, ev.ioctl_ns, "ebpf")])
+            self.writer.extend(
+                "api_calls",
+                API_COLS,
+                [
+                    (
+                        ev.pid,
+                        ev.tid,
+                        name,
+                        "driver",
+                        ev.start,
+                        ev.end,
+                        ev.ret,
+                        ev.bytes if FUNCS[_base(name)][1] != "0" else None,
+                        kind,
+                        ev.stream,
+                        ev.ptr,
+                        dur - ev.off_cpu_ns,
+                        ev.off_cpu_ns,
+                        ev.ioctl_ns,
+                        "ebpf",
+                    )
+                ],
+            )
             self.events["calls"] += 1
         elif ev.type == EV_OFFCPU:
             self.writer.extend("host_waits", WAIT_COLS, [(ev.pid, ev.tid, ev.start, ev.end, name, "ebpf")])
             self.events["offcpu"] += 1
         elif ev.type == EV_IOCTL:
-            self.writer.extend("ioctls", IOCTL_COLS, [(ev.pid, ev.tid, ev.start, ev.end, ev.fd, ev.request, ev.ret,
-                                                        name, "ebpf")])
+            self.writer.extend(
+                "ioctls", IOCTL_COLS, [(ev.pid, ev.tid, ev.start, ev.end, ev.fd, ev.request, ev.ret, name, "ebpf")]
+            )
             self.events["ioctls"] += 1
 
     def stop(self) -> dict:
@@ -261,8 +313,13 @@ class HostProbes:
         return self.health()
 
     def health(self) -> dict:
-        return {"libcuda": self.libcuda, "attached": len(self.attached), "events": dict(self.events),
-                "lost": getattr(self, "lost", 0), "errors": self.errors[:20]}
+        return {
+            "libcuda": self.libcuda,
+            "attached": len(self.attached),
+            "events": dict(self.events),
+            "lost": getattr(self, "lost", 0),
+            "errors": self.errors[:20],
+        }
 
 
 def _exported_symbols(lib: str) -> set[str]:
