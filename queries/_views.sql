@@ -85,25 +85,34 @@ FROM xfer_dir x JOIN cost_model m USING (copy_kind, host_kind);
 
 -- Calls that are meant to return at once; time beyond normal_call_us is an async stall.
 CREATE OR REPLACE TEMP TABLE async_calls AS
+WITH names AS (  -- match call names once, not once per call
+    SELECT name FROM (SELECT DISTINCT name FROM api_calls)
+    WHERE regexp_matches(name, '^cu(da)?(Memset(D8|D16|D32|2D)?.*Async|LaunchKernel|LaunchCooperativeKernel|GraphLaunch|MallocAsync|FreeAsync|MemAllocAsync|MemFreeAsync)')
+       OR regexp_matches(name, '^cu(da)?Memcpy.*Async')
+), pinned_copies AS (
+    SELECT pid, correlation_id FROM copies
+    WHERE src_kind IN ('pinned', 'device') AND dst_kind IN ('pinned', 'device')
+)
 SELECT a.*, a.end_ns - a.start_ns AS dur_ns,
        greatest(a.end_ns - a.start_ns - coalesce(getvariable('normal_call_us'), 20) * 1000, 0) AS stall_ns
-FROM api_calls a, win
+FROM api_calls a SEMI JOIN names USING (name), win
 WHERE a.start_ns >= win.start_ns AND a.start_ns <= win.end_ns
-  AND (regexp_matches(a.name, '^cu(da)?(Memset(D8|D16|D32|2D)?.*Async|LaunchKernel|LaunchCooperativeKernel|GraphLaunch|MallocAsync|FreeAsync|MemAllocAsync|MemFreeAsync)')
-       OR (regexp_matches(a.name, '^cu(da)?Memcpy.*Async') AND EXISTS (
-            SELECT 1 FROM copies c WHERE c.pid = a.pid AND c.correlation_id = a.correlation_id
-              AND (c.src_kind IN ('pinned', 'device') AND c.dst_kind IN ('pinned', 'device'))))
-       OR (a.source = 'ebpf' AND regexp_matches(a.name, '^cuMemcpy.*Async')));
+  AND (NOT regexp_matches(a.name, '^cu(da)?Memcpy') OR a.source = 'ebpf'
+       OR (a.pid, a.correlation_id) IN (SELECT (pid, correlation_id) FROM pinned_copies));
 
 -- Sync waits: stream/event/context synchronize calls, and blocking readbacks (D2H into pageable).
 CREATE OR REPLACE TEMP TABLE sync_calls AS
+WITH names AS (
+    SELECT name FROM (SELECT DISTINCT name FROM api_calls)
+    WHERE regexp_matches(name, '^cu(da)?((Stream|Event|Device|Ctx)Synchronize|Memcpy)')
+), rb AS (SELECT pid, correlation_id FROM readbacks)
 SELECT a.*, a.end_ns - a.start_ns AS dur_ns,
-       CASE WHEN regexp_matches(a.name, 'Synchronize') THEN 'sync' ELSE 'readback' END AS wait_kind
-FROM api_calls a, win
+       CASE WHEN contains(a.name, 'Synchronize') THEN 'sync' ELSE 'readback' END AS wait_kind
+FROM api_calls a SEMI JOIN names USING (name), win
 WHERE a.start_ns >= win.start_ns AND a.start_ns <= win.end_ns
-  AND (regexp_matches(a.name, '^cu(da)?(Stream|Event|Device|Ctx)Synchronize')
-       OR (regexp_matches(a.name, '^cu(da)?Memcpy') AND EXISTS (
-            SELECT 1 FROM readbacks r WHERE r.pid = a.pid AND r.correlation_id = a.correlation_id)));
+  AND (contains(a.name, 'Synchronize')
+       OR (a.source = 'ebpf' AND regexp_matches(a.name, '^cuMemcpyDtoH(_v2)?(_ptds)?$'))
+       OR (a.pid, a.correlation_id) IN (SELECT (pid, correlation_id) FROM rb));
 
 -- GPU busy islands (union of copies and kernels) and the idle gaps between them in the window.
 CREATE OR REPLACE TEMP TABLE gpu_busy AS
