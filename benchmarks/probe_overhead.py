@@ -1,0 +1,130 @@
+"""What the host probes cost.
+
+1. Added cost per probed call (any Linux machine with root and bcc): a C program calls an exported
+   `cuMemcpyHtoDAsync_v2` that returns at once, N times, timed plain and with the host probes
+   attached to its library; prints ns/call for each and the difference, over --reps alternating runs.
+2. On a GPU machine (libcuda present), also examples/serve.py steps/s: plain, host probes only
+   (--kinds none), CUPTI + host probes; alternating, --reps each.
+
+    sudo python benchmarks/probe_overhead.py --reps 5 --calls 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LIB = "#include <stddef.h>\n#include <stdint.h>\nint cuMemcpyHtoDAsync_v2(uint64_t d, const void *s, size_t n, void *st) { return 0; }\n"
+APP = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <stddef.h>
+#include <time.h>
+int cuMemcpyHtoDAsync_v2(uint64_t, const void *, size_t, void *);
+int main(int argc, char **argv) {
+    long n = atol(argv[1]); char line[8];
+    if (!fgets(line, sizeof line, stdin)) return 1;
+    struct timespec a, b; clock_gettime(CLOCK_MONOTONIC, &a);
+    for (long i = 0; i < n; i++) cuMemcpyHtoDAsync_v2(0x1000, line, 128, (void *)1);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    printf("%.1f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n);
+    return 0;
+}
+"""
+
+
+def per_call(calls: int, reps: int) -> dict:
+    from cctrace.sources.host_probes import HostProbes
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "lib.c").write_text(LIB)
+        (d / "app.c").write_text(APP)
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(d / "libcuda.so.1"), str(d / "lib.c")], check=True)
+        subprocess.run(
+            ["cc", "-O2", "-o", str(d / "app"), str(d / "app.c"), str(d / "libcuda.so.1"), f"-Wl,-rpath,{d}"],
+            check=True,
+        )
+        plain, probed = [], []
+        for rep in range(reps):
+            r = subprocess.run([str(d / "app"), str(calls)], input="go\n", capture_output=True, text=True)
+            plain.append(float(r.stdout))
+            probes = HostProbes(d / f"t{rep}", libcuda=str(d / "libcuda.so.1"))
+            probes.start()
+            p = subprocess.Popen([str(d / "app"), str(calls)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            probes.trace_pid(p.pid)
+            out, _ = p.communicate("go\n")
+            health = probes.stop()
+            probed.append(float(out))
+            assert health["events"]["calls"] == calls, health
+    added = [b - a for a, b in zip(plain, probed, strict=True)]
+    return {
+        "calls": calls,
+        "plain_ns": plain,
+        "probed_ns": probed,
+        "added_us_median": statistics.median(added) / 1e3,
+        "added_us_min": min(added) / 1e3,
+        "added_us_max": max(added) / 1e3,
+    }
+
+
+def serve(reps: int, steps: int) -> dict:
+    py = sys.executable
+    serve_py = str(ROOT / "examples" / "serve.py")
+    rec = [py, "-m", "cctrace", "record", "--no-load", "-q", "--force", "--host-probes", "on", "-o"]
+    modes = {
+        "plain": [py, serve_py],
+        "host probes only": [*rec, "{out}", "--kinds", "none", "--", py, serve_py],
+        "cupti + host probes": [*rec, "{out}", "--", py, serve_py],
+    }
+    res: dict[str, list[float]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(reps):
+            for m, cmd in modes.items():
+                full = [c.replace("{out}", f"{tmp}/{rep}-{len(res[m])}-{m[:4]}") for c in cmd] + ["--steps", str(steps)]
+                r = subprocess.run(full, capture_output=True, text=True)
+                line = [ln for ln in r.stdout.splitlines() if ln.startswith("SERVE_SUMMARY ")]
+                if not line:
+                    raise SystemExit(f"{m} failed: {r.stderr[-1500:]}")
+                res[m].append(json.loads(line[-1].split(" ", 1)[1])["steps_per_s"])
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--calls", type=int, default=200_000)
+    ap.add_argument("--steps", type=int, default=3000)
+    a = ap.parse_args()
+    pc = per_call(a.calls, a.reps)
+    print(
+        f"per probed call ({a.calls:,} calls x {a.reps} runs): plain {statistics.median(pc['plain_ns']):.1f} ns, "
+        f"probed {statistics.median(pc['probed_ns']):.1f} ns, added {pc['added_us_median']:.2f} us "
+        f"(min {pc['added_us_min']:.2f}, max {pc['added_us_max']:.2f})"
+    )
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        print("no GPU here: serve.py comparison skipped")
+        return
+    res = serve(a.reps, a.steps)
+    base = statistics.median(res["plain"])
+    for m, v in res.items():
+        med = statistics.median(v)
+        print(
+            f"{m:22s} {med:9.1f} steps/s (min {min(v):.1f}, max {max(v):.1f}) {100 * (base - med) / base:6.1f}% slower"
+        )
+
+
+if __name__ == "__main__":
+    main()
