@@ -377,5 +377,40 @@ def diff_cmd(base, trace, as_json, params) -> None:
         print_diff(d, Console())
 
 
+@cli.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["perfetto", "parquet"]), required=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="perfetto: a .json file; parquet: a directory (one file per table).",
+)
+@click.option("--window", help="START:END in ms from the trace's first event (perfetto).")
+@click.option("--steps", help="A:B, the steps to export (perfetto), 0-based and inclusive.")
+@_analysis_errors
+def export(trace, fmt, output, window, steps) -> None:
+    """Hand TRACE to the tools people already use: Perfetto/chrome://tracing JSON, or Parquet."""
+    from cctrace.export import export_parquet, export_perfetto
+
+    def span(text, cast):
+        if not text:
+            return None
+        try:
+            a, b = text.split(":")
+            return cast(a), cast(b)
+        except ValueError:
+            _err(f"expected A:B, got {text!r}")
+            sys.exit(EXIT_USAGE)
+
+    if fmt == "parquet":
+        rows = export_parquet(trace, output)
+        _err(f"wrote {len(rows)} tables to {output}")
+        return
+    counts = export_perfetto(trace, output, span(window, float), span(steps, int), progress=_err)
+    _err(f"wrote {output}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()) + " (open in ui.perfetto.dev)")
+
+
 def main() -> None:
     cli(prog_name="cctrace")
