@@ -56,7 +56,8 @@ BPF_RINGBUF_OUTPUT(events, 1 << RINGBUF_PAGES_LOG2);
 static __always_inline int is_traced(u32 tgid) { return traced.lookup(&tgid) != NULL; }
 
 static __always_inline void emit(struct event_t *ev) {
-    if (events.ringbuf_output(ev, sizeof(*ev), 0) != 0) {
+    // no wakeup per event: user space drains the ring every few ms (a wakeup per event costs microseconds)
+    if (events.ringbuf_output(ev, sizeof(*ev), BPF_RB_NO_WAKEUP) != 0) {
         int zero = 0;
         u64 *n = lost.lookup(&zero);
         if (n) __sync_fetch_and_add(n, 1);

@@ -62,6 +62,7 @@ FUNCS: dict[str, tuple[str | None, str, str, str, str]] = {
 }
 VARIANTS = ("", "_ptsz", "_ptds")
 EV_CALL, EV_OFFCPU, EV_IOCTL = 1, 2, 3
+RINGBUF_PAGES_LOG2 = 11  # 8 MiB of events (~75k) absorbs bursts while this process drains them
 
 
 class Event(ct.Structure):
@@ -252,8 +253,8 @@ class HostProbes:
 
     def _poll(self) -> None:
         last = time.monotonic()
-        while not self._stop.is_set():
-            self.bpf.ring_buffer_poll(100)
+        while not self._stop.wait(0.01):  # events come without wakeups: drain every 10 ms
+            self.bpf.ring_buffer_consume()
             if time.monotonic() - last >= self.flush_s:
                 self.writer.flush()
                 last = time.monotonic()
