@@ -43,18 +43,22 @@ int main(int argc, char **argv) {
 """
 
 
+def _build(d: Path) -> None:
+    """The stand-in libcuda and the loop that calls it, compiled into d."""
+    (d / "lib.c").write_text(LIB)
+    (d / "app.c").write_text(APP)
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(d / "libcuda.so.1"), str(d / "lib.c")], check=True)
+    subprocess.run(
+        ["cc", "-O2", "-o", str(d / "app"), str(d / "app.c"), str(d / "libcuda.so.1"), f"-Wl,-rpath,{d}"], check=True
+    )
+
+
 def per_call(calls: int, reps: int) -> dict:
     from cctrace.sources.host_probes import HostProbes
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        (d / "lib.c").write_text(LIB)
-        (d / "app.c").write_text(APP)
-        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(d / "libcuda.so.1"), str(d / "lib.c")], check=True)
-        subprocess.run(
-            ["cc", "-O2", "-o", str(d / "app"), str(d / "app.c"), str(d / "libcuda.so.1"), f"-Wl,-rpath,{d}"],
-            check=True,
-        )
+        _build(d)
         plain, probed, lost = [], [], []
         for rep in range(reps):
             r = subprocess.run([str(d / "app"), str(calls)], input="go\n", capture_output=True, text=True)
@@ -86,13 +90,7 @@ def empty_probe_cost(calls: int) -> float:
     bcc = import_bcc()
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        (d / "lib.c").write_text(LIB)
-        (d / "app.c").write_text(APP)
-        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(d / "libcuda.so.1"), str(d / "lib.c")], check=True)
-        subprocess.run(
-            ["cc", "-O2", "-o", str(d / "app"), str(d / "app.c"), str(d / "libcuda.so.1"), f"-Wl,-rpath,{d}"],
-            check=True,
-        )
+        _build(d)
 
         def run() -> float:
             return float(

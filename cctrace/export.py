@@ -36,6 +36,14 @@ def _window_sql(con, window: tuple[float, float] | None, steps: tuple[int, int] 
     return lo, hi
 
 
+def _flow(ph: str, pid: int, tid: int, corr: int, ts_ns: int) -> dict:
+    """One end of the arrow from an API call ('s') to the GPU work it issued ('f', bound to its start)."""
+    ev = {"ph": ph, "name": "issue", "cat": "flow", "id": f"{pid}:{corr}", "pid": pid, "tid": tid, "ts": ts_ns / 1e3}
+    if ph == "f":
+        ev["bp"] = "e"
+    return ev
+
+
 def export_perfetto(
     trace: Path,
     out: Path,
@@ -98,17 +106,7 @@ def export_perfetto(
                 )
                 counts["api_slices"] += 1
                 if issued and corr and corr > 0 and source != "ebpf":
-                    put(
-                        {
-                            "ph": "s",
-                            "name": "issue",
-                            "cat": "flow",
-                            "id": f"{pid}:{corr}",
-                            "pid": pid,
-                            "tid": tid,
-                            "ts": s / 1e3,
-                        }
-                    )
+                    put(_flow("s", pid, tid, corr, s))
             if progress:
                 progress(f"{counts['api_slices']:,} API slices")
         # GPU work on stream tracks, each the end of its call's flow; bytes in flight as counters
@@ -148,18 +146,7 @@ def export_perfetto(
                 )
                 counts["gpu_slices"] += 1
                 if corr and (pid, corr) in issued:
-                    put(
-                        {
-                            "ph": "f",
-                            "bp": "e",
-                            "name": "issue",
-                            "cat": "flow",
-                            "id": f"{pid}:{corr}",
-                            "pid": pid,
-                            "tid": tid,
-                            "ts": s / 1e3,
-                        }
-                    )
+                    put(_flow("f", pid, tid, corr, s))
                     counts["flows"] += 1
                 if what == "copy" and kind in ("HtoD", "DtoH") and nbytes:
                     pending_ends.append((e, kind, nbytes, pid))
