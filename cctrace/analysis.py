@@ -117,6 +117,7 @@ class Analysis:
     def __init__(self, trace: Path, params: dict[str, object] | None = None) -> None:
         self.trace = Path(trace)
         self.con = connect(self.trace)
+        self.con.execute("SET preserve_insertion_order = false").fetchall()  # every query orders explicitly
         for k, v in (params or {}).items():
             if k not in PARAMS:
                 raise QueryError(f"unknown parameter {k!r}")

@@ -1,18 +1,19 @@
--- Shared building blocks for the canned queries: TEMP tables computed once per connection
--- (materialised, so every query reuses them and DuckDB plans each step on its own).
+-- Shared building blocks for the canned queries: mostly TEMP tables computed once per connection
+-- (materialised, so every query reuses them and DuckDB plans each step on its own); cheap
+-- projections stay views to save memory.
 -- Parameters are DuckDB variables (SET VARIABLE), bound by cctrace from --param k=v; defaults here.
 -- Times are ns on CLOCK_MONOTONIC. Works on CUPTI traces, host-probe-only traces and both merged.
 
 -- Steps: NVTX ranges whose name matches step_pattern; without them, detected iterations
 -- (the intervals between consecutive blocking readbacks, D2H into pageable memory).
-CREATE OR REPLACE TEMP TABLE nvtx_steps AS
+CREATE OR REPLACE TEMP VIEW nvtx_steps AS
 SELECT row_number() OVER (ORDER BY start_ns) AS step, name, pid, tid, start_ns, end_ns
 FROM markers WHERE name LIKE coalesce(getvariable('step_pattern'), 'step%') AND end_ns > start_ns;
 
-CREATE OR REPLACE TEMP TABLE readbacks AS
+CREATE OR REPLACE TEMP VIEW readbacks AS
 SELECT * FROM copies WHERE copy_kind = 'DtoH' AND dst_kind = 'pageable' AND op = 'memcpy';
 
-CREATE OR REPLACE TEMP TABLE detected_steps AS
+CREATE OR REPLACE TEMP VIEW detected_steps AS
 SELECT row_number() OVER (ORDER BY end_ns) AS step, 'iteration' AS name, pid, NULL::BIGINT AS tid,
        prev_end AS start_ns, end_ns
 FROM (SELECT pid, end_ns, lag(end_ns) OVER (ORDER BY end_ns) AS prev_end FROM readbacks)
@@ -36,7 +37,7 @@ SELECT coalesce((SELECT min(start_ns) FROM steps), (SELECT min(start_ns) FROM ev
 
 -- Every host<->device transfer with its issuing call: CUPTI copies, or (host-probe-only traces)
 -- the probed copy calls, whose GPU time is unknown and approximated by the call's duration.
-CREATE OR REPLACE TEMP TABLE xfers AS
+CREATE OR REPLACE TEMP VIEW xfers AS
 SELECT c.pid, c.copy_kind, c.src_kind, c.dst_kind, c.bytes, c.start_ns, c.end_ns, c.stream_id,
        c.correlation_id, c.api_name, c.api_tid, c.api_start_ns, c.api_end_ns, 'gpu' AS timing
 FROM copies_with_api c WHERE c.op IN ('memcpy', 'p2p')
@@ -77,7 +78,7 @@ SELECT t.copy_kind, t.host_kind, t.copies, greatest(coalesce(t.toll_ns, 0), 0) A
 FROM toll t JOIN bw USING (copy_kind, host_kind), p;
 
 -- Each transfer priced by the model: what its bytes need, and what it cost beyond that.
-CREATE OR REPLACE TEMP TABLE xfer_costs AS
+CREATE OR REPLACE TEMP VIEW xfer_costs AS
 SELECT x.*, m.toll_ns, m.bytes_per_ns, x.bytes / m.bytes_per_ns AS byte_ns,
        greatest(x.dur_ns - x.bytes / m.bytes_per_ns, 0) AS excess_ns,
        x.bytes < coalesce(getvariable('small_bytes'), m.toll_ns * m.bytes_per_ns) AS small
@@ -93,7 +94,8 @@ WITH names AS (  -- match call names once, not once per call
     SELECT pid, correlation_id FROM copies
     WHERE src_kind IN ('pinned', 'device') AND dst_kind IN ('pinned', 'device')
 )
-SELECT a.*, a.end_ns - a.start_ns AS dur_ns,
+SELECT a.pid, a.tid, a.name, a.start_ns, a.end_ns, a.correlation_id, a.on_cpu_ns, a.off_cpu_ns, a.ioctl_ns,
+       a.source, a.end_ns - a.start_ns AS dur_ns,
        greatest(a.end_ns - a.start_ns - coalesce(getvariable('normal_call_us'), 20) * 1000, 0) AS stall_ns
 FROM api_calls a SEMI JOIN names USING (name), win
 WHERE a.start_ns >= win.start_ns AND a.start_ns <= win.end_ns
@@ -106,7 +108,7 @@ WITH names AS (
     SELECT name FROM (SELECT DISTINCT name FROM api_calls)
     WHERE regexp_matches(name, '^cu(da)?((Stream|Event|Device|Ctx)Synchronize|Memcpy)')
 ), rb AS (SELECT pid, correlation_id FROM readbacks)
-SELECT a.*, a.end_ns - a.start_ns AS dur_ns,
+SELECT a.pid, a.tid, a.name, a.start_ns, a.end_ns, a.correlation_id, a.source, a.end_ns - a.start_ns AS dur_ns,
        CASE WHEN contains(a.name, 'Synchronize') THEN 'sync' ELSE 'readback' END AS wait_kind
 FROM api_calls a SEMI JOIN names USING (name), win
 WHERE a.start_ns >= win.start_ns AND a.start_ns <= win.end_ns
