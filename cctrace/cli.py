@@ -412,5 +412,16 @@ def export(trace, fmt, output, window, steps) -> None:
     _err(f"wrote {output}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()) + " (open in ui.perfetto.dev)")
 
 
+@cli.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.argument("base", required=False, type=click.Path(path_type=Path))
+@_analysis_errors
+def explore(trace, base) -> None:
+    """The terminal UI over TRACE (with BASE: diff mode). Press ? inside for the keys."""
+    from cctrace.explore import run
+
+    run(trace, base)
+
+
 def main() -> None:
     cli(prog_name="cctrace")

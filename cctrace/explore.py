@@ -1,0 +1,296 @@
+"""`cctrace explore`: a textual app over the DuckDB trace. It renders what analysis returns and asks
+DuckDB for the visible window only (the timeline never loads the trace into Python)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Footer, Header, Input, Label, OptionList, Static, TabbedContent, TabPane
+
+from cctrace.analysis import Analysis, QueryError, diff, list_queries, report
+from cctrace.views import LABELS
+
+HELP = """\
+[b]cctrace explore[/b] — keys
+
+  1..5          overview, timeline, tables, SQL, diff (with BASE)
+  ?             this help          q  quit
+  timeline:     + / -  zoom in / out      [ / ]  (or h / l)  pan
+                n  next step             f  next finding (a stall or wait)
+  tables:       enter on a query to run it; click a column header to sort
+  SQL:          type a query over the trace's tables and views, enter to run
+"""
+
+
+class HelpScreen(ModalScreen):
+    BINDINGS = [Binding("escape,q,question_mark", "app.pop_screen", "close")]
+
+    def compose(self) -> ComposeResult:
+        yield Static(HELP, id="help")
+
+
+def _bar(pct: float, width: int = 30) -> str:
+    n = max(0, min(width, round(pct / 100 * width)))
+    return "█" * n + "·" * (width - n)
+
+
+class Timeline(Static):
+    """One row per GPU stream and host thread; each character is a time bucket of the visible window."""
+
+    def __init__(self, analysis: Analysis, **kw) -> None:
+        super().__init__(**kw)
+        self.a = analysis
+        lo, hi, steps = analysis.con.execute("SELECT start_ns, end_ns, steps FROM win").fetchall()[0]
+        self.lo, self.hi = lo or 0, hi or 1
+        self.steps = steps
+        self.start = self.lo
+        self.span = max((self.hi - self.lo) // 20, 1) if steps else (self.hi - self.lo)
+        self.step_index = 0
+
+    def window(self) -> tuple[int, int]:
+        return self.start, self.start + self.span
+
+    def refresh_view(self) -> None:
+        self.update(self.render_rows(100))
+
+    def render_rows(self, width: int) -> Text:
+        lo, hi = self.window()
+        bucket = max((hi - lo) // width, 1)
+        q = """
+            SELECT track, b, max(prio) AS p FROM (
+              SELECT 'stream ' || stream_id AS track, CASE copy_kind WHEN 'HtoD' THEN 3 WHEN 'DtoH' THEN 2 ELSE 1 END AS prio,
+                     start_ns, end_ns FROM copies WHERE end_ns >= ? AND start_ns <= ?
+              UNION ALL SELECT 'stream ' || stream_id, 1, start_ns, end_ns FROM kernels WHERE end_ns >= ? AND start_ns <= ?
+              UNION ALL SELECT 'thread ' || tid, CASE WHEN name LIKE '%Synchronize%' THEN 5 ELSE 4 END, start_ns, end_ns
+                     FROM api_calls WHERE end_ns >= ? AND start_ns <= ?
+            ), range(0, ?) r(b)
+            WHERE start_ns < ? + (b + 1) * ? AND end_ns > ? + b * ?
+            GROUP BY ALL ORDER BY track, b"""
+        rows = self.a.con.execute(q, [lo, hi, lo, hi, lo, hi, width, lo, bucket, lo, bucket]).fetchall()
+        tracks: dict[str, list[str]] = {}
+        glyph = {1: ("▆", "green"), 2: ("▆", "magenta"), 3: ("▆", "cyan"), 4: ("▂", "yellow"), 5: ("▄", "red")}
+        for track, b, p in rows:
+            tracks.setdefault(track, [" "] * width)[b] = p
+        out = Text()
+        out.append(
+            f"{(lo - self.lo) / 1e6:9.3f} ms … {(hi - self.lo) / 1e6:9.3f} ms   ({(hi - lo) / 1e3:.1f} µs shown)\n",
+            style="bold",
+        )
+        for track in sorted(tracks):
+            out.append(f"{track:>14s} ")
+            for cell in tracks[track]:
+                if cell == " ":
+                    out.append("·", style="dim")
+                else:
+                    ch, style = glyph[cell]
+                    out.append(ch, style=style)
+            out.append("\n")
+        if not tracks:
+            out.append("(nothing in this window)\n", style="dim")
+        out.append("HtoD cyan, DtoH magenta, kernel green | host call yellow, sync red", style="dim")
+        return out
+
+    def zoom(self, factor: float) -> None:
+        mid = self.start + self.span // 2
+        self.span = max(int(self.span * factor), 1000)
+        self.start = max(self.lo, mid - self.span // 2)
+        self.refresh_view()
+
+    def pan(self, frac: float) -> None:
+        self.start = min(max(self.lo, self.start + int(self.span * frac)), max(self.lo, self.hi - self.span))
+        self.refresh_view()
+
+    def next_step(self) -> None:
+        row = self.a.con.execute(
+            "SELECT start_ns, end_ns FROM steps ORDER BY start_ns LIMIT 1 OFFSET ?", [self.step_index]
+        ).fetchall()
+        if row:
+            self.start, self.span = row[0][0], max(row[0][1] - row[0][0], 1)
+            self.step_index += 1
+            self.refresh_view()
+
+    def next_finding(self) -> None:
+        row = self.a.con.execute(
+            """SELECT start_ns FROM (SELECT start_ns FROM async_calls WHERE stall_ns > 0
+                                    UNION ALL SELECT start_ns FROM sync_calls) WHERE start_ns > ?
+                                    ORDER BY start_ns LIMIT 1""",
+            [self.start + self.span // 2],
+        ).fetchall()
+        if row:
+            self.start = max(self.lo, row[0][0] - self.span // 2)
+            self.refresh_view()
+
+
+class Explorer(App):
+    TITLE = "cctrace explore"
+    CSS = """
+    #help { padding: 1 2; background: $panel; border: round $accent; width: 80; height: auto; }
+    HelpScreen { align: center middle; }
+    #queries { height: 8; }
+    """
+    BINDINGS = [
+        Binding("q", "quit", "quit"),
+        Binding("question_mark", "help", "help"),
+        Binding("1", "tab('overview')", "overview"),
+        Binding("2", "tab('timeline')", "timeline"),
+        Binding("3", "tab('tables')", "tables"),
+        Binding("4", "tab('sql')", "SQL"),
+        Binding("5", "tab('diff')", "diff", show=False),
+        Binding("plus,equals_sign", "zoom(0.5)", "zoom in", show=False),
+        Binding("minus", "zoom(2)", "zoom out", show=False),
+        Binding("left_square_bracket,h", "pan(-0.5)", "pan left", show=False),
+        Binding("right_square_bracket,l", "pan(0.5)", "pan right", show=False),
+        Binding("n", "next_step", "next step", show=False),
+        Binding("f", "next_finding", "next finding", show=False),
+    ]
+
+    def __init__(self, trace: Path, base: Path | None = None) -> None:
+        super().__init__()
+        self.trace, self.base = Path(trace), Path(base) if base else None
+        self.analysis = Analysis(self.trace)
+        self.report = report(self.trace)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with TabbedContent(initial="overview"):
+            with TabPane("Overview", id="overview"):
+                yield Static(self._overview(), id="overview-text")
+                yield DataTable(id="findings", cursor_type="row")
+            with TabPane("Timeline", id="timeline"):
+                yield Timeline(self.analysis, id="timeline-view")
+            with TabPane("Tables", id="tables"), Vertical():
+                yield OptionList(*[q.name for q in list_queries()], id="queries")
+                yield Label("", id="query-info")
+                yield DataTable(id="query-table", zebra_stripes=True)
+            with TabPane("SQL", id="sql"):
+                yield Input(placeholder="SELECT ... FROM copies ...  (enter runs it)", id="sql-input")
+                yield Label("", id="sql-status")
+                yield DataTable(id="sql-table", zebra_stripes=True)
+            if self.base:
+                with TabPane("Diff", id="diff"):
+                    yield DataTable(id="diff-table")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        findings = self.query_one("#findings", DataTable)
+        findings.add_columns("finding", "lost ms", "advice")
+        for c in self.report["categories"]:
+            if c["advice"]:
+                findings.add_row(LABELS[c["category"]], f"{c['lost_ms']:.3f}", c["advice"], key=c["category"])
+        self.query_one(Timeline).refresh_view()
+        if self.base:
+            d = diff(self.base, self.trace)
+            t = self.query_one("#diff-table", DataTable)
+            t.add_columns("category", "base ms/step", "trace ms/step", "delta ms/step", "share of gap")
+            for c in d["categories"]:
+                share = "" if c["share_of_gap"] is None else f"{100 * c['share_of_gap']:.1f}%"
+                t.add_row(
+                    LABELS[c["category"]],
+                    f"{c['base_ms_per_step']:.4f}",
+                    f"{c['trace_ms_per_step']:.4f}",
+                    f"{c['delta_ms_per_step']:+.4f}",
+                    share,
+                )
+            t.add_row(
+                "step time",
+                f"{d['base_step_ms']:.4f}",
+                f"{d['trace_step_ms']:.4f}",
+                f"{d['gap_ms_per_step']:+.4f}",
+                "100%",
+            )
+
+    def _overview(self) -> Text:
+        r = self.report
+        out = Text()
+        out.append(f"{r['trace']}\n", style="bold")
+        out.append(
+            f"command {' '.join(r['command'] or [])}\nGPU {', '.join(r['gpu']) or 'unknown'}; "
+            f"CC {(r['confidential_computing'] or {}).get('ccFeature', 'unknown')}\n"
+        )
+        out.append(f"window {r['window_ms']} ms, {r['steps']} steps ({r['step_source']}), {r['step_ms']} ms/step\n\n")
+        for c in r["categories"]:
+            out.append(
+                f"{LABELS[c['category']]:>24s} {_bar(c['pct_of_window'])} {c['lost_ms']:9.3f} ms "
+                f"{c['pct_of_window']:5.1f}%\n"
+            )
+        return out
+
+    # ---- actions ----------------------------------------------------------------------------
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_tab(self, tab: str) -> None:
+        if tab == "diff" and not self.base:
+            return
+        self.query_one(TabbedContent).active = tab
+
+    def _timeline(self) -> Timeline | None:
+        return self.query_one(Timeline) if self.query_one(TabbedContent).active == "timeline" else None
+
+    def action_zoom(self, factor: float) -> None:
+        if t := self._timeline():
+            t.zoom(factor)
+
+    def action_pan(self, frac: float) -> None:
+        if t := self._timeline():
+            t.pan(frac)
+
+    def action_next_step(self) -> None:
+        if t := self._timeline():
+            t.next_step()
+
+    def action_next_finding(self) -> None:
+        if t := self._timeline():
+            t.next_finding()
+
+    # ---- events --------------------------------------------------------------------------------
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        name = str(event.option.prompt)
+        q = next(q for q in list_queries() if q.name == name)
+        self.query_one("#query-info", Label).update(q.answers)
+        self._fill(self.query_one("#query-table", DataTable), lambda: self.analysis.run(name))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        status = self.query_one("#sql-status", Label)
+
+        def run():
+            rel = self.analysis.con.sql(event.value)
+            if rel is None:
+                raise QueryError("that statement returns no rows")
+            return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
+
+        n = self._fill(self.query_one("#sql-table", DataTable), run, status)
+        if n is not None:
+            status.update(f"{n} rows")
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        event.data_table.sort(event.column_key)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "findings":
+            query = {"alloc_and_copy": "alloc_copy"}.get(str(event.row_key.value), str(event.row_key.value))
+            self.action_tab("tables")
+            self.query_one("#query-info", Label).update(f"the events behind: {query}")
+            self._fill(self.query_one("#query-table", DataTable), lambda: self.analysis.run(query))
+
+    def _fill(self, table: DataTable, produce, status: Label | None = None) -> int | None:
+        try:
+            t = produce()
+        except (QueryError, Exception) as e:  # noqa: BLE001 - show the user's SQL error, keep the app
+            if status is not None:
+                status.update(f"error: {e}")
+            return None
+        table.clear(columns=True)
+        table.add_columns(*t.column_names)
+        for row in t.slice(0, 2000).to_pylist():
+            table.add_row(*["" if v is None else str(v) for v in row.values()])
+        return t.num_rows
+
+
+def run(trace: Path, base: Path | None = None) -> None:
+    Explorer(trace, base).run()
