@@ -116,25 +116,18 @@ WHERE a.start_ns >= win.start_ns AND a.start_ns <= win.end_ns
        OR (a.source = 'ebpf' AND regexp_matches(a.name, '^cuMemcpyDtoH(_v2)?(_ptds)?$'))
        OR (a.pid, a.correlation_id) IN (SELECT (pid, correlation_id) FROM rb));
 
--- GPU busy islands (union of copies and kernels) and the idle gaps between them in the window.
-CREATE OR REPLACE TEMP TABLE gpu_busy AS
+-- GPU idle gaps in the window: where a copy or kernel starts after everything before it ended
+-- (one window pass over GPU work sorted by start; the running max of end times is the busy edge).
+CREATE OR REPLACE TEMP TABLE gpu_idle AS
 WITH ev AS (
     SELECT start_ns, end_ns FROM copies UNION ALL SELECT start_ns, end_ns FROM kernels
 ), o AS (
-    SELECT start_ns, end_ns,
-           max(end_ns) OVER (ORDER BY start_ns, end_ns ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_max
+    SELECT start_ns, max(end_ns) OVER (ORDER BY start_ns, end_ns ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS busy_until
     FROM ev
-), g AS (
-    SELECT start_ns, end_ns, sum(CASE WHEN prev_max IS NULL OR start_ns > prev_max THEN 1 ELSE 0 END)
-           OVER (ORDER BY start_ns, end_ns) AS island
-    FROM o
 )
-SELECT island, min(start_ns) AS start_ns, max(end_ns) AS end_ns FROM g GROUP BY island;
-
-CREATE OR REPLACE TEMP TABLE gpu_idle AS
-SELECT greatest(prev_end, win.start_ns) AS start_ns, least(start_ns_next, win.end_ns) AS end_ns
-FROM (SELECT end_ns AS prev_end, lead(start_ns) OVER (ORDER BY start_ns) AS start_ns_next FROM gpu_busy), win
-WHERE start_ns_next > prev_end AND least(start_ns_next, win.end_ns) > greatest(prev_end, win.start_ns);
+SELECT greatest(o.busy_until, win.start_ns) AS start_ns, least(o.start_ns, win.end_ns) AS end_ns
+FROM o, win
+WHERE o.start_ns > o.busy_until AND least(o.start_ns, win.end_ns) > greatest(o.busy_until, win.start_ns);
 
 -- Allocation followed, within alloc_window_us on the same thread, by an H2D copy that fits in it.
 CREATE OR REPLACE TEMP TABLE alloc_copy_pairs AS
