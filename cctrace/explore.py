@@ -18,10 +18,11 @@ from cctrace.views import LABELS
 HELP = """\
 [b]cctrace explore[/b] — keys
 
-  1..5          overview, timeline, tables, SQL, diff (with BASE)
+  1..6          overview, timeline, crossing cost, tables, SQL, diff (with BASE)
   ?             this help          q  quit
   timeline:     + / -  zoom in / out      [ / ]  (or h / l)  pan
                 n  next step             f  next finding (a stall or wait)
+                e  select the next copy: its fields, issuing call, what it waited for
   tables:       enter on a query to run it; click a column header to sort
   SQL:          type a query over the trace's tables and views, enter to run
 """
@@ -114,6 +115,45 @@ class Timeline(Static):
             self.step_index += 1
             self.refresh_view()
 
+    def select_next_event(self) -> Text:
+        """The next copy in (or after) the window: its fields, the call that issued it, what it waited for."""
+        after = getattr(self, "selected_ns", self.start - 1)
+        row = (
+            self.a.con.execute(
+                """SELECT * FROM copies_with_api WHERE start_ns > ? ORDER BY start_ns LIMIT 1""", [after]
+            )
+            .to_arrow_table()
+            .to_pylist()
+        )
+        if not row:
+            return Text("no further copies", style="dim")
+        c = row[0]
+        self.selected_ns = c["start_ns"]
+        if not (self.start <= c["start_ns"] <= self.start + self.span):
+            self.start = max(self.lo, c["start_ns"] - self.span // 2)
+            self.refresh_view()
+        out = Text()
+        out.append(
+            f"{c['op']} {c['copy_kind']} {c['bytes']} B {c['src_kind']}->{c['dst_kind']} stream {c['stream_id']} "
+            f"at {(c['start_ns'] - self.lo) / 1e6:.3f} ms, {(c['end_ns'] - c['start_ns']) / 1e3:.1f} us, "
+            f"correlation {c['correlation_id']}\n",
+            style="bold",
+        )
+        if c["api_name"]:
+            out.append(
+                f"  issued by {c['api_name']} on thread {c['api_tid']}: "
+                f"{(c['api_end_ns'] - c['api_start_ns']) / 1e3:.1f} us in the call, GPU start "
+                f"{(c['start_ns'] - c['api_start_ns']) / 1e3:.1f} us after it began\n"
+            )
+        waits = self.a.con.execute(
+            """SELECT blocked_by_stream, wait_ns FROM bridge_waits
+                                      WHERE pid = ? AND copy_start_ns = ?""",
+            [c["pid"], c["start_ns"]],
+        ).fetchall()
+        for stream, ns in waits:
+            out.append(f"  waited {ns / 1e3:.1f} us for a copy on stream {stream}\n")
+        return out
+
     def next_finding(self) -> None:
         row = self.a.con.execute(
             """SELECT start_ns FROM (SELECT start_ns FROM async_calls WHERE stall_ns > 0
@@ -138,15 +178,17 @@ class Explorer(App):
         Binding("question_mark", "help", "help"),
         Binding("1", "tab('overview')", "overview"),
         Binding("2", "tab('timeline')", "timeline"),
-        Binding("3", "tab('tables')", "tables"),
-        Binding("4", "tab('sql')", "SQL"),
-        Binding("5", "tab('diff')", "diff", show=False),
+        Binding("3", "tab('cost')", "cost"),
+        Binding("4", "tab('tables')", "tables"),
+        Binding("5", "tab('sql')", "SQL"),
+        Binding("6", "tab('diff')", "diff", show=False),
         Binding("plus,equals_sign", "zoom(0.5)", "zoom in", show=False),
         Binding("minus", "zoom(2)", "zoom out", show=False),
         Binding("left_square_bracket,h", "pan(-0.5)", "pan left", show=False),
         Binding("right_square_bracket,l", "pan(0.5)", "pan right", show=False),
         Binding("n", "next_step", "next step", show=False),
         Binding("f", "next_finding", "next finding", show=False),
+        Binding("e", "next_event", "next event", show=False),
     ]
 
     def __init__(self, trace: Path, base: Path | None = None) -> None:
@@ -163,6 +205,9 @@ class Explorer(App):
                 yield DataTable(id="findings", cursor_type="row")
             with TabPane("Timeline", id="timeline"):
                 yield Timeline(self.analysis, id="timeline-view")
+                yield Static("e: select the next copy in view and show its fields and linked events", id="event-detail")
+            with TabPane("Cost", id="cost"):
+                yield Static(self._cost_plot(), id="cost-plot")
             with TabPane("Tables", id="tables"), Vertical():
                 yield OptionList(*[q.name for q in list_queries()], id="queries")
                 yield Label("", id="query-info")
@@ -204,10 +249,52 @@ class Explorer(App):
                 "100%",
             )
 
+    def _cost_plot(self, width: int = 60, height: int = 14) -> Text:
+        """Latency vs size, log-log, per direction and host memory kind: medians as letters, model as dots."""
+        rows = self.analysis.rows("latency_by_size")
+        out = Text()
+        if not rows:
+            return Text("no host<->device copies in this trace", style="dim")
+        import math
+
+        xs = [math.log2(max(r["size_bytes"], 1)) for r in rows]
+        ys = [math.log10(max(v, 1e-3)) for r in rows for v in (r["median_us"], r["model_us"]) if v is not None]
+        x0, x1, y0, y1 = min(xs), max(xs) + 1e-9, min(ys), max(ys) + 1e-9
+        grid = [[" "] * width for _ in range(height)]
+        series = sorted({(r["copy_kind"], r["host_kind"]) for r in rows})
+        marks = "ABCDEFGH"
+        for r in rows:
+            k = series.index((r["copy_kind"], r["host_kind"]))
+            cx = int((math.log2(max(r["size_bytes"], 1)) - x0) / (x1 - x0) * (width - 1))
+            for v, ch in ((r["model_us"], "·"), (r["median_us"], marks[k % len(marks)])):
+                if v is None:
+                    continue
+                cy = int((math.log10(max(v, 1e-3)) - y0) / (y1 - y0) * (height - 1))
+                if ch != "·" or grid[height - 1 - cy][cx] == " ":
+                    grid[height - 1 - cy][cx] = ch
+        out.append(
+            f"latency (us, log) from {10**y0:.2f} to {10**y1:.0f}; size (bytes, log2) "
+            f"from {2**x0:.0f} to {2**x1:.0f}\n",
+            style="bold",
+        )
+        for line in grid:
+            out.append("|" + "".join(line) + "\n")
+        out.append("+" + "-" * width + "\n")
+        for k, (ck, hk) in enumerate(series):
+            m = next((c for c in self.report["cost_model"] if (c["copy_kind"], c["host_kind"]) == (ck, hk)), None)
+            fit = (
+                f"toll {m['toll_us']} us, {m['gbps']} GB/s" + (" (assumed)" if m and m["bandwidth_assumed"] else "")
+                if m
+                else ""
+            )
+            out.append(f"{marks[k % len(marks)]} {ck} {hk}: {fit}\n")
+        out.append("· the fitted model (toll + bytes / bandwidth)", style="dim")
+        return out
+
     def _overview(self) -> Text:
         r = self.report
         out = Text()
-        out.append(f"{r['trace']}\n", style="bold")
+        out.append(f"trace {Path(r['trace']).name}\n", style="bold")
         out.append(
             f"command {' '.join(r['command'] or [])}\nGPU {', '.join(r['gpu']) or 'unknown'}; "
             f"CC {(r['confidential_computing'] or {}).get('ccFeature', 'unknown')}\n"
@@ -243,6 +330,10 @@ class Explorer(App):
     def action_next_step(self) -> None:
         if t := self._timeline():
             t.next_step()
+
+    def action_next_event(self) -> None:
+        if t := self._timeline():
+            self.query_one("#event-detail", Static).update(t.select_next_event())
 
     def action_next_finding(self) -> None:
         if t := self._timeline():

@@ -41,8 +41,15 @@ async def test_overview_timeline_tables_sql(trace):
         assert (tl.start, tl.span) == (step_lo, step_hi - step_lo)
         text = str(tl.render())
         assert "stream 7" in text and "thread" in text
-        # tables: run a canned query
+        await pilot.press("e")
+        detail = str(app.query_one("#event-detail", Static).render())
+        assert ("issued by cudaMemcpyAsync" in detail and "HtoD" in detail) or "DtoH" in detail
+        # crossing-cost plot
         await pilot.press("3")
+        plot = str(app.query_one("#cost-plot", Static).render())
+        assert "HtoD pinned: toll" in plot and "the fitted model" in plot
+        # tables: run a canned query
+        await pilot.press("4")
         ol = app.query_one("#queries", OptionList)
         ol.focus()
         ol.highlighted = next(
@@ -52,7 +59,7 @@ async def test_overview_timeline_tables_sql(trace):
         table = app.query_one("#query-table", DataTable)
         assert table.row_count == 2 and "wait_kind" in [str(c.label) for c in table.columns.values()]
         # SQL console
-        await pilot.press("4")
+        await pilot.press("5")
         box = app.query_one("#sql-input", Input)
         box.focus()
         box.value = "SELECT copy_kind, count(*) AS n FROM copies GROUP BY 1 ORDER BY 1"
@@ -74,10 +81,35 @@ async def test_diff_mode(tmp_path):
     generate(tmp_path / "slow", Spec(stall_ns=300_000, steps=10))
     app = Explorer(tmp_path / "slow", tmp_path / "base")
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.press("5")
+        await pilot.press("6")
         t = app.query_one("#diff-table", DataTable)
         rows = [t.get_row_at(i) for i in range(t.row_count)]
         stalls = next(r for r in rows if r[0] == "async stalls")
         assert stalls[3].startswith("+0.5")  # 2 x 300 us per step, beyond the 20 us normal cost each
         svg = app.export_screenshot()
         assert "<svg" in svg
+
+
+SNAPSHOTS = ROOT / "tests" / "snapshots"
+
+
+async def test_main_screens_at_80x24_match_their_snapshots(trace):
+    """SVG snapshots of the main screens on an 80x24 terminal, committed so changes show in review.
+    CCTRACE_UPDATE_SNAPSHOTS=1 rewrites them."""
+    import os
+
+    app = Explorer(trace)
+    app.animation_level = "none"  # the tab underline must not be caught mid-slide
+    async with app.run_test(size=(80, 24)) as pilot:
+        shots = {}
+        for key, name in (("1", "overview"), ("2", "timeline"), ("3", "cost"), ("4", "tables")):
+            await pilot.press(key)
+            await pilot.pause()
+            shots[name] = app.export_screenshot()
+        assert "Overview" in shots["overview"] and "stream" in shots["timeline"].replace("&#160;", " ")
+    SNAPSHOTS.mkdir(exist_ok=True)
+    for name, svg in shots.items():
+        path = SNAPSHOTS / f"explore-{name}.svg"
+        if os.environ.get("CCTRACE_UPDATE_SNAPSHOTS") or not path.exists():
+            path.write_text(svg)
+        assert path.read_text() == svg, f"{path.name} changed; review it and rerun with CCTRACE_UPDATE_SNAPSHOTS=1"
