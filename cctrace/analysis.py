@@ -180,6 +180,12 @@ def report(trace: Path, params: dict[str, object] | None = None) -> dict:
             "trace": str(trace),
             "command": m.get("command"),
             "gpu": [g.get("name") for g in (m.get("gpu") or {}).get("gpus", [])],
+            "driver": (m.get("gpu") or {}).get("driver_version"),
+            "sources": {
+                k: {"processes": v.get("processes"), "dropped": v.get("dropped"), "errors": len(v.get("errors") or [])}
+                for k, v in (m.get("sources") or {}).items()
+            },
+            "host_probes": ((m.get("options") or {}).get("host_probes") or {}).get("state"),
             "confidential_computing": (m.get("gpu") or {}).get("confidential_computing"),
             "window_ms": round(window_ms, 3),
             "steps": steps,

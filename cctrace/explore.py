@@ -21,11 +21,27 @@ HELP = """\
   1..6          overview, timeline, crossing cost, tables, SQL, diff (with BASE)
   ?             this help          q  quit
   timeline:     + / -  zoom in / out      [ / ]  (or h / l)  pan
-                n  next step             f  next finding (a stall or wait)
+                n  next step   g  go to step N   f  next finding (a stall or wait)
                 e  select the next copy: its fields, issuing call, what it waited for
   tables:       enter on a query to run it; click a column header to sort
   SQL:          type a query over the trace's tables and views, enter to run
 """
+
+
+class StepScreen(ModalScreen[int | None]):
+    """Asks for a step number to jump to."""
+
+    BINDINGS = [Binding("escape", "cancel", "cancel")]
+
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder="step number (0-based), enter to jump", id="step-input")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.dismiss(int(event.value) if event.value.strip().isdigit() else None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
 
 
 class HelpScreen(ModalScreen):
@@ -69,12 +85,20 @@ class Timeline(Static):
               UNION ALL SELECT 'stream ' || stream_id, 1, start_ns, end_ns FROM kernels WHERE end_ns >= ? AND start_ns <= ?
               UNION ALL SELECT 'thread ' || tid, CASE WHEN name LIKE '%Synchronize%' THEN 5 ELSE 4 END, start_ns, end_ns
                      FROM api_calls WHERE end_ns >= ? AND start_ns <= ?
+              UNION ALL SELECT 'thread ' || tid, 6, start_ns, end_ns FROM host_waits WHERE end_ns >= ? AND start_ns <= ?
             ), range(0, ?) r(b)
             WHERE start_ns < ? + (b + 1) * ? AND end_ns > ? + b * ?
             GROUP BY ALL ORDER BY track, b"""
-        rows = self.a.con.execute(q, [lo, hi, lo, hi, lo, hi, width, lo, bucket, lo, bucket]).fetchall()
+        rows = self.a.con.execute(q, [lo, hi, lo, hi, lo, hi, lo, hi, width, lo, bucket, lo, bucket]).fetchall()
         tracks: dict[str, list[str]] = {}
-        glyph = {1: ("▆", "green"), 2: ("▆", "magenta"), 3: ("▆", "cyan"), 4: ("▂", "yellow"), 5: ("▄", "red")}
+        glyph = {
+            1: ("▆", "green"),
+            2: ("▆", "magenta"),
+            3: ("▆", "cyan"),
+            4: ("▂", "yellow"),
+            5: ("▄", "red"),
+            6: ("▄", "blue"),
+        }
         for track, b, p in rows:
             tracks.setdefault(track, [" "] * width)[b] = p
         out = Text()
@@ -93,7 +117,7 @@ class Timeline(Static):
             out.append("\n")
         if not tracks:
             out.append("(nothing in this window)\n", style="dim")
-        out.append("HtoD cyan, DtoH magenta, kernel green | host call yellow, sync red", style="dim")
+        out.append("HtoD cyan, DtoH magenta, kernel green | host call yellow, sync red, off-CPU blue", style="dim")
         return out
 
     def zoom(self, factor: float) -> None:
@@ -107,13 +131,19 @@ class Timeline(Static):
         self.refresh_view()
 
     def next_step(self) -> None:
+        self.goto_step(self.step_index)
+
+    def goto_step(self, index: int) -> bool:
+        """Show step `index` (0-based, in time order); False if there is no such step."""
         row = self.a.con.execute(
-            "SELECT start_ns, end_ns FROM steps ORDER BY start_ns LIMIT 1 OFFSET ?", [self.step_index]
+            "SELECT start_ns, end_ns FROM steps ORDER BY start_ns LIMIT 1 OFFSET ?", [max(index, 0)]
         ).fetchall()
-        if row:
-            self.start, self.span = row[0][0], max(row[0][1] - row[0][0], 1)
-            self.step_index += 1
-            self.refresh_view()
+        if not row:
+            return False
+        self.start, self.span = row[0][0], max(row[0][1] - row[0][0], 1)
+        self.step_index = index + 1
+        self.refresh_view()
+        return True
 
     def select_next_event(self) -> Text:
         """The next copy in (or after) the window: its fields, the call that issued it, what it waited for."""
@@ -189,6 +219,7 @@ class Explorer(App):
         Binding("n", "next_step", "next step", show=False),
         Binding("f", "next_finding", "next finding", show=False),
         Binding("e", "next_event", "next event", show=False),
+        Binding("g", "goto_step", "go to step", show=False),
     ]
 
     def __init__(self, trace: Path, base: Path | None = None) -> None:
@@ -211,14 +242,17 @@ class Explorer(App):
             with TabPane("Tables", id="tables"), Vertical():
                 yield OptionList(*[q.name for q in list_queries()], id="queries")
                 yield Label("", id="query-info")
+                yield Input(placeholder="filter rows (text, enter)", id="query-filter")
                 yield DataTable(id="query-table", zebra_stripes=True)
             with TabPane("SQL", id="sql"):
                 yield Input(placeholder="SELECT ... FROM copies ...  (enter runs it)", id="sql-input")
                 yield Label("", id="sql-status")
                 yield DataTable(id="sql-table", zebra_stripes=True)
             if self.base:
-                with TabPane("Diff", id="diff"):
+                with TabPane("Diff", id="diff"), Vertical():
                     yield DataTable(id="diff-table")
+                    yield Label("steps of TRACE that took longest against BASE's median step", id="slow-label")
+                    yield DataTable(id="slow-steps")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -248,6 +282,22 @@ class Explorer(App):
                 f"{d['gap_ms_per_step']:+.4f}",
                 "100%",
             )
+            base = Analysis(self.base)
+            try:
+                median_us = base.scalar("SELECT median(end_ns - start_ns) / 1e3 FROM steps") or 0
+            finally:
+                base.close()
+            slow = self.query_one("#slow-steps", DataTable)
+            slow.add_columns("step", "name", "step us", "vs base median us", "async stalls us", "sync waits us")
+            for r in sorted(self.analysis.rows("step_timeline"), key=lambda r: -r["step_us"])[:10]:
+                slow.add_row(
+                    str(r["step"]),
+                    r["name"],
+                    f"{r['step_us']:.1f}",
+                    f"{r['step_us'] - median_us:+.1f}",
+                    f"{r['async_stalls_us']:.1f}",
+                    f"{r['sync_waits_us']:.1f}",
+                )
 
     def _cost_plot(self, width: int = 60, height: int = 14) -> Text:
         """Latency vs size, log-log, per direction and host memory kind: medians as letters, model as dots."""
@@ -299,6 +349,16 @@ class Explorer(App):
             f"command {' '.join(r['command'] or [])}\nGPU {', '.join(r['gpu']) or 'unknown'}; "
             f"CC {(r['confidential_computing'] or {}).get('ccFeature', 'unknown')}\n"
         )
+        srcs = (
+            "; ".join(
+                f"{k}: {v['processes']} process(es), {v['dropped']} dropped, {v['errors']} errors"
+                for k, v in (r.get("sources") or {}).items()
+            )
+            or "none recorded"
+        )
+        out.append(
+            f"driver {r.get('driver') or 'unknown'}; sources {srcs}; host probes {r.get('host_probes') or 'off'}\n"
+        )
         out.append(f"window {r['window_ms']} ms, {r['steps']} steps ({r['step_source']}), {r['step_ms']} ms/step\n\n")
         for c in r["categories"]:
             out.append(
@@ -331,6 +391,10 @@ class Explorer(App):
         if t := self._timeline():
             t.next_step()
 
+    def action_goto_step(self) -> None:
+        if t := self._timeline():
+            self.push_screen(StepScreen(), lambda n: n is not None and t.goto_step(n))
+
     def action_next_event(self) -> None:
         if t := self._timeline():
             self.query_one("#event-detail", Static).update(t.select_next_event())
@@ -347,6 +411,9 @@ class Explorer(App):
         self._fill(self.query_one("#query-table", DataTable), lambda: self.analysis.run(name))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "query-filter":
+            self._refill_filtered(event.value)
+            return
         status = self.query_one("#sql-status", Label)
 
         def run():
@@ -369,6 +436,18 @@ class Explorer(App):
             self.query_one("#query-info", Label).update(f"the events behind: {query}")
             self._fill(self.query_one("#query-table", DataTable), lambda: self.analysis.run(query))
 
+    def _refill_filtered(self, text: str) -> None:
+        t = getattr(self, "_query_result", None)
+        if t is None:
+            return
+        needle = text.strip().lower()
+        table = self.query_one("#query-table", DataTable)
+        table.clear()
+        for row in t.to_pylist():
+            cells = ["" if v is None else str(v) for v in row.values()]
+            if not needle or any(needle in c.lower() for c in cells):
+                table.add_row(*cells)
+
     def _fill(self, table: DataTable, produce, status: Label | None = None) -> int | None:
         try:
             t = produce()
@@ -376,6 +455,8 @@ class Explorer(App):
             if status is not None:
                 status.update(f"error: {e}")
             return None
+        if table.id == "query-table":
+            self._query_result = t.slice(0, 2000)
         table.clear(columns=True)
         table.add_columns(*t.column_names)
         for row in t.slice(0, 2000).to_pylist():

@@ -41,6 +41,14 @@ async def test_overview_timeline_tables_sql(trace):
         assert (tl.start, tl.span) == (step_lo, step_hi - step_lo)
         text = str(tl.render())
         assert "stream 7" in text and "thread" in text
+        await pilot.press("g")
+        await pilot.pause()
+        step_box = app.screen.query_one("#step-input", Input)
+        step_box.value = "42"
+        await pilot.press("enter")
+        await pilot.pause()
+        lo42 = tl.a.con.execute("SELECT start_ns FROM steps ORDER BY start_ns LIMIT 1 OFFSET 42").fetchall()[0][0]
+        assert tl.start == lo42
         await pilot.press("e")
         detail = str(app.query_one("#event-detail", Static).render())
         assert ("issued by cudaMemcpyAsync" in detail and "HtoD" in detail) or "DtoH" in detail
@@ -58,6 +66,11 @@ async def test_overview_timeline_tables_sql(trace):
         await pilot.press("enter")
         table = app.query_one("#query-table", DataTable)
         assert table.row_count == 2 and "wait_kind" in [str(c.label) for c in table.columns.values()]
+        flt = app.query_one("#query-filter", Input)
+        flt.focus()
+        flt.value = "readback"
+        await pilot.press("enter")
+        assert table.row_count == 1
         # SQL console
         await pilot.press("5")
         box = app.query_one("#sql-input", Input)
@@ -86,6 +99,9 @@ async def test_diff_mode(tmp_path):
         rows = [t.get_row_at(i) for i in range(t.row_count)]
         stalls = next(r for r in rows if r[0] == "async stalls")
         assert stalls[3].startswith("+0.5")  # 2 x 300 us per step, beyond the 20 us normal cost each
+        slow = app.query_one("#slow-steps", DataTable)
+        assert slow.row_count == 10
+        assert all(float(slow.get_row_at(i)[3]) > 500 for i in range(10))  # each step ~600 us slower than base
         svg = app.export_screenshot()
         assert "<svg" in svg
 
