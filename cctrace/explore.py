@@ -148,13 +148,9 @@ class Timeline(Static):
     def select_next_event(self) -> Text:
         """The next copy in (or after) the window: its fields, the call that issued it, what it waited for."""
         after = getattr(self, "selected_ns", self.start - 1)
-        row = (
-            self.a.con.execute(
-                """SELECT * FROM copies_with_api WHERE start_ns > ? ORDER BY start_ns LIMIT 1""", [after]
-            )
-            .to_arrow_table()
-            .to_pylist()
-        )
+        cur = self.a.con.execute("SELECT * FROM copies_with_api WHERE start_ns > ? ORDER BY start_ns LIMIT 1", [after])
+        names = [d[0] for d in cur.description]
+        row = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
         if not row:
             return Text("no further copies", style="dim")
         c = row[0]
