@@ -79,6 +79,7 @@ def per_call(calls: int, reps: int) -> dict:
         "added_us_median": statistics.median(added) / 1e3,
         "added_us_min": min(added) / 1e3,
         "added_us_max": max(added) / 1e3,
+        "lost_events": lost,
     }
 
 
@@ -140,7 +141,7 @@ def main() -> None:
     print(
         f"per probed call ({a.calls:,} calls x {a.reps} runs): plain {statistics.median(pc['plain_ns']):.1f} ns, "
         f"probed {statistics.median(pc['probed_ns']):.1f} ns, added {pc['added_us_median']:.2f} us "
-        f"(min {pc['added_us_min']:.2f}, max {pc['added_us_max']:.2f})"
+        f"(min {pc['added_us_min']:.2f}, max {pc['added_us_max']:.2f}); events lost per run: {pc['lost_events']}"
     )
     print(f"the kernel's own cost here, empty uprobe + uretprobe programs: {pc['empty_uprobe_ns'] / 1e3:.2f} us/call")
     try:
