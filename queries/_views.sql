@@ -163,11 +163,17 @@ QUALIFY correlation_id IS NULL OR row_number() OVER (PARTITION BY pid, correlati
 
 -- Lost stream concurrency, per (delayed copy, copy of another stream that held the bridge): the
 -- part of the delayed copy's ready-to-start wait that the other copy covered.
+CREATE OR REPLACE TEMP TABLE copy_streams AS
+SELECT count(DISTINCT stream_id) AS n FROM xfer_dir WHERE copy_kind IN ('HtoD', 'DtoH');
+
 CREATE OR REPLACE TEMP TABLE bridge_waits AS
 WITH ops AS (
-    SELECT pid, stream_id, start_ns, end_ns, correlation_id, 1 AS is_copy FROM copies WHERE op IN ('memcpy', 'p2p')
+    SELECT pid, stream_id, start_ns, end_ns, correlation_id, 1 AS is_copy FROM copies
+    WHERE op IN ('memcpy', 'p2p') AND (SELECT n FROM copy_streams) > 1
     UNION ALL
     SELECT pid, stream_id, start_ns, end_ns, correlation_id, 0 FROM kernels
+    -- with copies on one stream only no copy can wait for another stream's: skip all of this
+    WHERE (SELECT n FROM copy_streams) > 1
 ), free AS (
     SELECT *, max(end_ns) OVER (PARTITION BY pid, stream_id ORDER BY start_ns, end_ns
                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS stream_free_ns
