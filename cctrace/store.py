@@ -95,27 +95,34 @@ def load(
             p.unlink()
     result = LoadResult(db_path, problems=result_problems)
     con = duckdb.connect(str(tmp))
+    limit_memory(con)
     try:
         for table in S.TABLES:
+            # one shard at a time, so memory holds one shard, not a whole table
+            con.register("_incoming", S.empty_table(table))
+            con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM _incoming')
+            con.unregister("_incoming")
             if table == "processes":
-                data = processes_table(read_manifest(trace_dir))
+                parts = [processes_table(read_manifest(trace_dir))]
             else:
-                parts = []
-                for path in shards[table]:
-                    r = read_shard(path)
+                parts = shards[table]
+            n = 0
+            for part in parts:
+                if isinstance(part, Path):
+                    r = read_shard(part)
                     result.shards += 1
                     if r.problem:
                         result.problems.append(
-                            f"{path.name}: kept {r.batches} batches ({r.data.num_rows} rows), {r.problem}"
+                            f"{part.name}: kept {r.batches} batches ({r.data.num_rows} rows), {r.problem}"
                         )
-                    parts.append(r.data)
-                data = pa.concat_tables(parts) if parts else S.empty_table(table)
-            con.register("_incoming", data)
-            con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM _incoming')
-            con.unregister("_incoming")
-            result.rows[table] = data.num_rows
+                    part = r.data
+                con.register("_incoming", part)
+                con.execute(f'INSERT INTO "{table}" SELECT * FROM _incoming')
+                con.unregister("_incoming")
+                n += part.num_rows
+            result.rows[table] = n
             if progress:
-                progress(f"{table}: {data.num_rows:,} rows")
+                progress(f"{table}: {n:,} rows")
         for name, sql in VIEWS.items():
             con.execute(f'CREATE VIEW "{name}" AS {sql}')
         con.execute("CREATE TABLE trace_meta AS SELECT ? AS manifest", [json.dumps(read_manifest(trace_dir))])
@@ -151,7 +158,27 @@ def resolve_db(trace: Path) -> Path:
     return db
 
 
+def limit_memory(con) -> None:
+    """Keep DuckDB under CCTRACE_MEMORY_LIMIT (default 3GB), spilling to a temporary directory beyond it."""
+    import tempfile
+
+    limit = os.environ.get("CCTRACE_MEMORY_LIMIT", "3GB")
+    con.execute(f"SET memory_limit = '{_checked_size(limit)}'").fetchall()
+    spill = os.path.join(tempfile.gettempdir(), "cctrace-spill").replace("'", "''")
+    con.execute(f"SET temp_directory = '{spill}'").fetchall()  # SET takes no bound parameters
+
+
+def _checked_size(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", text.strip(), re.I):
+        raise LoadError(f"CCTRACE_MEMORY_LIMIT={text!r} is not a size like 3GB or 2500MB")
+    return text.strip()
+
+
 def connect(trace: Path, read_only: bool = True):
     import duckdb
 
-    return duckdb.connect(str(resolve_db(trace)), read_only=read_only)
+    con = duckdb.connect(str(resolve_db(trace)), read_only=read_only)
+    limit_memory(con)
+    return con
