@@ -7,7 +7,7 @@
 # /opt/cctrace/kheaders/build, which cctrace finds by itself (or via BCC_KERNEL_SOURCE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=""
