@@ -191,6 +191,7 @@ def report(trace: Path, params: dict[str, object] | None = None) -> dict:
             "steps": steps,
             "step_source": "nvtx" if nvtx else ("detected" if steps else "none"),
             "step_ms": round(window_ms / steps, 4) if steps else None,
+            "step_median_ms": a.scalar("SELECT median(end_ns - start_ns) / 1e6 FROM steps"),
             "categories": categories,
             "explained_ms": round(explained, 3),
             "unexplained_ms": round(window_ms - explained, 3),
@@ -204,9 +205,10 @@ def report(trace: Path, params: dict[str, object] | None = None) -> dict:
         a.close()
 
 
-def diff(base: Path, trace: Path, params: dict[str, object] | None = None) -> dict:
-    """Which category explains how much of the per-step time gap between two traces."""
-    b, t = report(base, params), report(trace, params)
+def diff(base: Path, trace: Path, params: dict[str, object] | None = None, trace_report: dict | None = None) -> dict:
+    """Which category explains how much of the per-step time gap between two traces.
+    `trace_report`: TRACE's report when the caller already has it (with the same params)."""
+    b, t = report(base, params), trace_report or report(trace, params)
 
     def per_step(r: dict, ms: float) -> float:
         return ms / r["steps"] if r["steps"] else ms
@@ -232,6 +234,7 @@ def diff(base: Path, trace: Path, params: dict[str, object] | None = None) -> di
         "trace": str(trace),
         "base_step_ms": base_step,
         "trace_step_ms": trace_step,
+        "base_step_median_ms": b["step_median_ms"],
         "gap_ms_per_step": round(gap, 5),
         "gap_pct": round(100 * gap / base_step, 2) if base_step else None,
         "categories": rows,

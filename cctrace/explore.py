@@ -13,7 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Input, Label, OptionList, Static, TabbedContent, TabPane
 
 from cctrace.analysis import Analysis, QueryError, diff, list_queries, report
-from cctrace.views import LABELS
+from cctrace.views import LABELS, diff_rows
 
 HELP = """\
 [b]cctrace explore[/b] — keys
@@ -259,18 +259,11 @@ class Explorer(App):
                 findings.add_row(LABELS[c["category"]], f"{c['lost_ms']:.3f}", c["advice"], key=c["category"])
         self.query_one(Timeline).refresh_view()
         if self.base:
-            d = diff(self.base, self.trace)
+            d = diff(self.base, self.trace, trace_report=self.report)
             t = self.query_one("#diff-table", DataTable)
             t.add_columns("category", "base ms/step", "trace ms/step", "delta ms/step", "share of gap")
-            for c in d["categories"]:
-                share = "" if c["share_of_gap"] is None else f"{100 * c['share_of_gap']:.1f}%"
-                t.add_row(
-                    LABELS[c["category"]],
-                    f"{c['base_ms_per_step']:.4f}",
-                    f"{c['trace_ms_per_step']:.4f}",
-                    f"{c['delta_ms_per_step']:+.4f}",
-                    share,
-                )
+            for row in diff_rows(d):
+                t.add_row(*row)
             t.add_row(
                 "step time",
                 f"{d['base_step_ms']:.4f}",
@@ -278,11 +271,7 @@ class Explorer(App):
                 f"{d['gap_ms_per_step']:+.4f}",
                 "100%",
             )
-            base = Analysis(self.base)
-            try:
-                median_us = base.scalar("SELECT median(end_ns - start_ns) / 1e3 FROM steps") or 0
-            finally:
-                base.close()
+            median_us = (d["base_step_median_ms"] or 0) * 1e3
             slow = self.query_one("#slow-steps", DataTable)
             slow.add_columns("step", "name", "step us", "vs base median us", "async stalls us", "sync waits us")
             for r in sorted(self.analysis.rows("step_timeline"), key=lambda r: -r["step_us"])[:10]:

@@ -81,6 +81,23 @@ def report_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def diff_rows(d: dict) -> list[tuple[str, str, str, str, str]]:
+    """Per category: label, base and trace ms/step, delta, share of the gap (terminal and explorer alike)."""
+    rows = []
+    for c in d["categories"]:
+        share = "" if c["share_of_gap"] is None else f"{100 * c['share_of_gap']:.1f}%"
+        rows.append(
+            (
+                LABELS[c["category"]],
+                f"{c['base_ms_per_step']:.4f}",
+                f"{c['trace_ms_per_step']:.4f}",
+                f"{c['delta_ms_per_step']:+.4f}",
+                share,
+            )
+        )
+    return rows
+
+
 def print_diff(d: dict, console: Console) -> None:
     console.print(f"[bold]cctrace diff[/bold] {d['base']} -> {d['trace']}")
     console.print(
@@ -90,14 +107,7 @@ def print_diff(d: dict, console: Console) -> None:
     t = Table(title="What explains the gap (per step)")
     for c in ("category", "base ms", "trace ms", "delta ms", "share of gap"):
         t.add_column(c, justify="left" if c == "category" else "right")
-    for c in d["categories"]:
-        share = "" if c["share_of_gap"] is None else f"{100 * c['share_of_gap']:.1f}%"
-        t.add_row(
-            LABELS[c["category"]],
-            f"{c['base_ms_per_step']:.4f}",
-            f"{c['trace_ms_per_step']:.4f}",
-            f"{c['delta_ms_per_step']:+.4f}",
-            share,
-        )
+    for row in diff_rows(d):
+        t.add_row(*row)
     t.add_row("[dim]unexplained[/dim]", "", "", f"{d['unexplained_ms_per_step']:+.4f}", "")
     console.print(t)

@@ -386,20 +386,8 @@ class CuptiSource:
             "correlation_id",
             "flags_",
         )
-        p2p_attrs = (
-            "copy_kind",
-            "src_kind",
-            "dst_kind",
-            "bytes",
-            "start",
-            "end",
-            "device_id",
-            "context_id",
-            "correlation_id",
-            "flags_",
-            "src_device_id",
-            "dst_device_id",
-        )
+        # MemcpyPtoP records have no stream id but name both devices
+        p2p_attrs = (*(x for x in copy_attrs if x != "stream_id"), "src_device_id", "dst_device_id")
         specs = {
             A.MEMCPY: ("copies", copy_attrs, self._memcpy),
             A.MEMCPY2: ("copies", p2p_attrs, self._p2p),
