@@ -6,6 +6,8 @@ binds parameters, runs queries, and assembles their rows into the report's struc
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +26,9 @@ PARAMS: dict[str, tuple[type, object, str]] = {
     "small_bytes": (int, None, "copies below this many bytes are small (default: toll x bandwidth)"),
     "small_fit_bytes": (int, 65536, "copies at most this big fit the fixed toll"),
     "large_fit_bytes": (int, 1048576, "copies at least this big fit the bandwidth"),
-    "default_gbps": (float, 25.0, "bandwidth assumed when a direction has no large copies"),
-    "normal_call_us": (float, 20.0, "normal cost of a call meant to return at once"),
+    "default_gbps": (float, 25.0, "bandwidth assumed when a direction has no large copies (bundled H100 profile: pinned bandwidth)"),
+    "launch_gap_us": (float, 10.0, "a copy starting this long after its call returned was not delayed by the call"),
+    "normal_call_us": (float, 20.0, "normal cost of a call meant to return at once (bundled H100 profile: 2x p90 of an async copy call)"),
     "alloc_window_us": (float, 200.0, "how soon after an allocation a copy counts as alloc-and-copy"),
 }
 
@@ -111,14 +114,27 @@ def _statements(sql: str) -> list[str]:
     return [s.strip() for s in re.split(r";\s*\n", body + "\n") if s.strip()]
 
 
+@functools.cache
+def reference_params() -> dict[str, object]:
+    """The built-in reference: parameters from the bridge profile measured on the H100 (bundled)."""
+    from cctrace.calibrate import DEFAULT_PROFILE, params_from_profile
+
+    try:
+        return params_from_profile(json.loads(DEFAULT_PROFILE.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
 class Analysis:
-    """One read-only connection to a trace with the shared views and the parameters bound."""
+    """One read-only connection to a trace with the shared views and the parameters bound
+    (given ones over the bundled H100 profile's reference values over the SQL's fallbacks)."""
 
     def __init__(self, trace: Path, params: dict[str, object] | None = None) -> None:
         self.trace = Path(trace)
         self.con = connect(self.trace)
         self.con.execute("SET preserve_insertion_order = false").fetchall()  # every query orders explicitly
-        for k, v in (params or {}).items():
+        self.params = {**reference_params(), **(params or {})}
+        for k, v in self.params.items():
             if k not in PARAMS:
                 raise QueryError(f"unknown parameter {k!r}")
             self.con.execute(f"SET VARIABLE {k} = ?", [v]).fetchall()  # name checked above; value bound
@@ -199,7 +215,7 @@ def report(trace: Path, params: dict[str, object] | None = None) -> dict:
             "gpu_busy_complete": has_kernels,
             "cost_model": a.rows("cost_model"),
             "top": top,
-            "params": {k: (params or {}).get(k, d[1]) for k, d in PARAMS.items()},
+            "params": {k: a.params.get(k, d[1]) for k, d in PARAMS.items()},
         }
     finally:
         a.close()

@@ -59,13 +59,21 @@ def cli() -> None:
     show_default=True,
     help="eBPF probes at the CUDA driver boundary (need root and bcc; auto: when they can run).",
 )
+@click.option(
+    "--emulate-bridge",
+    "bridge",
+    metavar="SPEC",
+    help="Make copies cost what a CC bridge makes them cost, and record what was injected. SPEC: a preset "
+    "(b300-tdx, h20-cc, toll-only), key=value pairs (toll_us, h2d_toll_us, d2h_toll_us, bw_ratio, bw_gbps, "
+    "native_gbps, serialize=on|off, async_block=on|off) after an optional preset, or a JSON file.",
+)
 @click.option("--no-load", is_flag=True, help="Do not build trace.duckdb after the run.")
 @click.option("--force", is_flag=True, help="Write into an existing, non-empty output directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No messages from the tracer inside the program.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def record(
-    output, kinds, kernels, nvtx, driver, flush_interval, host_probes, no_load, force, quiet, as_json, command
+    output, kinds, kernels, nvtx, driver, flush_interval, host_probes, bridge, no_load, force, quiet, as_json, command
 ) -> None:
     """Run COMMAND with every Python process it starts traced.
 
@@ -94,7 +102,18 @@ def record(
     if out.exists() and any(out.iterdir()) and not force:
         _err(f"{out} exists and is not empty; choose another -o or pass --force")
         sys.exit(EXIT_USAGE)
-    opts = RecordOptions(kinds=tuple(kind_list), flush_s=flush_interval, quiet=quiet, host_probes=host_probes)
+    spec = None
+    if bridge:
+        from cctrace.bridge import BridgeSpecError, parse_spec
+
+        try:
+            spec = parse_spec(bridge)
+        except BridgeSpecError as e:
+            _err(f"--emulate-bridge: {e}")
+            sys.exit(EXIT_USAGE)
+    opts = RecordOptions(
+        kinds=tuple(kind_list), flush_s=flush_interval, quiet=quiet, host_probes=host_probes, bridge=spec
+    )
     try:
         status = run_traced(list(command), out, opts)
     except RecordError as e:
@@ -146,6 +165,18 @@ def _print_record_summary(out: Path, summary: dict) -> None:
             _err(f"  {name}: {s['dropped']} records dropped")
         for e in s.get("errors", [])[:5]:
             _err(f"  {name}: {e}")
+    for p in procs:
+        b = (p.get("sources") or {}).get("bridge")
+        if b and str(b.get("status", "")).startswith("off"):
+            _err(f"  pid {p.get('pid')}: bridge emulation {b['status']}")
+    inj = (m.get("bridge_emulation") or {}).get("injected")
+    if inj:
+        _err(
+            f"  bridge emulated: {inj.get('toll_count', 0):,} tolls ({inj.get('toll_ns', 0) / 1e6:.1f} ms), "
+            f"bandwidth {inj.get('bandwidth_ns', 0) / 1e6:.1f} ms, serialization {inj.get('serialize_count', 0):,} "
+            f"({inj.get('serialize_ns', 0) / 1e6:.1f} ms), async blocking {inj.get('async_block_count', 0):,} "
+            f"({inj.get('async_block_ns', 0) / 1e6:.1f} ms); see manifest.json bridge_emulation"
+        )
     if "skipped" in load:
         _err(f"  {load['skipped']}")
     if "error" in load:
@@ -233,14 +264,79 @@ def doctor(as_json) -> None:
     sys.exit(0 if all(c["status"] == "ok" for c in checks) else 1)
 
 
-def _params(pairs) -> dict:
-    from cctrace.analysis import QueryError, parse_params
+@cli.command()
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("bridge-profile.json"),
+    show_default=True,
+    help="Where to write the bridge profile (JSON).",
+)
+@click.option("--plot", type=click.Path(path_type=Path), help="Also draw latency over size into this PNG (matplotlib).")
+@click.option("--quick", is_flag=True, help="Fewer repetitions and sizes up to 16 MiB (a first look, about 10 s).")
+@click.option("--replot", type=click.Path(exists=True, path_type=Path), help="Only draw --plot from this profile.")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile on stdout as well.")
+def calibrate(output, plot, quick, replot, as_json) -> None:
+    """Measure this machine's CPU<->GPU bridge: a profile for `report/diff --profile`.
+
+    \b
+    Per direction (H2D, D2H, D2D) and host memory (pageable, pinned): latency from 4 B to
+    256 MiB (median and spread) and the fitted fixed toll and bandwidth; copies on 1, 2, 4
+    streams and from 2 threads; how long an async copy call holds the host, alone and behind
+    queued GPU work; device / pinned / caching-allocator allocation cost; the GPU, driver and
+    CC state the numbers came from. Run it under `cctrace record --emulate-bridge SPEC --` to
+    see the emulated bridge the same way.
+    """
+    from cctrace.calibrate import CalibrateError, plot_profile
+    from cctrace.calibrate import calibrate as run
 
     try:
-        return parse_params(pairs)
+        if replot:
+            if not plot:
+                _err("--replot needs --plot PNG")
+                sys.exit(EXIT_USAGE)
+            plot_profile(json.loads(replot.read_text()), plot)
+            _err(f"plot written to {plot}")
+            return
+        profile = run(quick=quick, progress=lambda m: _err(f"calibrate: {m}"))
+        output.write_text(json.dumps(profile, indent=1) + "\n")
+        _err(f"bridge profile written to {output}")
+        for key, f in profile["fit"].items():
+            _err(f"  {key:14} toll {f['toll_us']:9.2f} us   bandwidth {f['gbps'] or 0:7.2f} GB/s")
+        b = profile["blocking"]
+        _err(
+            f"  async H2D call: {b['alone']['call']['p50_us']} us alone, "
+            f"{b['behind_queued_work']['call']['p50_us']} us behind 2 ms of queued work"
+        )
+        if plot:
+            plot_profile(profile, plot)
+            _err(f"plot written to {plot}")
+        if as_json:
+            click.echo(json.dumps(profile, indent=2))
+    except CalibrateError as e:
+        _err(str(e))
+        sys.exit(1)
+
+
+def _params(pairs, profile: Path | None = None) -> dict:
+    """--param pairs over the profile's reference parameters (when --profile is given)."""
+    from cctrace.analysis import QueryError, parse_params
+    from cctrace.calibrate import params_from_profile
+
+    try:
+        explicit = parse_params(pairs)
     except QueryError as e:
         _err(str(e))
         sys.exit(EXIT_USAGE)
+    if profile is None:
+        return explicit
+    try:
+        ref = params_from_profile(json.loads(Path(profile).read_text()))
+    except (OSError, ValueError, AttributeError) as e:
+        _err(f"cannot read the bridge profile {profile}: {e}")
+        sys.exit(EXIT_USAGE)
+    return {**ref, **explicit}
 
 
 def _analysis_errors(fn):
@@ -265,6 +361,13 @@ def _analysis_errors(fn):
 
 
 PARAM_HELP = "Query parameter k=v (repeatable); `cctrace query --list` shows them."
+PROFILE_HELP = (
+    "Bridge profile from `cctrace calibrate` whose normal costs the analysis compares against "
+    "(default: the bundled H100 profile); --param values still win."
+)
+_profile_option = click.option(
+    "--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), help=PROFILE_HELP
+)
 
 
 @cli.command()
@@ -272,8 +375,9 @@ PARAM_HELP = "Query parameter k=v (repeatable); `cctrace query --list` shows the
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report (stable keys).")
 @click.option("--markdown", is_flag=True, help="Markdown, for tickets.")
 @click.option("--param", "params", multiple=True, help=PARAM_HELP)
+@_profile_option
 @_analysis_errors
-def report(trace, as_json, markdown, params) -> None:
+def report(trace, as_json, markdown, params, profile) -> None:
     """Attribute the time TRACE lost at the CPU<->GPU boundary, with advice.
 
     TRACE is a trace directory (loaded on first use) or its trace.duckdb. JSON keys: window_ms,
@@ -283,7 +387,7 @@ def report(trace, as_json, markdown, params) -> None:
     from cctrace.analysis import report as build
     from cctrace.views import print_report, report_markdown
 
-    r = build(trace, _params(params))
+    r = build(trace, _params(params, profile))
     if as_json:
         click.echo(json.dumps(r, indent=2, default=str))
     elif markdown:
@@ -301,8 +405,9 @@ def report(trace, as_json, markdown, params) -> None:
 @click.option("--param", "params", multiple=True, help=PARAM_HELP)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write here (required for parquet).")
+@_profile_option
 @_analysis_errors
-def query(name, trace, list_, params, fmt, output) -> None:
+def query(name, trace, list_, params, fmt, output, profile) -> None:
     """Run canned query NAME (or your own FILE.sql) on TRACE.
 
     Your SQL sees the tables (copies, api_calls, ...) and the analysis views (steps, win, xfers,
@@ -320,7 +425,7 @@ def query(name, trace, list_, params, fmt, output) -> None:
     if not name or not trace:
         _err("usage: cctrace query NAME|FILE.sql TRACE  (or --list)")
         sys.exit(EXIT_USAGE)
-    a = Analysis(trace, _params(params))
+    a = Analysis(trace, _params(params, profile))
     try:
         t = a.run(name)
     finally:
@@ -361,12 +466,13 @@ def query(name, trace, list_, params, fmt, output) -> None:
 @click.argument("trace", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--param", "params", multiple=True, help=PARAM_HELP)
+@_profile_option
 @_analysis_errors
-def diff_cmd(base, trace, as_json, params) -> None:
+def diff_cmd(base, trace, as_json, params, profile) -> None:
     """Attribute the per-step time TRACE lost relative to BASE to the boundary categories."""
     from cctrace.analysis import diff
 
-    d = diff(base, trace, _params(params))
+    d = diff(base, trace, _params(params, profile))
     if as_json:
         click.echo(json.dumps(d, indent=2))
     else:

@@ -8,6 +8,7 @@ per-process records into manifest.json and returns the child's exit status.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cctrace import tracer as T
+from cctrace.bridge import BridgeSpec
 from cctrace.manifest import MANIFEST, build_manifest, write_json_atomic
 
 INJECT_DIR = Path(__file__).resolve().parent / "_inject"
@@ -30,6 +32,7 @@ class RecordOptions:
     flush_s: float = 1.0
     quiet: bool = False
     host_probes: str = "auto"  # on | off | auto
+    bridge: BridgeSpec | None = None  # --emulate-bridge
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -73,6 +76,8 @@ def child_environment(trace_dir: Path, opts: RecordOptions, base: dict[str, str]
         env[T.ENV_QUIET] = "1"
     if opts.kinds and not env.get("CCTRACE_NO_SHIM"):  # CCTRACE_NO_SHIM: diagnostics only
         env.update(_shim_env())
+    if opts.bridge is not None:
+        env.update(_bridge_env(opts.bridge))
     env.update(opts.extra_env)
     return env
 
@@ -86,6 +91,18 @@ def _shim_env() -> dict[str, str]:
         return {ENV_SHIM: str(build_shim())}
     except (NativeUnavailable, OSError) as e:
         return {ENV_SHIM_ERROR: str(e)}
+
+
+def _bridge_env(spec: BridgeSpec) -> dict[str, str]:
+    from cctrace.bridge import ENV_LIB, ENV_LIB_ERROR, ENV_SPEC
+    from cctrace.native import BRIDGE_SOURCE, NativeUnavailable, build_native
+
+    env = {ENV_SPEC: json.dumps(spec.to_json())}
+    try:
+        env[ENV_LIB] = str(build_native(BRIDGE_SOURCE))
+    except (NativeUnavailable, OSError) as e:
+        env[ENV_LIB_ERROR] = str(e)
+    return env
 
 
 def decode_raw(trace_dir: Path) -> dict:
@@ -113,6 +130,8 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
     trace_dir.mkdir(parents=True, exist_ok=True)
     started_wall, started_ns = time.time(), time.monotonic_ns()
     options = {"kinds": list(opts.kinds), "flush_s": opts.flush_s}
+    if opts.bridge is not None:
+        options["emulate_bridge"] = opts.bridge.to_json()
     probes, options["host_probes"] = start_probes(trace_dir, opts.host_probes, opts.flush_s)
     try:
         child = subprocess.Popen(cmd, env=child_environment(trace_dir, opts), **_as_invoking_user())

@@ -107,7 +107,9 @@ def build_manifest(
                 agg["records"][k] = agg["records"].get(k, 0) + v
             agg["dropped"] += int(health.get("dropped") or 0)
             agg["errors"].extend(f"pid {p.get('pid')}: {e}" for e in health.get("errors") or [])
-    return {
+    from cctrace.bridge import sum_injected
+
+    out = {
         "format": "cctrace-trace/1",
         "cctrace_version": __version__,
         "command": command,
@@ -127,6 +129,10 @@ def build_manifest(
         "sources": sources,
         "environment": allowed_environment(os.environ),
     }
+    bridge = sum_injected(procs)
+    if bridge is not None:
+        out["bridge_emulation"] = bridge  # the ground truth of an emulated-bridge run
+    return out
 
 
 def read_manifest(trace_dir: Path) -> dict:

@@ -10,6 +10,7 @@ own shards) and multiprocessing's os._exit (a Finalize hook).
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import signal
 import sys
@@ -26,6 +27,7 @@ ENV_FLUSH = "CCTRACE_FLUSH_S"
 ENV_QUIET = "CCTRACE_QUIET"
 ENV_HOME = "CCTRACE_HOME"
 ENV_INJECT = "CCTRACE_INJECT_DIR"
+ENV_BRIDGE = "CCTRACE_BRIDGE_SPEC"  # cctrace.bridge.ENV_SPEC (not imported: keeps start-up light)
 
 DEFAULT_KINDS = ("memcpy", "memcpy2", "memset", "memory", "sync", "runtime", "overhead")
 # "kernel" also records the runtime launch calls that pair with the kernels
@@ -56,6 +58,7 @@ class Tracer:
     def start(self) -> None:
         self._write_proc_record(final=False)
         self._start_cupti()
+        self._start_bridge()
         self._write_proc_record(final=False)
         self._start_flusher()
         atexit.register(self.stop, "exit")
@@ -81,6 +84,22 @@ class Tracer:
             return
         self.sources["cupti"] = src
         self.cupti_status = "active"
+
+    def _start_bridge(self) -> None:
+        """--emulate-bridge: act out a CC bridge inside this process's copy calls."""
+        raw = os.environ.get(ENV_BRIDGE)
+        if not raw:
+            return
+        from cctrace.bridge import BridgeEmulator, BridgeSpec
+
+        fields = {k: v for k, v in json.loads(raw).items() if k in BridgeSpec.__dataclass_fields__}
+        emu = BridgeEmulator(BridgeSpec(**fields))
+        self.sources["bridge"] = emu
+        try:
+            emu.start()
+        except RuntimeError as e:
+            emu.status = f"off: {e}"
+            self._say(f"bridge emulation is off in pid {self.pid}: {e}")
 
     def _start_flusher(self) -> None:
         self._stop = threading.Event()

@@ -10,8 +10,12 @@ CREATE OR REPLACE TEMP VIEW nvtx_steps AS
 SELECT row_number() OVER (ORDER BY start_ns) AS step, name, pid, tid, start_ns, end_ns
 FROM markers WHERE name LIKE coalesce(getvariable('step_pattern'), 'step%') AND end_ns > start_ns;
 
+-- Host-probe-only traces know no memory kinds: there, small D2H copy calls (sampled tokens) mark them.
 CREATE OR REPLACE TEMP VIEW readbacks AS
-SELECT * FROM copies WHERE copy_kind = 'DtoH' AND dst_kind = 'pageable' AND op = 'memcpy';
+SELECT pid, end_ns FROM copies WHERE copy_kind = 'DtoH' AND dst_kind = 'pageable' AND op = 'memcpy'
+UNION ALL
+SELECT pid, end_ns FROM api_calls
+WHERE source = 'ebpf' AND copy_kind = 'DtoH' AND bytes < 65536 AND NOT EXISTS (SELECT 1 FROM copies WHERE source = 'cupti');
 
 CREATE OR REPLACE TEMP VIEW detected_steps AS
 SELECT row_number() OVER (ORDER BY end_ns) AS step, 'iteration' AS name, pid, NULL::BIGINT AS tid,
@@ -48,13 +52,45 @@ FROM api_calls a
 WHERE a.source = 'ebpf' AND a.bytes IS NOT NULL AND a.copy_kind IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM copies WHERE source = 'cupti');
 
-CREATE OR REPLACE TEMP TABLE xfer_dir AS
-SELECT x.*, CASE x.copy_kind WHEN 'HtoD' THEN x.src_kind WHEN 'DtoH' THEN x.dst_kind ELSE 'device' END AS host_kind,
-       x.end_ns - x.start_ns AS dur_ns
-FROM xfers x, win
-WHERE x.copy_kind IN ('HtoD', 'DtoH', 'DtoD', 'PtoP') AND x.start_ns >= win.start_ns AND x.start_ns <= win.end_ns;
+-- When each copy's stream became free: the latest end of the copies and kernels before it on its
+-- stream (one window pass). Separates a call's own host work from waiting for its stream.
+CREATE OR REPLACE TEMP TABLE stream_free AS
+WITH ops AS (
+    SELECT pid, stream_id, start_ns, end_ns, correlation_id, 1 AS is_copy FROM copies WHERE op IN ('memcpy', 'p2p')
+    UNION ALL
+    SELECT pid, stream_id, start_ns, end_ns, correlation_id, 0 FROM kernels
+)
+SELECT pid, stream_id, correlation_id, start_ns,
+       max(end_ns) OVER (PARTITION BY pid, stream_id ORDER BY start_ns, end_ns
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS stream_free_ns
+FROM ops
+QUALIFY is_copy = 1;
 
--- Crossing cost model per direction and host memory kind, fitted on the trace's own copies:
+-- Each transfer in the window with its crossing time: the GPU copy plus the host work of its call
+-- right before it (pre: staging/encrypting before the copy could start, not waiting for the stream)
+-- and right after it (post: copying out/decrypting after it landed). Host-probe-only transfers
+-- have only the call's duration.
+CREATE OR REPLACE TEMP TABLE xfer_dir AS
+WITH d AS (
+    SELECT x.*, CASE x.copy_kind WHEN 'HtoD' THEN x.src_kind WHEN 'DtoH' THEN x.dst_kind ELSE 'device' END AS host_kind,
+           x.end_ns - x.start_ns AS dur_ns,
+           -- a copy that started well after its call returned was held by something else, not by the call
+           CASE WHEN x.timing = 'gpu' AND x.api_start_ns IS NOT NULL
+                     AND x.start_ns <= x.api_end_ns + coalesce(getvariable('launch_gap_us'), 10) * 1000
+                THEN greatest(least(x.start_ns, x.api_end_ns) - greatest(x.api_start_ns, coalesce(f.stream_free_ns, 0)), 0)
+                ELSE 0 END AS pre_ns,
+           CASE WHEN x.timing = 'gpu' AND x.api_end_ns IS NOT NULL
+                THEN greatest(x.api_end_ns - greatest(x.end_ns, x.api_start_ns), 0)
+                ELSE 0 END AS post_ns
+    FROM xfers x
+    LEFT JOIN stream_free f ON x.timing = 'gpu' AND f.pid = x.pid AND f.correlation_id = x.correlation_id
+         AND f.start_ns = x.start_ns AND f.stream_id = x.stream_id,
+    win
+    WHERE x.copy_kind IN ('HtoD', 'DtoH', 'DtoD', 'PtoP') AND x.start_ns >= win.start_ns AND x.start_ns <= win.end_ns
+)
+SELECT *, dur_ns + pre_ns + post_ns AS cross_ns FROM d;
+
+-- Crossing cost model per direction and host memory kind, fitted on the trace's own crossing times:
 -- bandwidth from large copies, toll (fixed cost) from small ones, each a median (robust to outliers).
 CREATE OR REPLACE TEMP TABLE cost_model AS
 WITH p AS (
@@ -62,59 +98,73 @@ WITH p AS (
            coalesce(getvariable('large_fit_bytes'), 1048576) AS large_fit,
            coalesce(getvariable('default_gbps'), 25.0) AS default_gbps
 ), bw0 AS (
-    SELECT copy_kind, host_kind, median(bytes / greatest(dur_ns, 1)) FILTER (WHERE bytes >= p.large_fit) AS bpn0
+    SELECT copy_kind, host_kind, median(bytes / greatest(cross_ns, 1)) FILTER (WHERE bytes >= p.large_fit) AS bpn0
     FROM xfer_dir, p GROUP BY ALL
 ), toll AS (
     SELECT x.copy_kind, x.host_kind, count(*) AS copies,
-           median(x.dur_ns - x.bytes / coalesce(b.bpn0, p.default_gbps)) FILTER (WHERE x.bytes <= p.small_fit) AS toll_ns
+           median(x.cross_ns - x.bytes / coalesce(b.bpn0, p.default_gbps)) FILTER (WHERE x.bytes <= p.small_fit) AS toll_ns
     FROM xfer_dir x JOIN bw0 b USING (copy_kind, host_kind), p GROUP BY ALL
 ), bw AS (
     SELECT x.copy_kind, x.host_kind,
-           median(x.bytes / greatest(x.dur_ns - coalesce(t.toll_ns, 0), 1)) FILTER (WHERE x.bytes >= p.large_fit) AS bpn
+           median(x.bytes / greatest(x.cross_ns - coalesce(t.toll_ns, 0), 1)) FILTER (WHERE x.bytes >= p.large_fit) AS bpn
     FROM xfer_dir x JOIN toll t USING (copy_kind, host_kind), p GROUP BY ALL
 )
 SELECT t.copy_kind, t.host_kind, t.copies, greatest(coalesce(t.toll_ns, 0), 0) AS toll_ns,
        coalesce(bw.bpn, p.default_gbps) AS bytes_per_ns, bw.bpn IS NULL AS bandwidth_assumed
 FROM toll t JOIN bw USING (copy_kind, host_kind), p;
 
--- Each transfer priced by the model: what its bytes need, and what it cost beyond that.
-CREATE OR REPLACE TEMP VIEW xfer_costs AS
+-- Each transfer priced by the model: what its bytes need, and what it cost beyond that; host_ns is
+-- the part of its call that was the crossing's own host work (the rest of the call waited).
+CREATE OR REPLACE TEMP TABLE xfer_costs AS
 SELECT x.*, m.toll_ns, m.bytes_per_ns, x.bytes / m.bytes_per_ns AS byte_ns,
-       greatest(x.dur_ns - x.bytes / m.bytes_per_ns, 0) AS excess_ns,
-       x.bytes < coalesce(getvariable('small_bytes'), m.toll_ns * m.bytes_per_ns) AS small
+       greatest(x.cross_ns - x.bytes / m.bytes_per_ns, 0) AS excess_ns,
+       x.bytes < coalesce(getvariable('small_bytes'), m.toll_ns * m.bytes_per_ns) AS small,
+       CASE WHEN x.timing = 'gpu' THEN x.pre_ns + x.post_ns
+            ELSE least(x.dur_ns, m.toll_ns + x.bytes / m.bytes_per_ns) END AS host_ns
 FROM xfer_dir x JOIN cost_model m USING (copy_kind, host_kind);
 
--- Calls that are meant to return at once; time beyond normal_call_us is an async stall.
+-- Calls that are meant to return at once; time beyond normal_call_us is an async stall. For async
+-- copies (pinned or device memory) the crossing's own host work is not a stall: only the rest is.
 CREATE OR REPLACE TEMP TABLE async_calls AS
 WITH names AS (  -- match call names once, not once per call
     SELECT name FROM (SELECT DISTINCT name FROM api_calls)
     WHERE regexp_matches(name, '^cu(da)?(Memset(D8|D16|D32|2D)?.*Async|LaunchKernel|LaunchCooperativeKernel|GraphLaunch|MallocAsync|FreeAsync|MemAllocAsync|MemFreeAsync)')
-       OR regexp_matches(name, '^cu(da)?Memcpy.*Async')
-), pinned_copies AS (
-    SELECT pid, correlation_id FROM copies
-    WHERE src_kind IN ('pinned', 'device') AND dst_kind IN ('pinned', 'device')
-)
+), normal AS (SELECT coalesce(getvariable('normal_call_us'), 20) * 1000 AS ns)
 SELECT a.pid, a.tid, a.name, a.start_ns, a.end_ns, a.correlation_id, a.on_cpu_ns, a.off_cpu_ns, a.ioctl_ns,
-       a.source, a.end_ns - a.start_ns AS dur_ns,
-       greatest(a.end_ns - a.start_ns - coalesce(getvariable('normal_call_us'), 20) * 1000, 0) AS stall_ns
-FROM api_calls a SEMI JOIN names USING (name), win
+       a.source, a.end_ns - a.start_ns AS dur_ns, 0::BIGINT AS pre_ns, 0::BIGINT AS post_ns,
+       greatest(a.end_ns - a.start_ns - normal.ns, 0) AS stall_ns
+FROM api_calls a SEMI JOIN names USING (name), win, normal
 WHERE a.start_ns >= win.start_ns AND a.start_ns <= win.end_ns
-  AND (NOT regexp_matches(a.name, '^cu(da)?Memcpy') OR a.source = 'ebpf'
-       OR (a.pid, a.correlation_id) IN (SELECT (pid, correlation_id) FROM pinned_copies));
+  -- merged traces: the CUPTI record of a call is the call; its probe (source ebpf) would count it twice
+  AND (a.source <> 'ebpf' OR NOT EXISTS (SELECT 1 FROM api_calls WHERE source = 'cupti' LIMIT 1))
+UNION ALL
+SELECT a.pid, a.tid, a.name, a.start_ns, a.end_ns, a.correlation_id, a.on_cpu_ns, a.off_cpu_ns, a.ioctl_ns,
+       a.source, a.end_ns - a.start_ns, x.pre_ns, x.post_ns,
+       greatest(a.end_ns - a.start_ns - x.host_ns - normal.ns, 0)
+FROM xfer_costs x
+JOIN api_calls a ON a.pid = x.pid AND a.start_ns = x.api_start_ns AND a.name = x.api_name AND a.tid = x.api_tid,
+normal
+WHERE regexp_matches(x.api_name, '^cu(da)?Memcpy.*Async') AND (x.timing = 'host' OR x.host_kind IN ('pinned', 'device'));
 
--- Sync waits: stream/event/context synchronize calls, and blocking readbacks (D2H into pageable).
+-- Sync waits: stream/event/context synchronize calls, and blocking readbacks (D2H into pageable):
+-- wait_ns is the call's time less the readback's own crossing work (counted as a crossing).
 CREATE OR REPLACE TEMP TABLE sync_calls AS
 WITH names AS (
     SELECT name FROM (SELECT DISTINCT name FROM api_calls)
-    WHERE regexp_matches(name, '^cu(da)?((Stream|Event|Device|Ctx)Synchronize|Memcpy)')
-), rb AS (SELECT pid, correlation_id FROM readbacks)
+    WHERE regexp_matches(name, '^cu(da)?(Stream|Event|Device|Ctx)Synchronize')
+), rb AS (
+    SELECT pid, api_tid AS tid, api_name AS name, api_start_ns AS start_ns, host_ns
+    FROM xfer_costs
+    WHERE copy_kind = 'DtoH' AND (host_kind = 'pageable' OR (timing = 'host' AND regexp_matches(api_name, '^cuMemcpyDtoH(_v2)?(_ptds)?$')))
+), merged AS (SELECT EXISTS (SELECT 1 FROM api_calls WHERE source = 'cupti' LIMIT 1) AS has_cupti)
 SELECT a.pid, a.tid, a.name, a.start_ns, a.end_ns, a.correlation_id, a.source, a.end_ns - a.start_ns AS dur_ns,
-       CASE WHEN contains(a.name, 'Synchronize') THEN 'sync' ELSE 'readback' END AS wait_kind
-FROM api_calls a SEMI JOIN names USING (name), win
-WHERE a.start_ns >= win.start_ns AND a.start_ns <= win.end_ns
-  AND (contains(a.name, 'Synchronize')
-       OR (a.source = 'ebpf' AND regexp_matches(a.name, '^cuMemcpyDtoH(_v2)?(_ptds)?$'))
-       OR (a.pid, a.correlation_id) IN (SELECT (pid, correlation_id) FROM rb));
+       a.end_ns - a.start_ns AS wait_ns, 'sync' AS wait_kind
+FROM api_calls a SEMI JOIN names USING (name), win, merged
+WHERE a.start_ns >= win.start_ns AND a.start_ns <= win.end_ns AND (a.source <> 'ebpf' OR NOT merged.has_cupti)
+UNION ALL
+SELECT a.pid, a.tid, a.name, a.start_ns, a.end_ns, a.correlation_id, a.source, a.end_ns - a.start_ns,
+       greatest(a.end_ns - a.start_ns - rb.host_ns, 0), 'readback'
+FROM rb JOIN api_calls a ON a.pid = rb.pid AND a.start_ns = rb.start_ns AND a.name = rb.name AND a.tid = rb.tid;
 
 -- GPU idle gaps in the window: where a copy or kernel starts after everything before it ended
 -- (one window pass over GPU work sorted by start; the running max of end times is the busy edge).
@@ -143,23 +193,25 @@ JOIN xfer_dir x ON x.pid = a.pid AND x.copy_kind = 'HtoD' AND x.bytes <= a.bytes
 WHERE a.op = 'alloc' AND a.memory_kind = 'device'
 QUALIFY row_number() OVER (PARTITION BY a.pid, a.ts_ns, a.address ORDER BY x.api_start_ns) = 1;
 
--- Host time stuck at the boundary, one category per call (first match wins: async stall,
--- alloc-and-copy, small crossing, sync wait), as intervals for the GPU-idle overlap.
+-- Host time stuck at the boundary, as intervals for the GPU-idle overlap; the parts of one call
+-- do not overlap: a crossing's host work (before and after its copy), then the stall or wait.
 CREATE OR REPLACE TEMP TABLE stuck AS
-WITH s AS (
-    SELECT pid, correlation_id, 'async_stalls' AS category, start_ns + (dur_ns - stall_ns) AS start_ns, end_ns, 1 AS prio
-    FROM async_calls WHERE stall_ns > 0
-    UNION ALL
-    SELECT pid, NULL, 'alloc_and_copy', copy_call_start_ns - alloc_call_ns, copy_call_start_ns + copy_call_ns, 2
-    FROM alloc_copy_pairs
-    UNION ALL
-    SELECT pid, correlation_id, 'small_crossings', api_start_ns, api_end_ns, 3
-    FROM xfer_costs WHERE small AND api_start_ns IS NOT NULL
-    UNION ALL
-    SELECT pid, correlation_id, 'sync_waits', start_ns, end_ns, 4 FROM sync_calls
-)
-SELECT * FROM s
-QUALIFY correlation_id IS NULL OR row_number() OVER (PARTITION BY pid, correlation_id ORDER BY prio) = 1;
+SELECT pid, 'async_stalls' AS category, end_ns - post_ns - stall_ns AS start_ns, end_ns - post_ns AS end_ns
+FROM async_calls WHERE stall_ns > 0
+UNION ALL
+SELECT pid, 'alloc_and_copy', copy_call_start_ns - alloc_call_ns, copy_call_start_ns FROM alloc_copy_pairs
+UNION ALL
+SELECT pid, 'small_crossings', api_start_ns, api_start_ns + pre_ns FROM xfer_costs
+WHERE small AND timing = 'gpu' AND pre_ns > 0
+UNION ALL
+SELECT pid, 'small_crossings', api_end_ns - post_ns, api_end_ns FROM xfer_costs
+WHERE small AND timing = 'gpu' AND post_ns > 0
+UNION ALL
+SELECT pid, 'small_crossings', api_start_ns, api_start_ns + host_ns FROM xfer_costs WHERE small AND timing = 'host'
+UNION ALL
+SELECT pid, 'sync_waits', end_ns - wait_ns, end_ns FROM sync_calls WHERE wait_kind = 'sync'
+UNION ALL
+SELECT pid, 'sync_waits', start_ns, start_ns + wait_ns FROM sync_calls WHERE wait_kind = 'readback';
 
 -- Lost stream concurrency, per (delayed copy, copy of another stream that held the bridge): the
 -- part of the delayed copy's ready-to-start wait that the other copy covered.
@@ -167,22 +219,13 @@ CREATE OR REPLACE TEMP TABLE copy_streams AS
 SELECT count(DISTINCT stream_id) AS n FROM xfer_dir WHERE copy_kind IN ('HtoD', 'DtoH');
 
 CREATE OR REPLACE TEMP TABLE bridge_waits AS
-WITH ops AS (
-    SELECT pid, stream_id, start_ns, end_ns, correlation_id, 1 AS is_copy FROM copies
-    WHERE op IN ('memcpy', 'p2p') AND (SELECT n FROM copy_streams) > 1
-    UNION ALL
-    SELECT pid, stream_id, start_ns, end_ns, correlation_id, 0 FROM kernels
-    -- with copies on one stream only no copy can wait for another stream's: skip all of this
-    WHERE (SELECT n FROM copy_streams) > 1
-), free AS (
-    SELECT *, max(end_ns) OVER (PARTITION BY pid, stream_id ORDER BY start_ns, end_ns
-                                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS stream_free_ns
-    FROM ops
-), c AS MATERIALIZED (
+WITH c AS MATERIALIZED (
     SELECT x.pid, x.stream_id, x.start_ns, greatest(x.api_start_ns, coalesce(f.stream_free_ns, 0)) AS ready_ns
-    FROM xfer_dir x JOIN free f ON f.is_copy = 1 AND f.pid = x.pid AND f.correlation_id = x.correlation_id
-         AND f.start_ns = x.start_ns
+    FROM xfer_dir x JOIN stream_free f ON f.pid = x.pid AND f.correlation_id = x.correlation_id
+         AND f.start_ns = x.start_ns AND f.stream_id = x.stream_id
     WHERE x.timing = 'gpu' AND x.copy_kind IN ('HtoD', 'DtoH') AND x.api_start_ns IS NOT NULL
+      -- with copies on one stream only no copy can wait for another stream's: skip all of this
+      AND (SELECT n FROM copy_streams) > 1
 ), o AS MATERIALIZED (
     SELECT pid, stream_id, start_ns, end_ns FROM xfer_dir WHERE copy_kind IN ('HtoD', 'DtoH')
 )

@@ -11,7 +11,7 @@ WITH cat AS (
     UNION ALL
     SELECT 'alloc_and_copy', count(*), sum(alloc_call_ns + copy_call_ns) FROM alloc_copy_pairs
     UNION ALL
-    SELECT 'sync_waits', count(*), sum(dur_ns) FROM sync_calls
+    SELECT 'sync_waits', count(*), sum(wait_ns) FROM sync_calls
 )
 SELECT cat.category, cat.events, round(coalesce(cat.lost_ns, 0) / 1e6, 3) AS lost_ms,
        round(coalesce(cat.lost_ns, 0) / 1e3 / greatest(win.steps, 1), 3) AS per_step_us,

@@ -7,7 +7,7 @@ WITH ev AS (
     UNION ALL SELECT copy_start_ns, wait_ns, 'stream_concurrency' FROM bridge_waits
     UNION ALL SELECT start_ns, stall_ns, 'async_stalls' FROM async_calls WHERE stall_ns > 0
     UNION ALL SELECT alloc_ns, alloc_call_ns + copy_call_ns, 'alloc_and_copy' FROM alloc_copy_pairs
-    UNION ALL SELECT start_ns, dur_ns, 'sync_waits' FROM sync_calls
+    UNION ALL SELECT start_ns, wait_ns, 'sync_waits' FROM sync_calls
 )
 SELECT s.step, s.name, round((s.end_ns - s.start_ns) / 1e3, 3) AS step_us,
        round(coalesce(sum(ns) FILTER (WHERE category = 'small_crossings'), 0) / 1e3, 3) AS small_crossings_us,

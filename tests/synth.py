@@ -150,7 +150,7 @@ def generate(out: Path, spec: Spec) -> Spec:
             t = a + spec.alloc_copy_call_ns + 10 * US
         # 6. blocking readback and a stream sync
         c = api("cudaMemcpyAsync", t, spec.readback_ns)
-        copy("DtoH", "device", "pageable", 128, t + spec.readback_ns - 5 * US, 7, c, dur=3 * US)
+        copy("DtoH", "device", "pageable", 128, t + spec.readback_ns - 3 * US, 7, c, dur=3 * US)
         truth["sync_ns"] += spec.readback_ns
         t += spec.readback_ns + 5 * US
         c = api("cudaStreamSynchronize", t, spec.sync_ns)

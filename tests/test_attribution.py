@@ -148,8 +148,8 @@ def test_host_probe_only_trace(tmp_path):
             8,
             "cuMemcpyHtoDAsync_v2",
             "driver",
-            1000 + i * 100_000,
-            1000 + i * 100_000 + 30_000,
+            1000 + i * 1_000_000,
+            1000 + i * 1_000_000 + 30_000 + (500_000 if i < 5 else 0),  # 5 calls block 500 us
             i,
             0,
             "ebpf",
@@ -164,8 +164,8 @@ def test_host_probe_only_trace(tmp_path):
             8,
             "cuMemcpyHtoDAsync_v2",
             "driver",
-            10_000_000 + i * 1_000_000,
-            10_000_000 + i * 1_000_000 + 30_000 + (8 << 20) // 10,
+            100_000_000 + i * 1_000_000,
+            100_000_000 + i * 1_000_000 + 30_000 + (8 << 20) // 10,
             100 + i,
             0,
             "ebpf",
@@ -183,8 +183,10 @@ def test_host_probe_only_trace(tmp_path):
         assert close(cm["toll_us"], 30.0) and close(cm["gbps"], 10.0)
         (small,) = a.rows("small_crossings")
         assert small["copies"] == 40
-        stalls = a.rows("async_stalls")
-        assert stalls and stalls[0]["stalled_calls"] == 45
+        # what the crossing model explains (toll + bytes) is the crossing's; only the rest stalled
+        (stalls,) = a.rows("async_stalls")
+        assert stalls["stalled_calls"] == 5
+        assert close(stalls["stall_ms"], 5 * (0.5 - 0.005 - 128 / 10 / 1e6))
     finally:
         a.close()
 

@@ -169,3 +169,38 @@ def test_spawn_and_fork_workers_are_traced_by_cupti(tmp_path):
     con = duckdb.connect(str(out / "trace.duckdb"), read_only=True)
     per_pid = dict(con.execute("SELECT pid, count(*) FROM copies WHERE copy_kind='HtoD' GROUP BY pid").fetchall())
     assert sorted(per_pid.values()) == [10, 11], (per_pid, r.stderr)
+
+
+def test_emulated_bridge_puts_its_toll_inside_the_copy_calls(tmp_path):
+    """--emulate-bridge: one toll per H2D/D2H crossing, counted in the manifest, and inside the
+    CUPTI record of the call that issued the copy (where a real bridge puts it)."""
+    out = tmp_path / "bridge"
+    r = cctrace(
+        "record",
+        "-o",
+        str(out),
+        "--host-probes",
+        "off",
+        "--emulate-bridge",
+        "toll-only,toll_us=200",
+        "--",
+        *SERVE,
+        "--steps",
+        "20",
+        "--swap-every",
+        "10",
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    s = _summary(r.stdout)
+    m = json.loads((out / "manifest.json").read_text())
+    inj = m["bridge_emulation"]["injected"]
+    issued = s["issued_total"]
+    assert inj["h2d_toll_count"] == issued["h2d"] and inj["d2h_toll_count"] == issued["d2h"]
+    assert inj["toll_ns"] == 200_000 * (issued["h2d"] + issued["d2h"])
+    with _con(out) as con:
+        durs = con.execute(
+            "SELECT api_end_ns - api_start_ns FROM copies_with_api WHERE copy_kind IN ('HtoD', 'DtoH')"
+        ).fetchall()
+    assert len(durs) == issued["h2d"] + issued["d2h"]
+    assert all(d >= 200_000 for (d,) in durs)

@@ -1,6 +1,6 @@
-"""Building and loading cctrace's small C helper (the CUPTI buffer shim).
+"""Building and loading cctrace's small C helpers (the CUPTI buffer shim, the bridge emulator).
 
-It is compiled on first use with the system C compiler into a cache keyed by the source's hash,
+Each is compiled on first use with the system C compiler into a cache keyed by the source's hash,
 so a recording host needs `cc` but no build step at install time. When no compiler is found the
 caller falls back (and says so).
 """
@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("cupti_shim.c")
+BRIDGE_SOURCE = Path(__file__).with_name("bridge_emu.c")
 
 
 class NativeUnavailable(RuntimeError):
@@ -31,19 +32,28 @@ def cache_dir() -> Path:
 
 def build_shim() -> Path:
     """Compile the shim if this source version has not been built yet; return the .so path."""
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
-    target = cache_dir() / f"cupti_shim-{digest}.so"
+    return build_native(SOURCE)
+
+
+def build_native(source: Path) -> Path:
+    """Compile `source` into the cache unless this version of it is there already."""
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    target = cache_dir() / f"{source.stem}-{digest}.so"
     if target.exists():
         return target
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not cc:
-        raise NativeUnavailable("no C compiler (cc/gcc/clang) to build the CUPTI buffer shim")
+        raise NativeUnavailable(f"no C compiler (cc/gcc/clang) to build {source.name}")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        r = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(SOURCE)], capture_output=True, text=True)
+        r = subprocess.run(
+            [cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(source), "-ldl", "-lpthread"],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
-            raise NativeUnavailable(f"building the CUPTI buffer shim failed: {r.stderr.strip()[:300]}")
+            raise NativeUnavailable(f"building {source.name} failed: {r.stderr.strip()[:300]}")
         os.replace(out, target)
     return target
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import struct
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,12 +182,33 @@ class _WithStrings:
         return s if s is not None else getattr(self._rec, name)
 
 
+def _quiet_buffer_manager(unraisable) -> None:
+    """cupti-python's record objects built with from_data() release a buffer reference that its
+    BufferManager never took (KeyError in __dealloc__, once per record): harmless, and not ours to
+    print thousands of times. Anything else goes to the previous hook."""
+    if isinstance(unraisable.exc_value, KeyError) and "Activity" in repr(unraisable.object):
+        return
+    _previous_hook(unraisable)
+
+
+_previous_hook = sys.unraisablehook
+
+
 def decode_trace(trace_dir: Path) -> list[str]:
     """Decode every raw CUPTI file of a trace into shards; returns problems. Raw files are removed
     once decoded (what they held is in the shards)."""
     files = raw_files(trace_dir)
     if not files:
         return []
+    global _previous_hook
+    _previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_buffer_manager
+    try:
+        return _decode_files(trace_dir, files)
+    finally:
+        sys.unraisablehook = _previous_hook
+
+
+def _decode_files(trace_dir: Path, files: list[Path]) -> list[str]:
     walker = _Walker()
     problems = []
     for path in files:

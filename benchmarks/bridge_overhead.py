@@ -1,0 +1,65 @@
+"""What the bridge emulation costs by itself (GPU machine): serve.py steps/s with a zero bridge
+(toll 0, native bandwidth, no serialization, no async blocking), with and without CUPTI recording.
+
+The emulator acts in CUPTI driver-API callbacks; any time they add beyond what they inject is not
+in the manifest's ground truth, so this is the error bar on "the bridge explains the gap".
+
+    python benchmarks/bridge_overhead.py --reps 3 --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ZERO = "toll_us=0,bw_ratio=1,serialize=off,async_block=off"
+RECORD = ["--nvtx", "--kernels", "--host-probes", "off"]
+CONFIGS = {
+    "plain": None,
+    "zero bridge, no recording": ["--kinds", "none", "--host-probes", "off", "--emulate-bridge", ZERO],
+    "recording (CUPTI)": RECORD,
+    "recording + zero bridge": [*RECORD, "--emulate-bridge", ZERO],
+    "recording + b300-tdx": [*RECORD, "--emulate-bridge", "b300-tdx"],
+}
+
+
+def run(opts: list[str] | None, steps: int, extra: list[str]) -> float:
+    cmd = [sys.executable, str(ROOT / "examples" / "serve.py"), "--steps", str(steps), *extra]
+    if opts is not None:
+        out = tempfile.mkdtemp(prefix="cct-bo-")
+        cmd = [sys.executable, "-m", "cctrace", "record", "-q", "--no-load", "--force", "-o", out, *opts, "--", *cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    for line in r.stdout.splitlines():
+        if line.startswith("SERVE_SUMMARY "):
+            return json.loads(line.split(" ", 1)[1])["steps_per_s"]
+    raise SystemExit(f"no SERVE_SUMMARY from {' '.join(cmd)}:\n{r.stderr[-2000:]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("serve_args", nargs="*", help="extra arguments for serve.py (after --)")
+    a = ap.parse_args()
+    res: dict[str, list[float]] = {k: [] for k in CONFIGS}
+    for _ in range(a.reps):
+        for name, opts in CONFIGS.items():
+            res[name].append(run(opts, a.steps, a.serve_args))
+    base = statistics.median(res["plain"])
+    print(f"serve.py --steps {a.steps} {' '.join(a.serve_args)}; {a.reps} reps alternating (median, min-max)")
+    for name, xs in res.items():
+        m = statistics.median(xs)
+        print(
+            f"{name:28} {m:8.1f} steps/s ({min(xs):.1f}-{max(xs):.1f})  {1000 / m:7.3f} ms/step  "
+            f"{(1000 / m - 1000 / base) * 1000:+8.1f} us/step vs plain"
+        )
+
+
+if __name__ == "__main__":
+    main()
