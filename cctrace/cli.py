@@ -99,9 +99,13 @@ def record(
         _err(f"unknown kind(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
         sys.exit(EXIT_USAGE)
     out = output or Path(time.strftime("cctrace-%Y%m%d-%H%M%S"))
-    if out.exists() and any(out.iterdir()) and not force:
-        _err(f"{out} exists and is not empty; choose another -o or pass --force")
-        sys.exit(EXIT_USAGE)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            _err(f"{out} exists and is not empty; choose another -o or pass --force")
+            sys.exit(EXIT_USAGE)
+        from cctrace.launcher import clear_trace_dir
+
+        clear_trace_dir(out)  # an earlier trace's processes must not mix with this run's
     spec = None
     if bridge:
         from cctrace.bridge import BridgeSpecError, parse_spec
@@ -229,9 +233,13 @@ def attach(pid, output, duration, libcuda, force) -> None:
     from cctrace.attach import AttachError, attach_pid
 
     out = output or Path(time.strftime("cctrace-attach-%Y%m%d-%H%M%S"))
-    if out.exists() and any(out.iterdir()) and not force:
-        _err(f"{out} exists and is not empty; choose another -o or pass --force")
-        sys.exit(EXIT_USAGE)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            _err(f"{out} exists and is not empty; choose another -o or pass --force")
+            sys.exit(EXIT_USAGE)
+        from cctrace.launcher import clear_trace_dir
+
+        clear_trace_dir(out)  # an earlier trace's processes must not mix with this run's
     try:
         health = attach_pid(pid, out, duration, libcuda, progress=_err)
     except AttachError as e:

@@ -119,6 +119,19 @@ def decode_raw(trace_dir: Path) -> dict:
     return {"raw_files": n, "decoded": True, "problems": problems}
 
 
+TRACE_FILES = ("*.arrows", "proc.*.json", "cupti.*.cuptiraw", "manifest.json", "trace.duckdb", "trace.duckdb.wal")
+
+
+def clear_trace_dir(trace_dir: Path) -> int:
+    """--force: remove an earlier trace's files (only cctrace's own) so runs never mix; returns how many."""
+    n = 0
+    for pattern in TRACE_FILES:
+        for f in Path(trace_dir).glob(pattern):
+            f.unlink()
+            n += 1
+    return n
+
+
 def exit_status(returncode: int) -> int:
     """subprocess's negative 'killed by signal N' becomes the shell's 128+N."""
     return 128 - returncode if returncode < 0 else returncode

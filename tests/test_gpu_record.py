@@ -125,11 +125,19 @@ def test_sigkilled_serve_leaves_loadable_shards(tmp_path):
         "1000000",
     ]
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def written() -> int:  # shards, or the raw CUPTI buffers the C shim appends (decoded after the run)
+        return sum(f.stat().st_size for f in [*out.glob("copies.*.arrows"), *out.glob("cupti.*.cuptiraw")])
+
     deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob("copies.*.arrows")) and p.poll() is None:
+    while time.time() < deadline and not written() and p.poll() is None:
         time.sleep(0.2)
     time.sleep(2)
     assert p.poll() is None, p.stderr.read()
+    assert written() > 0, (
+        {f.name: f.stat().st_size for f in out.iterdir()},
+        [f.read_text() for f in out.glob("proc.*")],
+    )
     pids = [json.loads(f.read_text())["pid"] for f in out.glob("proc.*.json")]
     for pid in pids:
         try:
@@ -204,3 +212,31 @@ def test_emulated_bridge_puts_its_toll_inside_the_copy_calls(tmp_path):
         ).fetchall()
     assert len(durs) == issued["h2d"] + issued["d2h"]
     assert all(d >= 200_000 for (d,) in durs)
+
+
+def test_host_probes_see_every_copy_cupti_sees(tmp_path):
+    """CUPTI and the eBPF probes, recorded together on serve.py: one probed driver copy call per
+    CUPTI H2D/D2H copy, with the same bytes (read from the shards: no duckdb needed)."""
+    from cctrace.shards import read_shard
+    from cctrace.sources.host_probes import ProbesUnavailable, check_ready
+
+    try:
+        check_ready()
+    except ProbesUnavailable as e:
+        pytest.skip(f"host probes cannot run here: {e}")
+    out = tmp_path / "merged"
+    r = cctrace(
+        "record", "-o", str(out), "--no-load", "--host-probes", "on", "--", *SERVE, "--steps", "20", timeout=600
+    )
+    assert r.returncode == 0, r.stderr
+
+    def rows(table: str) -> list[dict]:
+        return [row for f in out.glob(f"{table}.*.arrows") for row in read_shard(f).data.to_pylist()]
+
+    cupti = sorted((c["copy_kind"], c["bytes"]) for c in rows("copies") if c["copy_kind"] in ("HtoD", "DtoH"))
+    ebpf = sorted(
+        (a["copy_kind"], a["bytes"])
+        for a in rows("api_calls")
+        if a["source"] == "ebpf" and a["copy_kind"] in ("HtoD", "DtoH")
+    )
+    assert cupti and ebpf == cupti

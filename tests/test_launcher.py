@@ -197,3 +197,16 @@ def test_refuses_non_empty_output_without_force(tmp_path):
     r = cctrace("record", "-o", str(out), "--", sys.executable, "-c", "pass")
     assert r.returncode == 2 and "--force" in r.stderr
     assert (out / "x").read_text() == "keep me"
+
+
+def test_force_replaces_an_earlier_trace_and_keeps_other_files(tmp_path):
+    out = tmp_path / "t"
+    for code in ("import sys; sys.exit(3)", "pass"):
+        r = cctrace("record", "--force", "--no-load", "-o", str(out), "--", sys.executable, "-c", code)
+    assert r.returncode == 0, r.stderr
+    (out / "notes.txt").write_text("mine")
+    r = cctrace("record", "--force", "--no-load", "-o", str(out), "--", sys.executable, "-c", "pass")
+    assert r.returncode == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert len(m["processes"]) == 1 and len(list(out.glob("proc.*.json"))) == 1  # the earlier runs are gone
+    assert (out / "notes.txt").read_text() == "mine"

@@ -100,6 +100,7 @@ class CuptiSource:
         self._pending: deque[list] = deque()
         self.convert_cpu_ns = 0
         self._shim = None
+        self._flush_completed = None  # cuptiActivityFlushAll through ctypes (shim delivery)
         self.delivery = "none"
         self._api_names: dict[tuple[int, int], str] = {}
 
@@ -253,6 +254,12 @@ class CuptiSource:
                 rc = self._shim.cct_start(register, path, BUFFER_BYTES)
                 if rc != 0:
                     raise CuptiUnavailable(f"CUPTI refused the buffer callbacks (status {rc})")
+                # CUPTI's flush period delivers only full buffers (seen on the H100): the flusher
+                # thread asks for the completed records each interval instead, through ctypes,
+                # which lets go of the GIL for the call, and the shim takes them in C
+                self._flush_completed = ctypes.CDLL(lib).cuptiActivityFlushAll
+                self._flush_completed.argtypes = [ctypes.c_uint32]
+                self._flush_completed.restype = ctypes.c_int
                 self.delivery = "c-shim"
                 return
         else:
@@ -329,7 +336,11 @@ class CuptiSource:
         work (clock offset, enum names, flags) is vectorised in pyarrow. Between buffers the GIL is
         handed back (sleep(0)) so the traced program's main thread never waits behind a long drain.
         """
-        if FLUSH_MODE == "manual" and self._cupti is not None and self.enabled:
+        if self._flush_completed is not None and FLUSH_MODE != "none":
+            rc = self._flush_completed(0)
+            if rc != 0 and len(self.errors) < 20:
+                self.errors.append(f"periodic flush: CUPTI status {rc}")
+        elif FLUSH_MODE == "manual" and self._cupti is not None and self.enabled:
             try:
                 self._cupti.activity_flush_all(0)
             except Exception as e:  # noqa: BLE001
