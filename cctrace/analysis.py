@@ -26,9 +26,17 @@ PARAMS: dict[str, tuple[type, object, str]] = {
     "small_bytes": (int, None, "copies below this many bytes are small (default: toll x bandwidth)"),
     "small_fit_bytes": (int, 65536, "copies at most this big fit the fixed toll"),
     "large_fit_bytes": (int, 1048576, "copies at least this big fit the bandwidth"),
-    "default_gbps": (float, 25.0, "bandwidth assumed when a direction has no large copies (bundled H100 profile: pinned bandwidth)"),
+    "default_gbps": (
+        float,
+        25.0,
+        "bandwidth assumed when a direction has no large copies (bundled H100 profile: pinned bandwidth)",
+    ),
     "launch_gap_us": (float, 10.0, "a copy starting this long after its call returned was not delayed by the call"),
-    "normal_call_us": (float, 20.0, "normal cost of a call meant to return at once (bundled H100 profile: 2x p90 of an async copy call)"),
+    "normal_call_us": (
+        float,
+        20.0,
+        "normal cost of a call meant to return at once (bundled H100 profile: 2x p90 of an async copy call)",
+    ),
     "alloc_window_us": (float, 200.0, "how soon after an allocation a copy counts as alloc-and-copy"),
 }
 

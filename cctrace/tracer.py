@@ -51,6 +51,7 @@ class Tracer:
         self._stopped = False
         self._sigterm_pending = False
         self._flusher: threading.Thread | None = None
+        self._fork_lock = threading.Lock()
         self._prev_sigterm = None
         self.forked_from: int | None = None
 
@@ -64,7 +65,9 @@ class Tracer:
         atexit.register(self.stop, "exit")
         self._install_sigterm()
         self._wrap_os_exit()
-        os.register_at_fork(after_in_child=self._after_fork_child)
+        os.register_at_fork(
+            before=self._before_fork, after_in_parent=self._after_fork_parent, after_in_child=self._after_fork_child
+        )
 
     def _start_cupti(self) -> None:
         from cctrace.sources.cupti_source import CuptiSource, CuptiUnavailable
@@ -109,11 +112,19 @@ class Tracer:
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.flush_s):
             try:
-                for src in list(self.sources.values()):
-                    src.drain()  # type: ignore[attr-defined]
-                self.writer.flush()
+                # a fork waits for this (see _before_fork): no child inherits CUPTI or the writer mid-flush
+                with self._fork_lock:
+                    for src in list(self.sources.values()):
+                        src.drain()  # type: ignore[attr-defined]
+                    self.writer.flush()
             except Exception as e:  # noqa: BLE001 - a flush failure must not kill the traced program
                 self._error(f"flush failed: {e}")
+
+    def _before_fork(self) -> None:
+        self._fork_lock.acquire()
+
+    def _after_fork_parent(self) -> None:
+        self._fork_lock.release()
 
     def stop(self, reason: str = "exit") -> None:
         """Drain the sources and close the shards; safe to call more than once."""
@@ -159,6 +170,7 @@ class Tracer:
 
     def _after_fork_child(self) -> None:
         """A forked child is a new process: it writes its own shards and its own record."""
+        self._fork_lock = threading.Lock()  # the parent's was held across fork by the forking thread
         parent = self.pid
         self.pid = os.getpid()
         self.forked_from = parent

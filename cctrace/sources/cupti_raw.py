@@ -192,6 +192,17 @@ def _quiet_buffer_manager(unraisable) -> None:
 
 
 _previous_hook = sys.unraisablehook
+_previous_excepthook = sys.excepthook
+
+
+def _quiet_buffer_manager_print(exc_type, exc, tb) -> None:
+    """The same KeyError, printed with its traceback through sys.excepthook (Cython's noexcept path)."""
+    last = tb
+    while last is not None and last.tb_next is not None:
+        last = last.tb_next
+    if exc_type is KeyError and last is not None and "buffer_manager" in last.tb_frame.f_code.co_filename:
+        return
+    _previous_excepthook(exc_type, exc, tb)
 
 
 def decode_trace(trace_dir: Path) -> list[str]:
@@ -200,12 +211,14 @@ def decode_trace(trace_dir: Path) -> list[str]:
     files = raw_files(trace_dir)
     if not files:
         return []
-    global _previous_hook
+    global _previous_hook, _previous_excepthook
     _previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_buffer_manager
+    _previous_excepthook, sys.excepthook = sys.excepthook, _quiet_buffer_manager_print
     try:
         return _decode_files(trace_dir, files)
     finally:
         sys.unraisablehook = _previous_hook
+        sys.excepthook = _previous_excepthook
 
 
 def _decode_files(trace_dir: Path, files: list[Path]) -> list[str]:
@@ -239,6 +252,7 @@ def _decode_files(trace_dir: Path, files: list[Path]) -> list[str]:
             health = proc.setdefault("sources", {}).setdefault("cupti", {})
             health["records"] = {**(health.get("records") or {}), **src.records}
             health["decoded_buffers"] = n_buffers
+            health["incomplete_dropped"] = dict(src.incomplete)
             proc["rows_written"] = {**(proc.get("rows_written") or {}), **writer.rows_written}
             from cctrace.manifest import write_json_atomic
 

@@ -101,6 +101,7 @@ class CuptiSource:
         self.convert_cpu_ns = 0
         self._shim = None
         self._flush_completed = None  # cuptiActivityFlushAll through ctypes (shim delivery)
+        self.incomplete: dict[str, int] = {}  # records dropped because a forced flush cut them short
         self.delivery = "none"
         self._api_names: dict[tuple[int, int], str] = {}
 
@@ -254,9 +255,9 @@ class CuptiSource:
                 rc = self._shim.cct_start(register, path, BUFFER_BYTES)
                 if rc != 0:
                     raise CuptiUnavailable(f"CUPTI refused the buffer callbacks (status {rc})")
-                # CUPTI's flush period delivers only full buffers (seen on the H100): the flusher
-                # thread asks for the completed records each interval instead, through ctypes,
-                # which lets go of the GIL for the call, and the shim takes them in C
+                # CUPTI's flush period and an unforced flush deliver only full buffers (seen on the
+                # H100): the flusher thread forces a flush each interval instead, through ctypes,
+                # which lets go of the GIL for the call, and the shim takes the buffers in C
                 self._flush_completed = ctypes.CDLL(lib).cuptiActivityFlushAll
                 self._flush_completed.argtypes = [ctypes.c_uint32]
                 self._flush_completed.restype = ctypes.c_int
@@ -317,6 +318,7 @@ class CuptiSource:
             "convert_cpu_ns": self.convert_cpu_ns,
             "delivery": self.delivery,
             "shim": shim_stats(self._shim) if self._shim is not None else None,
+            "incomplete_dropped": dict(self.incomplete),
             "clock": self.clock,
         }
 
@@ -337,7 +339,7 @@ class CuptiSource:
         handed back (sleep(0)) so the traced program's main thread never waits behind a long drain.
         """
         if self._flush_completed is not None and FLUSH_MODE != "none":
-            rc = self._flush_completed(0)
+            rc = self._flush_completed(1)  # CUPTI_ACTIVITY_FLAG_FLUSH_FORCED: half-full buffers too
             if rc != 0 and len(self.errors) < 20:
                 self.errors.append(f"periodic flush: CUPTI status {rc}")
         elif FLUSH_MODE == "manual" and self._cupti is not None and self.enabled:
@@ -357,6 +359,25 @@ class CuptiSource:
                     self.errors.append(f"converting records: {type(e).__name__}: {e}")
             self.convert_cpu_ns += time.thread_time_ns() - t0
             time.sleep(0)
+
+    def _drop_incomplete(self, table: str, cols: dict, n: int) -> tuple[dict, int]:
+        """A forced flush may hand over records whose end CUPTI had not written yet (end < start):
+        they are dropped and counted, never stored with a made-up duration."""
+        start, end = pa.array(cols["start_ns"], pa.int64()), pa.array(cols["end_ns"], pa.int64())
+        ok = pc.fill_null(pc.greater_equal(end, start), False)
+        kept = pc.sum(ok).as_py() or 0
+        if kept == n:
+            return cols, n
+        self.incomplete[table] = self.incomplete.get(table, 0) + n - kept
+        out = {
+            k: (
+                pc.filter(v, ok)
+                if isinstance(v, pa.Array | pa.ChunkedArray)
+                else [x for x, keep in zip(v, ok.to_pylist(), strict=True) if keep]
+            )
+            for k, v in cols.items()
+        }
+        return out, kept
 
     def _convert(self, activities: list) -> None:
         activities.sort(key=_KIND)
@@ -379,6 +400,10 @@ class CuptiSource:
             n = len(next(iter(cols.values())))
             if not n:
                 continue
+            if "end_ns" in cols and "start_ns" in cols and table != "markers":
+                cols, n = self._drop_incomplete(table, cols, n)
+                if not n:
+                    continue
             self.writer.add_batch(table, _batch(table, cols, n, self.writer.pid))
             self.records[table] = self.records.get(table, 0) + n
 
