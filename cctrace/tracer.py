@@ -182,6 +182,11 @@ class Tracer:
             after = getattr(src, "after_fork_child", None)
             if after:
                 after()
+        if self.cupti_status == "active":
+            self.cupti_status = (
+                f"off: forked from pid {parent}, and CUPTI does not survive fork() "
+                "(start CUDA workers with spawn or forkserver to trace them)"
+            )
         self._write_proc_record(final=False)
         self._start_flusher()
 

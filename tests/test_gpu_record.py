@@ -109,7 +109,7 @@ def test_clock_is_monotonic_and_copies_sit_inside_their_steps(serve_trace):
 
 def test_sigkilled_serve_leaves_loadable_shards(tmp_path):
     out = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     cmd = [
         sys.executable,
         "-m",
@@ -124,27 +124,29 @@ def test_sigkilled_serve_leaves_loadable_shards(tmp_path):
         "--steps",
         "1000000",
     ]
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    errf = (tmp_path / "stderr.txt").open("w+")  # a file, not a pipe nobody reads while it runs
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errf, text=True)
 
     def written() -> int:  # shards, or the raw CUPTI buffers the C shim appends (decoded after the run)
         return sum(f.stat().st_size for f in [*out.glob("copies.*.arrows"), *out.glob("cupti.*.cuptiraw")])
 
-    deadline = time.time() + 120
+    deadline = time.time() + 60
     while time.time() < deadline and not written() and p.poll() is None:
         time.sleep(0.2)
     time.sleep(2)
-    assert p.poll() is None, p.stderr.read()
-    assert written() > 0, (
-        {f.name: f.stat().st_size for f in out.iterdir()},
-        [f.read_text() for f in out.glob("proc.*")],
-    )
+
+    def err() -> str:
+        return (tmp_path / "stderr.txt").read_text()[-3000:]
+
+    assert p.poll() is None, err()
+    assert written() > 0, ({f.name: f.stat().st_size for f in out.iterdir()}, err())
     pids = [json.loads(f.read_text())["pid"] for f in out.glob("proc.*.json")]
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert p.wait(timeout=120) == 128 + 9, p.stderr.read()
+    assert p.wait(timeout=120) == 128 + 9, err()
     r = cctrace("load", str(out), "--json")
     assert r.returncode == 0, r.stderr
     loaded = json.loads(r.stdout)[0]
@@ -166,7 +168,9 @@ if __name__ == "__main__":
 """
 
 
-def test_spawn_and_fork_workers_are_traced_by_cupti(tmp_path):
+def test_spawn_workers_are_traced_and_fork_workers_exit_cleanly(tmp_path):
+    """Spawned workers are traced by CUPTI; a forked one cannot be (CUPTI does not survive fork),
+    and must say so and still run and exit normally (it used to hang at exit in CUPTI's flush)."""
     prog = tmp_path / "children.py"
     prog.write_text(CHILDREN)
     out = tmp_path / "children"
@@ -176,7 +180,10 @@ def test_spawn_and_fork_workers_are_traced_by_cupti(tmp_path):
 
     con = duckdb.connect(str(out / "trace.duckdb"), read_only=True)
     per_pid = dict(con.execute("SELECT pid, count(*) FROM copies WHERE copy_kind='HtoD' GROUP BY pid").fetchall())
-    assert sorted(per_pid.values()) == [10, 11], (per_pid, r.stderr)
+    assert sorted(per_pid.values()) == [10], (per_pid, r.stderr)  # the spawned worker
+    procs = json.loads((out / "manifest.json").read_text())["processes"]
+    forked = [p for p in procs if p.get("forked_from")]
+    assert len(forked) == 1 and "fork" in forked[0]["cupti"] and forked[0]["exit_reason"] == "os._exit"
 
 
 def test_emulated_bridge_puts_its_toll_inside_the_copy_calls(tmp_path):

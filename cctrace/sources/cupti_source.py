@@ -101,6 +101,7 @@ class CuptiSource:
         self.convert_cpu_ns = 0
         self._shim = None
         self._flush_completed = None  # cuptiActivityFlushAll through ctypes (shim delivery)
+        self.forked = False  # a fork child of a CUPTI-traced process: CUPTI must not be touched
         self.incomplete: dict[str, int] = {}  # records dropped because a forced flush cut them short
         self.delivery = "none"
         self._api_names: dict[tuple[int, int], str] = {}
@@ -279,7 +280,7 @@ class CuptiSource:
 
     def stop(self) -> None:
         cupti = self._cupti
-        if cupti is None:
+        if cupti is None or self.forked:
             return
         try:
             cupti.activity_flush_all(1)
@@ -292,9 +293,10 @@ class CuptiSource:
         self.clock["end_measured_at_ns"] = end["measured_at_ns"]
 
     def after_fork_child(self) -> None:
-        """CUPTI's worker thread does not survive fork; what the child records is reported as-is."""
-        if self._shim is not None:
-            self._shim.cct_reopen(str(raw_path(self.writer.directory, self.writer.pid)).encode())
+        """CUPTI does not survive fork(): in a forked child its buffers are never delivered and a
+        flush blocks forever (seen on the H100: the child hung at exit). So a forked child makes
+        no CUPTI call at all; it is recorded as untraced by CUPTI (host probes still see it)."""
+        self.forked = True
         self.records = {}
         self._pending = deque()
         self.errors = []
@@ -338,6 +340,8 @@ class CuptiSource:
         work (clock offset, enum names, flags) is vectorised in pyarrow. Between buffers the GIL is
         handed back (sleep(0)) so the traced program's main thread never waits behind a long drain.
         """
+        if self.forked:
+            return
         if self._flush_completed is not None and FLUSH_MODE != "none":
             rc = self._flush_completed(1)  # CUPTI_ACTIVITY_FLAG_FLUSH_FORCED: half-full buffers too
             if rc != 0 and len(self.errors) < 20:

@@ -1,2 +1,0 @@
-timeout 45 python3 -m cctrace record -o /tmp/ch-fork --no-load --host-probes off -- python3 diag/children.py fork > /tmp/fork.txt 2>&1; echo "rc=$?"; grep -v "KeyError\|buffer_manager\|^Traceback" /tmp/fork.txt | head -80; ls -la /tmp/ch-fork
-python3 -m cctrace record -o /tmp/b30 --no-load --host-probes off -- python3 examples/serve.py --steps 30 > /tmp/b30.log 2>&1; echo "log lines: $(wc -l < /tmp/b30.log)"; tail -3 /tmp/b30.log
