@@ -167,6 +167,16 @@ class Analysis:
         self.con.close()
 
 
+def _bridge_summary(manifest: dict) -> dict | None:
+    """An emulated-bridge run names its bridge and what it injected (the ground truth) in the report."""
+    b = manifest.get("bridge_emulation")
+    if not b:
+        return None
+    inj = b.get("injected") or {}
+    ms = {k: round(inj.get(k + "_ns", 0) / 1e6, 3) for k in ("toll", "bandwidth", "serialize", "async_block")}
+    return {"spec": (b.get("spec") or {}).get("name"), "injected_ms": ms, "tolls": inj.get("toll_count", 0)}
+
+
 def report(trace: Path, params: dict[str, object] | None = None) -> dict:
     """The attribution report as plain data: the same keys feed the terminal, JSON and Markdown views."""
     from cctrace.manifest import read_manifest
@@ -211,6 +221,7 @@ def report(trace: Path, params: dict[str, object] | None = None) -> dict:
             },
             "host_probes": ((m.get("options") or {}).get("host_probes") or {}).get("state"),
             "confidential_computing": (m.get("gpu") or {}).get("confidential_computing"),
+            "bridge_emulation": _bridge_summary(m),
             "window_ms": round(window_ms, 3),
             "steps": steps,
             "step_source": "nvtx" if nvtx else ("detected" if steps else "none"),

@@ -18,9 +18,21 @@ ENV_SPEC = "CCTRACE_BRIDGE_SPEC"  # the resolved spec as JSON, set by the launch
 ENV_LIB = "CCTRACE_BRIDGE_LIB"  # the compiled emulator
 ENV_LIB_ERROR = "CCTRACE_BRIDGE_LIB_ERROR"
 
-# Native bandwidth (GB/s) the bandwidth ratio applies to, per direction: the H100's pinned-copy
-# bandwidth measured by `cctrace calibrate` (sample_traces/h100-bridge-profile.json).
-NATIVE_GBPS = {"h2d": 52.0, "d2h": 52.0}
+
+def _native_gbps() -> dict[str, float]:
+    """Native bandwidth (GB/s) the bandwidth ratio applies to, per direction: the pinned-copy
+    bandwidth that `cctrace calibrate` measured on the H100 (the bundled profile)."""
+    out = {"h2d": 55.0, "d2h": 55.0}
+    try:
+        fit = json.loads((Path(__file__).resolve().parent / "profiles" / "h100.json").read_text())["fit"]
+        for d in out:
+            out[d] = float(fit[f"{d}/pinned"]["gbps"]) or out[d]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return out
+
+
+NATIVE_GBPS = _native_gbps()
 
 PRESETS: dict[str, dict] = {
     # Blackwell B300 under Intel TDX, as reported (DESIGN.md): hundreds of us per crossing, about

@@ -28,6 +28,8 @@ def print_report(r: dict, console: Console) -> None:
     steps = f"{r['steps']} steps ({r['step_source']}), {r['step_ms']} ms/step" if r["steps"] else "no steps found"
     console.print(f"[bold]cctrace report[/bold] {r['trace']}")
     console.print(f"window {r['window_ms']} ms, {steps}; GPU {', '.join(r['gpu']) or 'unknown'}")
+    if r.get("bridge_emulation"):
+        console.print(f"[magenta]{_bridge_line(r['bridge_emulation'])}[/magenta]")
     t = Table(title="Where the time went")
     for c in ("category", "events", "lost ms", "per step µs", "% of window", "GPU idle overlap ms"):
         t.add_column(c, justify="left" if c == "category" else "right")
@@ -61,12 +63,21 @@ def _brief(row: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in row.items() if v not in (None, ""))
 
 
+def _bridge_line(b: dict) -> str:
+    ms = b["injected_ms"]
+    return (
+        f"emulated bridge {b['spec']} (whole run, warm-up included): {b['tolls']:,} tolls {ms['toll']} ms, "
+        f"bandwidth {ms['bandwidth']} ms, serialization {ms['serialize']} ms, async blocking {ms['async_block']} ms"
+    )
+
+
 def report_markdown(r: dict) -> str:
     lines = [
         f"### cctrace report: `{r['trace']}`",
         "",
         f"Window {r['window_ms']} ms, {r['steps']} steps ({r['step_source']}), {r['step_ms']} ms/step.",
         "",
+        *([f"_{_bridge_line(r['bridge_emulation'])}_", ""] if r.get("bridge_emulation") else []),
         "| category | events | lost ms | per step µs | % of window | GPU idle overlap ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]

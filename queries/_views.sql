@@ -43,11 +43,12 @@ SELECT coalesce((SELECT min(start_ns) FROM steps), (SELECT min(start_ns) FROM ev
 -- the probed copy calls, whose GPU time is unknown and approximated by the call's duration.
 CREATE OR REPLACE TEMP VIEW xfers AS
 SELECT c.pid, c.copy_kind, c.src_kind, c.dst_kind, c.bytes, c.start_ns, c.end_ns, c.stream_id,
-       c.correlation_id, c.api_name, c.api_tid, c.api_start_ns, c.api_end_ns, 'gpu' AS timing
+       c.correlation_id, c.api_name, c.api_tid, c.api_start_ns, c.api_end_ns, 'gpu' AS timing,
+       NULL::BIGINT AS off_cpu_ns
 FROM copies_with_api c WHERE c.op IN ('memcpy', 'p2p')
 UNION ALL
 SELECT a.pid, a.copy_kind, 'unknown', 'unknown', a.bytes, a.start_ns, a.end_ns, a.stream::BIGINT,
-       a.correlation_id, a.name, a.tid, a.start_ns, a.end_ns, 'host'
+       a.correlation_id, a.name, a.tid, a.start_ns, a.end_ns, 'host', a.off_cpu_ns
 FROM api_calls a
 WHERE a.source = 'ebpf' AND a.bytes IS NOT NULL AND a.copy_kind IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM copies WHERE source = 'cupti');
@@ -120,7 +121,8 @@ SELECT x.*, m.toll_ns, m.bytes_per_ns, x.bytes / m.bytes_per_ns AS byte_ns,
        greatest(x.cross_ns - x.bytes / m.bytes_per_ns, 0) AS excess_ns,
        x.bytes < coalesce(getvariable('small_bytes'), m.toll_ns * m.bytes_per_ns) AS small,
        CASE WHEN x.timing = 'gpu' THEN x.pre_ns + x.post_ns
-            ELSE least(x.dur_ns, m.toll_ns + x.bytes / m.bytes_per_ns) END AS host_ns
+            -- host-probe-only: what the model explains, but never time spent asleep (off-CPU is waiting)
+            ELSE least(x.dur_ns - coalesce(x.off_cpu_ns, 0), m.toll_ns + x.bytes / m.bytes_per_ns) END AS host_ns
 FROM xfer_dir x JOIN cost_model m USING (copy_kind, host_kind);
 
 -- Calls that are meant to return at once; time beyond normal_call_us is an async stall. For async

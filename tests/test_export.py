@@ -12,8 +12,8 @@ from tests.conftest import ROOT, cctrace
 
 @pytest.fixture(scope="module")
 def trace(tmp_path_factory):
-    d = tmp_path_factory.mktemp("exp") / "serve-kernels"
-    shutil.copytree(ROOT / "sample_traces" / "serve-kernels", d)
+    d = tmp_path_factory.mktemp("exp") / "serve-bridge"
+    shutil.copytree(ROOT / "sample_traces" / "serve-bridge", d)
     return d
 
 
