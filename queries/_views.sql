@@ -198,6 +198,7 @@ QUALIFY row_number() OVER (PARTITION BY a.pid, a.ts_ns, a.address ORDER BY x.api
 -- Host time stuck at the boundary, as intervals for the GPU-idle overlap; the parts of one call
 -- do not overlap: a crossing's host work (before and after its copy), then the stall or wait.
 CREATE OR REPLACE TEMP TABLE stuck AS
+SELECT pid, category, start_ns::BIGINT AS start_ns, end_ns::BIGINT AS end_ns FROM (
 SELECT pid, 'async_stalls' AS category, end_ns - post_ns - stall_ns AS start_ns, end_ns - post_ns AS end_ns
 FROM async_calls WHERE stall_ns > 0
 UNION ALL
@@ -213,7 +214,9 @@ SELECT pid, 'small_crossings', api_start_ns, api_start_ns + host_ns FROM xfer_co
 UNION ALL
 SELECT pid, 'sync_waits', end_ns - wait_ns, end_ns FROM sync_calls WHERE wait_kind = 'sync'
 UNION ALL
-SELECT pid, 'sync_waits', start_ns, start_ns + wait_ns FROM sync_calls WHERE wait_kind = 'readback';
+SELECT pid, 'sync_waits', start_ns, start_ns + wait_ns FROM sync_calls WHERE wait_kind = 'readback'
+)
+WHERE end_ns > start_ns;
 
 -- Lost stream concurrency, per (delayed copy, copy of another stream that held the bridge): the
 -- part of the delayed copy's ready-to-start wait that the other copy covered.
@@ -238,8 +241,25 @@ FROM (SELECT * FROM c WHERE c.start_ns > c.ready_ns) c
 JOIN o ON o.start_ns < c.start_ns AND o.end_ns > c.ready_ns
 WHERE o.pid = c.pid AND o.stream_id <> c.stream_id;
 
--- GPU idle time overlapping each category's stuck host time.
+-- GPU idle time overlapping each category's stuck host time. The idle gaps are disjoint, so with
+-- F(t) = idle time before t, an interval [s, e] overlaps F(e) - F(s) of it: one ASOF join (a sorted
+-- merge) per interval end instead of a range join of every stuck interval with every gap.
+CREATE OR REPLACE TEMP TABLE idle_cum AS
+SELECT start_ns, end_ns,
+       coalesce(sum(end_ns - start_ns) OVER (ORDER BY start_ns ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
+           AS before_ns
+FROM gpu_idle;
+
 CREATE OR REPLACE TEMP TABLE idle_by_category AS
-SELECT s.category, sum(greatest(least(s.end_ns, i.end_ns) - greatest(s.start_ns, i.start_ns), 0)) AS idle_ns
-FROM stuck s JOIN gpu_idle i ON s.start_ns < i.end_ns AND s.end_ns > i.start_ns
-GROUP BY ALL;
+WITH cats AS (  -- the join carries a small integer, not the category string
+    SELECT category, (row_number() OVER (ORDER BY category))::UTINYINT AS c FROM (SELECT DISTINCT category FROM stuck)
+), ends AS (
+    SELECT cats.c, s.start_ns AS t, -1 AS sign FROM stuck s JOIN cats USING (category)
+    UNION ALL
+    SELECT cats.c, s.end_ns, 1 FROM stuck s JOIN cats USING (category)
+), per AS (
+    SELECT e.c, sum(e.sign * coalesce(i.before_ns + least(e.t, i.end_ns) - i.start_ns, 0))::BIGINT AS idle_ns
+    FROM ends e ASOF LEFT JOIN idle_cum i ON e.t >= i.start_ns
+    GROUP BY ALL
+)
+SELECT cats.category, per.idle_ns FROM per JOIN cats USING (c);
