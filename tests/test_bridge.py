@@ -4,6 +4,7 @@ build and counters, the ground-truth sum, the profile fit, the plot and the --pr
 
 import json
 import sys
+import time
 
 import pytest
 
@@ -129,3 +130,129 @@ def test_report_uses_a_given_profile_as_reference(tmp_path):
     # the injected stalls are 300 us beyond a 5 us call: a 200 us "normal" leaves about 105 us of each
     assert stall(runs[4]) > stall(runs[2]) > 0
     assert stall(runs[2]) == pytest.approx(spec.truth["stall_count"] * 0.105, rel=0.05)
+
+
+# ---- the emulator's logic, driven through its test entry with a stand-in driver -----------------
+# (no GPU here; on the H100 the real driver is used: tests/test_gpu_record.py)
+NOT_READY = 600
+DEVICE, PINNED = 0x10_0000_0000, 0x20_0000_0000  # pointer ranges the stand-in driver classifies
+
+
+class FakeGPU:
+    """Streams that stay busy for a set time after each copy is enqueued; events that complete when
+    the work recorded before them does; cuPointerGetAttribute by address range."""
+
+    def __init__(self, ctypes):
+        self.busy: dict[int, int] = {}
+        self.event_ready = 0
+        self.copy_ns = 0
+        c = ctypes
+        self.stream_query = c.CFUNCTYPE(c.c_int, c.c_void_p)(
+            lambda s: NOT_READY if time.perf_counter_ns() < self.busy.get(s or 0, 0) else 0
+        )
+        self.event_query = c.CFUNCTYPE(c.c_int, c.c_void_p)(
+            lambda _e: NOT_READY if time.perf_counter_ns() < self.event_ready else 0
+        )
+
+        def record(_e, s):
+            self.event_ready = self.busy.get(s or 0, 0)
+            return 0
+
+        def create(pev, _flags):
+            c.cast(pev, c.POINTER(c.c_void_p))[0] = 0x5EED
+            return 0
+
+        def attr(data, _kind, ptr):
+            if ptr >= PINNED:
+                c.cast(data, c.POINTER(c.c_uint))[0] = 1
+            elif ptr >= DEVICE:
+                c.cast(data, c.POINTER(c.c_uint))[0] = 2
+            else:
+                return 1  # CUDA_ERROR_INVALID_VALUE: pageable host memory
+            return 0
+
+        self.event_record = c.CFUNCTYPE(c.c_int, c.c_void_p, c.c_void_p)(record)
+        self.event_create = c.CFUNCTYPE(c.c_int, c.c_void_p, c.c_uint)(create)
+        self.pointer_attr = c.CFUNCTYPE(c.c_int, c.c_void_p, c.c_int, c.c_uint64)(attr)
+
+
+HTOD_ASYNC, DTOH_SYNC, UNRELATED = 11, 12, 99
+
+
+@pytest.fixture
+def emu():
+    import ctypes
+
+    lib = ctypes.CDLL(str(build_native(BRIDGE_SOURCE)))
+    gpu = FakeGPU(ctypes)
+
+    class Params(ctypes.Structure):
+        _fields_ = [
+            ("dst", ctypes.c_uint64),
+            ("src", ctypes.c_uint64),
+            ("n", ctypes.c_size_t),
+            ("stream", ctypes.c_void_p),
+        ]
+
+    def setup(h2d_us=0, d2h_us=0, serialize=0, block=0):
+        flags = (ctypes.c_int * 2)(2 | 0x100, 3)  # cuMemcpyHtoDAsync_v2-like, cuMemcpyDtoH_v2-like
+        lib.cct_bridge_test_setup(
+            gpu.stream_query,
+            gpu.event_query,
+            gpu.event_record,
+            gpu.event_create,
+            gpu.pointer_attr,
+            (ctypes.c_int * 2)(1, 1),
+            (ctypes.c_uint32 * 2)(HTOD_ASYNC, DTOH_SYNC),
+            flags,
+            2,
+            (ctypes.c_int64 * 2)(h2d_us * 1000, d2h_us * 1000),
+            (ctypes.c_double * 2)(0.0, 0.0),
+            serialize,
+            block,
+        )
+
+    def copy(cbid, dst, src, n, stream=0, gpu_ms=0.0) -> float:
+        """One copy call: enter callback, the copy is enqueued (busy for gpu_ms), exit callback."""
+        p = Params(dst, src, n, stream)
+        t0 = time.perf_counter_ns()
+        lib.cct_bridge_test_call(1, cbid, 0, ctypes.byref(p), None)
+        gpu.busy[stream] = time.perf_counter_ns() + int(gpu_ms * 1e6)
+        lib.cct_bridge_test_call(1, cbid, 1, ctypes.byref(p), None)
+        return (time.perf_counter_ns() - t0) / 1e6
+
+    load_lib(build_native(BRIDGE_SOURCE))  # argtypes for the stats call
+    lib.cct_bridge_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_int]
+    return setup, copy, lambda: read_stats(lib)
+
+
+def test_emulator_tolls_each_crossing_where_a_bridge_would(emu):
+    setup, copy, stats = emu
+    setup(h2d_us=2000, d2h_us=1000)
+    assert copy(HTOD_ASYNC, DEVICE, 0x1000, 4096) >= 2.0  # pageable H2D: toll before it is enqueued
+    assert copy(DTOH_SYNC, 0x1000, DEVICE, 100) >= 1.0  # D2H: toll after it landed
+    assert copy(UNRELATED, DEVICE, 0x1000, 4096) < 1.0  # not a copy call it acts on
+    s = stats()
+    assert (s["toll_count"], s["h2d_toll_ns"], s["d2h_toll_ns"]) == (2, 2_000_000, 1_000_000)
+    assert s["toll_by_log2_bytes"] == {"h2d": {"12": 1}, "d2h": {"6": 1}}
+    assert s["async_block_count"] == s["serialize_count"] == 0
+
+
+def test_async_copies_of_pinned_memory_block_until_their_stream_is_idle(emu):
+    setup, copy, stats = emu
+    setup(block=1)
+    assert copy(HTOD_ASYNC, DEVICE, PINNED, 64, stream=7, gpu_ms=3) >= 3.0  # pinned: waits for the stream
+    assert copy(HTOD_ASYNC, DEVICE, 0x1000, 64, stream=7, gpu_ms=3) < 1.0  # pageable source: returns
+    s = stats()
+    assert s["async_block_count"] == 1 and 2_500_000 < s["async_block_ns"] < 6_000_000
+
+
+def test_copies_on_different_streams_are_serialized(emu):
+    setup, copy, stats = emu
+    setup(serialize=1)
+    copy(HTOD_ASYNC, DEVICE, PINNED, 64, stream=1, gpu_ms=4)  # stream 1 busy for 4 ms after this
+    assert copy(HTOD_ASYNC, DEVICE, PINNED, 64, stream=1, gpu_ms=0) < 1.0  # same stream: ordered anyway
+    copy(HTOD_ASYNC, DEVICE, PINNED, 64, stream=1, gpu_ms=4)
+    assert copy(HTOD_ASYNC, DEVICE, PINNED, 64, stream=2) >= 3.0  # waits for stream 1's copy
+    s = stats()
+    assert s["serialize_count"] == 1 and 2_500_000 < s["serialize_ns"] < 8_000_000

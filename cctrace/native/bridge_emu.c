@@ -300,3 +300,38 @@ int cct_bridge_stats(uint64_t *out, int n) {
         for (int i = 0; i < HIST && k < n; i++) out[k++] = g_hist[d][i];
     return k;
 }
+
+/* For tests on machines without a GPU: stand-in driver entry points (any may be NULL), and one
+ * callback delivered as CUPTI would deliver it. Not used by cctrace itself. */
+void cct_bridge_test_setup(void *stream_query, void *event_query, void *event_record, void *event_create,
+                           void *pointer_attr, const int *domains, const uint32_t *cbids, const int *flags, int n,
+                           const int64_t *toll_ns, const double *extra_ns_per_byte, int serialize,
+                           int async_block) {
+    p_stream_query = (CUresult(*)(CUstream))stream_query;
+    p_event_query = (CUresult(*)(CUevent))event_query;
+    p_event_record = (CUresult(*)(CUevent, CUstream))event_record;
+    p_event_create = (CUresult(*)(CUevent *, unsigned int))event_create;
+    p_pointer_attr = (CUresult(*)(void *, int, CUdeviceptr))pointer_attr;
+    g_ncalls = n < MAX_CALLS ? n : MAX_CALLS;
+    for (int i = 0; i < g_ncalls; i++) {
+        g_calls[i].domain = domains[i];
+        g_calls[i].cbid = cbids[i];
+        g_calls[i].flags = flags[i];
+    }
+    for (int i = 0; i < 2; i++) {
+        g_toll_ns[i] = toll_ns[i];
+        g_extra_ns_per_b[i] = extra_ns_per_byte[i];
+    }
+    g_serialize = serialize;
+    g_async_block = async_block;
+    cct_bridge_reset();
+}
+
+void cct_bridge_test_call(int domain, uint32_t cbid, int site, const void *params, void *context) {
+    CallbackData d;
+    memset(&d, 0, sizeof d);
+    d.callbackSite = site;
+    d.functionParams = params;
+    d.context = context;
+    on_callback(NULL, domain, cbid, &d);
+}
