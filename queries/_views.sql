@@ -177,7 +177,10 @@ WITH ev AS (
     SELECT start_ns, max(end_ns) OVER (ORDER BY start_ns, end_ns ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS busy_until
     FROM ev
 )
-SELECT greatest(o.busy_until, win.start_ns) AS start_ns, least(o.start_ns, win.end_ns) AS end_ns
+SELECT greatest(o.busy_until, win.start_ns) AS start_ns, least(o.start_ns, win.end_ns) AS end_ns,
+       -- idle time before this gap, for the overlap by category below (gaps are disjoint and ordered)
+       coalesce(sum(least(o.start_ns, win.end_ns) - greatest(o.busy_until, win.start_ns)) OVER (
+           ORDER BY o.start_ns ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before_ns
 FROM o, win
 WHERE o.start_ns > o.busy_until AND least(o.start_ns, win.end_ns) > greatest(o.busy_until, win.start_ns);
 
@@ -244,12 +247,6 @@ WHERE o.pid = c.pid AND o.stream_id <> c.stream_id;
 -- GPU idle time overlapping each category's stuck host time. The idle gaps are disjoint, so with
 -- F(t) = idle time before t, an interval [s, e] overlaps F(e) - F(s) of it: one ASOF join (a sorted
 -- merge) per interval end instead of a range join of every stuck interval with every gap.
-CREATE OR REPLACE TEMP TABLE idle_cum AS
-SELECT start_ns, end_ns,
-       coalesce(sum(end_ns - start_ns) OVER (ORDER BY start_ns ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
-           AS before_ns
-FROM gpu_idle;
-
 CREATE OR REPLACE TEMP TABLE idle_by_category AS
 WITH cats AS (  -- the join carries a small integer, not the category string
     SELECT category, (row_number() OVER (ORDER BY category))::UTINYINT AS c FROM (SELECT DISTINCT category FROM stuck)
@@ -259,7 +256,7 @@ WITH cats AS (  -- the join carries a small integer, not the category string
     SELECT cats.c, s.end_ns, 1 FROM stuck s JOIN cats USING (category)
 ), per AS (
     SELECT e.c, sum(e.sign * coalesce(i.before_ns + least(e.t, i.end_ns) - i.start_ns, 0))::BIGINT AS idle_ns
-    FROM ends e ASOF LEFT JOIN idle_cum i ON e.t >= i.start_ns
+    FROM ends e ASOF LEFT JOIN gpu_idle i ON e.t >= i.start_ns
     GROUP BY ALL
 )
 SELECT cats.category, per.idle_ns FROM per JOIN cats USING (c);
