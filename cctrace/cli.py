@@ -390,7 +390,8 @@ def report(trace, as_json, markdown, params, profile) -> None:
 
     TRACE is a trace directory (loaded on first use) or its trace.duckdb. JSON keys: window_ms,
     steps, step_source, step_ms, categories[{category, events, lost_ms, per_step_us, pct_of_window,
-    gpu_idle_overlap_ms, advice}], explained_ms, unexplained_ms, gpu_idle_ms, cost_model, top, params.
+    gpu_idle_overlap_ms, advice}], explained_ms, unexplained_ms, gpu_idle_ms, cost_model, top, params,
+    bridge_emulation (null unless recorded with --emulate-bridge: the injected ms per kind).
     """
     from cctrace.analysis import report as build
     from cctrace.views import print_report, report_markdown

@@ -78,18 +78,20 @@ def run_checks() -> list[dict]:
         )
     except OSError as e:
         out.append(_check("cupti-python", "fail", f"libcupti did not load ({e})", "install the CUPTI library"))
-    from cctrace.native import NativeUnavailable, build_shim
+    from cctrace.native import BRIDGE_SOURCE, NativeUnavailable, build_native, build_shim
 
     try:
         build_shim()
-        out.append(_check("C compiler (CUPTI buffer shim)", "ok", "built"))
+        build_native(BRIDGE_SOURCE)
+        out.append(_check("C compiler (CUPTI buffer shim, bridge emulator)", "ok", "built"))
     except (NativeUnavailable, OSError) as e:
         out.append(
             _check(
-                "C compiler (CUPTI buffer shim)",
+                "C compiler (CUPTI buffer shim, bridge emulator)",
                 "warn",
                 str(e),
-                "apt-get install gcc; without it CUPTI buffers go through Python callbacks",
+                "apt-get install gcc; without it CUPTI buffers go through Python callbacks and "
+                "--emulate-bridge cannot run",
             )
         )
     from cctrace.sources import host_probes as hp
