@@ -44,11 +44,11 @@ SELECT coalesce((SELECT min(start_ns) FROM steps), (SELECT min(start_ns) FROM ev
 CREATE OR REPLACE TEMP VIEW xfers AS
 SELECT c.pid, c.copy_kind, c.src_kind, c.dst_kind, c.bytes, c.start_ns, c.end_ns, c.stream_id,
        c.correlation_id, c.api_name, c.api_tid, c.api_start_ns, c.api_end_ns, 'gpu' AS timing,
-       NULL::BIGINT AS off_cpu_ns
+       NULL::BIGINT AS on_cpu_ns, NULL::BIGINT AS off_cpu_ns, NULL::BIGINT AS ioctl_ns, c.source AS api_source
 FROM copies_with_api c WHERE c.op IN ('memcpy', 'p2p')
 UNION ALL
 SELECT a.pid, a.copy_kind, 'unknown', 'unknown', a.bytes, a.start_ns, a.end_ns, a.stream::BIGINT,
-       a.correlation_id, a.name, a.tid, a.start_ns, a.end_ns, 'host', a.off_cpu_ns
+       a.correlation_id, a.name, a.tid, a.start_ns, a.end_ns, 'host', a.on_cpu_ns, a.off_cpu_ns, a.ioctl_ns, a.source
 FROM api_calls a
 WHERE a.source = 'ebpf' AND a.bytes IS NOT NULL AND a.copy_kind IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM copies WHERE source = 'cupti');
@@ -140,13 +140,13 @@ WHERE a.start_ns >= win.start_ns AND a.start_ns <= win.end_ns
   -- merged traces: the CUPTI record of a call is the call; its probe (source ebpf) would count it twice
   AND (a.source <> 'ebpf' OR NOT EXISTS (SELECT 1 FROM api_calls WHERE source = 'cupti' LIMIT 1))
 UNION ALL
-SELECT a.pid, a.tid, a.name, a.start_ns, a.end_ns, a.correlation_id, a.on_cpu_ns, a.off_cpu_ns, a.ioctl_ns,
-       a.source, a.end_ns - a.start_ns, x.pre_ns, x.post_ns,
-       greatest(a.end_ns - a.start_ns - x.host_ns - normal.ns, 0)
-FROM xfer_costs x
-JOIN api_calls a ON a.pid = x.pid AND a.start_ns = x.api_start_ns AND a.name = x.api_name AND a.tid = x.api_tid,
-normal
-WHERE regexp_matches(x.api_name, '^cu(da)?Memcpy.*Async') AND (x.timing = 'host' OR x.host_kind IN ('pinned', 'device'));
+-- (each transfer carries its call's columns: no join back to api_calls)
+SELECT x.pid, x.api_tid, x.api_name, x.api_start_ns, x.api_end_ns, x.correlation_id, x.on_cpu_ns, x.off_cpu_ns,
+       x.ioctl_ns, x.api_source, x.api_end_ns - x.api_start_ns, x.pre_ns, x.post_ns,
+       greatest(x.api_end_ns - x.api_start_ns - x.host_ns - normal.ns, 0)
+FROM xfer_costs x, normal
+WHERE x.api_start_ns IS NOT NULL AND regexp_matches(x.api_name, '^cu(da)?Memcpy.*Async')
+  AND (x.timing = 'host' OR x.host_kind IN ('pinned', 'device'));
 
 -- Sync waits: stream/event/context synchronize calls, and blocking readbacks (D2H into pageable):
 -- wait_ns is the call's time less the readback's own crossing work (counted as a crossing).
@@ -154,19 +154,17 @@ CREATE OR REPLACE TEMP TABLE sync_calls AS
 WITH names AS (
     SELECT name FROM (SELECT DISTINCT name FROM api_calls)
     WHERE regexp_matches(name, '^cu(da)?(Stream|Event|Device|Ctx)Synchronize')
-), rb AS (
-    SELECT pid, api_tid AS tid, api_name AS name, api_start_ns AS start_ns, host_ns
-    FROM xfer_costs
-    WHERE copy_kind = 'DtoH' AND (host_kind = 'pageable' OR (timing = 'host' AND regexp_matches(api_name, '^cuMemcpyDtoH(_v2)?(_ptds)?$')))
 ), merged AS (SELECT EXISTS (SELECT 1 FROM api_calls WHERE source = 'cupti' LIMIT 1) AS has_cupti)
 SELECT a.pid, a.tid, a.name, a.start_ns, a.end_ns, a.correlation_id, a.source, a.end_ns - a.start_ns AS dur_ns,
        a.end_ns - a.start_ns AS wait_ns, 'sync' AS wait_kind
 FROM api_calls a SEMI JOIN names USING (name), win, merged
 WHERE a.start_ns >= win.start_ns AND a.start_ns <= win.end_ns AND (a.source <> 'ebpf' OR NOT merged.has_cupti)
 UNION ALL
-SELECT a.pid, a.tid, a.name, a.start_ns, a.end_ns, a.correlation_id, a.source, a.end_ns - a.start_ns,
-       greatest(a.end_ns - a.start_ns - rb.host_ns, 0), 'readback'
-FROM rb JOIN api_calls a ON a.pid = rb.pid AND a.start_ns = rb.start_ns AND a.name = rb.name AND a.tid = rb.tid;
+SELECT pid, api_tid, api_name, api_start_ns, api_end_ns, correlation_id, api_source, api_end_ns - api_start_ns,
+       greatest(api_end_ns - api_start_ns - host_ns, 0), 'readback'
+FROM xfer_costs
+WHERE api_start_ns IS NOT NULL AND copy_kind = 'DtoH'
+  AND (host_kind = 'pageable' OR (timing = 'host' AND regexp_matches(api_name, '^cuMemcpyDtoH(_v2)?(_ptds)?$')));
 
 -- GPU idle gaps in the window: where a copy or kernel starts after everything before it ended
 -- (one window pass over GPU work sorted by start; the running max of end times is the busy edge).
