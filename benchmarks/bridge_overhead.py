@@ -10,14 +10,10 @@ in the manifest's ground truth, so this is the error bar on "the bridge explains
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _serve import run_serve
+
 ZERO = "toll_us=0,bw_ratio=1,serialize=off,async_block=off"
 RECORD = ["--nvtx", "--kernels", "--host-probes", "off"]
 CONFIGS = {
@@ -30,15 +26,7 @@ CONFIGS = {
 
 
 def run(opts: list[str] | None, steps: int, extra: list[str]) -> float:
-    cmd = [sys.executable, str(ROOT / "examples" / "serve.py"), "--steps", str(steps), *extra]
-    if opts is not None:
-        out = tempfile.mkdtemp(prefix="cct-bo-")
-        cmd = [sys.executable, "-m", "cctrace", "record", "-q", "--no-load", "--force", "-o", out, *opts, "--", *cmd]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    for line in r.stdout.splitlines():
-        if line.startswith("SERVE_SUMMARY "):
-            return json.loads(line.split(" ", 1)[1])["steps_per_s"]
-    raise SystemExit(f"no SERVE_SUMMARY from {' '.join(cmd)}:\n{r.stderr[-2000:]}")
+    return run_serve(["--steps", str(steps), *extra], opts)["steps_per_s"]
 
 
 def main() -> None:

@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _serve import serve_summary
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = str(ROOT / "examples" / "serve.py")
 BASE = "memcpy,memset,memory,sync"
@@ -57,10 +59,10 @@ def run(name: str, steps: int, out: Path) -> tuple[float, float | None]:
             str(steps),
         ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    line = [ln for ln in r.stdout.splitlines() if ln.startswith("SERVE_SUMMARY ")]
-    if not line:
+    summary = serve_summary(r.stdout)
+    if summary is None:
         raise SystemExit(f"{name} failed: {r.stderr[-1500:]}")
-    sps = json.loads(line[-1].split(" ", 1)[1])["steps_per_s"]
+    sps = summary["steps_per_s"]
     conv = None
     for p in out.glob("proc.*.json"):
         rec = json.loads(p.read_text())

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from _serve import serve_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -123,10 +124,10 @@ def serve(reps: int, steps: int) -> dict:
             for m, cmd in modes.items():
                 full = [c.replace("{out}", f"{tmp}/{rep}-{len(res[m])}-{m[:4]}") for c in cmd] + ["--steps", str(steps)]
                 r = subprocess.run(full, capture_output=True, text=True)
-                line = [ln for ln in r.stdout.splitlines() if ln.startswith("SERVE_SUMMARY ")]
-                if not line:
+                summary = serve_summary(r.stdout)
+                if summary is None:
                     raise SystemExit(f"{m} failed: {r.stderr[-1500:]}")
-                res[m].append(json.loads(line[-1].split(" ", 1)[1])["steps_per_s"])
+                res[m].append(summary["steps_per_s"])
     return res
 
 

@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _serve import serve_summary
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = str(ROOT / "examples" / "serve.py")
 
@@ -34,10 +36,9 @@ def modes(py: str) -> dict[str, list[str]]:
 def run_once(cmd: list[str], serve_args: list[str], out: Path) -> dict:
     full = [c.replace("{out}", str(out)) for c in cmd] + serve_args
     r = subprocess.run(full, capture_output=True, text=True, cwd=ROOT)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("SERVE_SUMMARY ")]
-    if r.returncode != 0 or not lines:
+    summary = serve_summary(r.stdout)
+    if r.returncode != 0 or summary is None:
         raise SystemExit(f"run failed ({r.returncode}): {' '.join(full)}\n{r.stderr[-2000:]}")
-    summary = json.loads(lines[-1].split(" ", 1)[1])
     records = None
     if out.exists():
         total, seconds = 0, 0.0

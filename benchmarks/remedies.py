@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SERVE = [sys.executable, str(ROOT / "examples" / "serve.py"), "--no-nvtx"]
+from _serve import run_serve
+
 CONFIGS = {
     "no bridge": (None, []),
     "bridge": ("bridge", []),
@@ -31,33 +29,10 @@ CONFIGS = {
 
 
 def run(bridge: str | None, flags: list[str], steps: int) -> float:
-    cmd = [*SERVE, "--steps", str(steps), *flags]
-    if bridge:
-        out = tempfile.mkdtemp(prefix="cct-rem-")
-        cmd = [
-            sys.executable,
-            "-m",
-            "cctrace",
-            "record",
-            "-q",
-            "--no-load",
-            "--force",
-            "-o",
-            out,
-            "--kinds",
-            "none",
-            "--host-probes",
-            "off",
-            "--emulate-bridge",
-            bridge,
-            "--",
-            *cmd,
-        ]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    for line in r.stdout.splitlines():
-        if line.startswith("SERVE_SUMMARY "):
-            return json.loads(line.split(" ", 1)[1])["steps_per_s"]
-    raise SystemExit(f"no SERVE_SUMMARY from {' '.join(cmd)}:\n{r.stderr[-2000:]}")
+    opts = None
+    if bridge:  # the emulation alone: no CUPTI activity, no probes
+        opts = ["--kinds", "none", "--host-probes", "off", "--emulate-bridge", bridge]
+    return run_serve(["--no-nvtx", "--steps", str(steps), *flags], opts)["steps_per_s"]
 
 
 def main() -> None:

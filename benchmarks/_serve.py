@@ -1,0 +1,45 @@
+"""What the benchmarks that time examples/serve.py share: running it, plain or under
+`cctrace record`, and reading the SERVE_SUMMARY line it prints at the end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVE = str(ROOT / "examples" / "serve.py")
+
+
+def serve_summary(stdout: str) -> dict | None:
+    """serve.py's own account of the run (last SERVE_SUMMARY line), or None when it printed none."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("SERVE_SUMMARY ")]
+    return json.loads(lines[-1].split(" ", 1)[1]) if lines else None
+
+
+def run_serve(serve_args: list[str], record_opts: list[str] | None = None) -> dict:
+    """Run serve.py (under `cctrace record RECORD_OPTS` into a fresh directory when given); its summary."""
+    cmd = [sys.executable, SERVE, *serve_args]
+    if record_opts is not None:
+        out = tempfile.mkdtemp(prefix="cct-bench-")
+        cmd = [
+            sys.executable,
+            "-m",
+            "cctrace",
+            "record",
+            "-q",
+            "--no-load",
+            "--force",
+            "-o",
+            out,
+            *record_opts,
+            "--",
+            *cmd,
+        ]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    s = serve_summary(r.stdout)
+    if s is None:
+        raise SystemExit(f"no SERVE_SUMMARY from {' '.join(cmd)}:\n{r.stderr[-2000:]}")
+    return s
