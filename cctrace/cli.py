@@ -98,14 +98,6 @@ def record(
     if bad:
         _err(f"unknown kind(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
         sys.exit(EXIT_USAGE)
-    out = output or Path(time.strftime("cctrace-%Y%m%d-%H%M%S"))
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            _err(f"{out} exists and is not empty; choose another -o or pass --force")
-            sys.exit(EXIT_USAGE)
-        from cctrace.launcher import clear_trace_dir
-
-        clear_trace_dir(out)  # an earlier trace's processes must not mix with this run's
     spec = None
     if bridge:
         from cctrace.bridge import BridgeSpecError, parse_spec
@@ -115,6 +107,8 @@ def record(
         except BridgeSpecError as e:
             _err(f"--emulate-bridge: {e}")
             sys.exit(EXIT_USAGE)
+    # only once every option is known good: --force clears the earlier trace
+    out = _output_dir(output, "cctrace-%Y%m%d-%H%M%S", force)
     opts = RecordOptions(
         kinds=tuple(kind_list), flush_s=flush_interval, quiet=quiet, host_probes=host_probes, bridge=spec
     )
@@ -131,6 +125,20 @@ def record(
     elif status != 127:
         _print_record_summary(out, summary)
     sys.exit(status)
+
+
+def _output_dir(output: Path | None, default: str, force: bool) -> Path:
+    """The trace directory to write: a non-empty one only with --force, which clears the earlier
+    trace (only cctrace's own files) so that its processes never mix with this run's."""
+    out = output or Path(time.strftime(default))
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            _err(f"{out} exists and is not empty; choose another -o or pass --force")
+            sys.exit(EXIT_USAGE)
+        from cctrace.launcher import clear_trace_dir
+
+        clear_trace_dir(out)
+    return out
 
 
 def _load_quietly(out: Path) -> dict:
@@ -232,14 +240,7 @@ def attach(pid, output, duration, libcuda, force) -> None:
     """
     from cctrace.attach import AttachError, attach_pid
 
-    out = output or Path(time.strftime("cctrace-attach-%Y%m%d-%H%M%S"))
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            _err(f"{out} exists and is not empty; choose another -o or pass --force")
-            sys.exit(EXIT_USAGE)
-        from cctrace.launcher import clear_trace_dir
-
-        clear_trace_dir(out)  # an earlier trace's processes must not mix with this run's
+    out = _output_dir(output, "cctrace-attach-%Y%m%d-%H%M%S", force)
     try:
         health = attach_pid(pid, out, duration, libcuda, progress=_err)
     except AttachError as e:
