@@ -221,3 +221,15 @@ def test_nvtx_ranges_pair_across_buffers(tmp_path):
         ("step 0", 1, 50, 99),
         ("tick", 60, 60, 99),
     ]
+
+
+def test_records_a_forced_flush_cut_short_are_dropped_and_counted(tmp_path):
+    def memcpy(start, end):
+        return NS(
+            kind=1, copy_kind=1, src_kind=2, dst_kind=3, bytes=64, start=start, end=end, device_id=0,
+            context_id=1, stream_id=7, correlation_id=5, flags_=1,
+        )  # fmt: skip
+
+    src, t = _decode(tmp_path, [memcpy(10, 20), memcpy(30, 0)])  # end not written yet: 0
+    assert [(r["start_ns"], r["end_ns"]) for r in t["copies"]] == [(1010, 1020)]
+    assert src.records["copies"] == 1 and src.incomplete == {"copies": 1}

@@ -364,24 +364,14 @@ class CuptiSource:
             self.convert_cpu_ns += time.thread_time_ns() - t0
             time.sleep(0)
 
-    def _drop_incomplete(self, table: str, cols: dict, n: int) -> tuple[dict, int]:
+    def _drop_incomplete(self, table: str, batch: pa.RecordBatch) -> pa.RecordBatch:
         """A forced flush may hand over records whose end CUPTI had not written yet (end < start):
         they are dropped and counted, never stored with a made-up duration."""
-        start, end = pa.array(cols["start_ns"], pa.int64()), pa.array(cols["end_ns"], pa.int64())
-        ok = pc.fill_null(pc.greater_equal(end, start), False)
-        kept = pc.sum(ok).as_py() or 0
-        if kept == n:
-            return cols, n
-        self.incomplete[table] = self.incomplete.get(table, 0) + n - kept
-        out = {
-            k: (
-                pc.filter(v, ok)
-                if isinstance(v, pa.Array | pa.ChunkedArray)
-                else [x for x, keep in zip(v, ok.to_pylist(), strict=True) if keep]
-            )
-            for k, v in cols.items()
-        }
-        return out, kept
+        ok = pc.fill_null(pc.greater_equal(batch.column("end_ns"), batch.column("start_ns")), False)
+        kept = batch.filter(ok)
+        if kept.num_rows < batch.num_rows:
+            self.incomplete[table] = self.incomplete.get(table, 0) + batch.num_rows - kept.num_rows
+        return kept
 
     def _convert(self, activities: list) -> None:
         activities.sort(key=_KIND)
@@ -404,12 +394,13 @@ class CuptiSource:
             n = len(next(iter(cols.values())))
             if not n:
                 continue
+            batch = _batch(table, cols, n, self.writer.pid)
             if "end_ns" in cols and "start_ns" in cols and table != "markers":
-                cols, n = self._drop_incomplete(table, cols, n)
-                if not n:
+                batch = self._drop_incomplete(table, batch)
+                if not batch.num_rows:
                     continue
-            self.writer.add_batch(table, _batch(table, cols, n, self.writer.pid))
-            self.records[table] = self.records.get(table, 0) + n
+            self.writer.add_batch(table, batch)
+            self.records[table] = self.records.get(table, 0) + batch.num_rows
 
     def _setup_specs(self) -> None:
         A = self._cupti.ActivityKind
