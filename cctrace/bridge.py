@@ -238,10 +238,9 @@ class BridgeEmulator:
             import cupti.cupti as cupti  # cupti-python
         except ImportError as e:
             raise RuntimeError(f"cupti-python is not importable ({e})") from None
-        from cctrace.sources.cupti_source import _mapped_library
+        from cctrace.sources.cupti_source import loaded_libcupti
 
-        cupti.get_timestamp()  # loads libcupti into this process
-        libcupti_path = _mapped_library("libcupti")
+        libcupti_path = loaded_libcupti(cupti)
         if not libcupti_path:
             raise RuntimeError("libcupti is not mapped in this process")
         libcupti = ctypes.CDLL(libcupti_path)

@@ -244,8 +244,7 @@ class CuptiSource:
         if shim_path:
             from cctrace.native import load_shim
 
-            cupti.get_timestamp()  # makes cupti-python load libcupti, so it shows in our mappings
-            lib = _mapped_library("libcupti")
+            lib = loaded_libcupti(cupti)
             if lib is None:
                 self.errors.append("libcupti not found in this process; using Python buffer callbacks")
             else:
@@ -685,6 +684,12 @@ def raw_path(directory, pid: int):
     from pathlib import Path
 
     return Path(directory) / f"cupti.{pid}{RAW_SUFFIX}"
+
+
+def loaded_libcupti(cupti) -> str | None:
+    """The path of the libcupti cupti-python uses, for the C helpers that call it directly."""
+    cupti.get_timestamp()  # makes cupti-python load libcupti, so it shows in our mappings
+    return _mapped_library("libcupti")
 
 
 def _mapped_library(prefix: str) -> str | None:
