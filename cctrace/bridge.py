@@ -136,12 +136,10 @@ def _set(spec: BridgeSpec, key: str, value: object) -> None:
             spec.name = str(value)
         elif key == "toll_us":
             spec.h2d_toll_us = spec.d2h_toll_us = float(value)  # type: ignore[arg-type]
-        elif key in ("h2d_toll_us", "d2h_toll_us", "bw_ratio", "native_h2d_gbps", "native_d2h_gbps"):
+        elif key in ("h2d_toll_us", "d2h_toll_us", "bw_ratio", "bw_gbps", "native_h2d_gbps", "native_d2h_gbps"):
             setattr(spec, key, float(value))  # type: ignore[arg-type]
         elif key == "native_gbps":
             spec.native_h2d_gbps = spec.native_d2h_gbps = float(value)  # type: ignore[arg-type]
-        elif key == "bw_gbps":
-            spec.bw_gbps = float(value)  # type: ignore[arg-type]
         elif key in ("serialize", "async_block"):
             b = value if isinstance(value, bool) else _BOOL.get(str(value).lower())
             if b is None:
@@ -156,7 +154,12 @@ def _set(spec: BridgeSpec, key: str, value: object) -> None:
         if isinstance(e, BridgeSpecError):
             raise
         raise BridgeSpecError(f"bad value for {key}: {e}") from None
-    if spec.bw_ratio <= 0 or (spec.bw_gbps is not None and spec.bw_gbps <= 0):
+    if (
+        spec.bw_ratio <= 0
+        or (spec.bw_gbps is not None and spec.bw_gbps <= 0)
+        or spec.native_h2d_gbps <= 0
+        or spec.native_d2h_gbps <= 0
+    ):
         raise BridgeSpecError("bandwidth must be positive")
     if spec.h2d_toll_us < 0 or spec.d2h_toll_us < 0:
         raise BridgeSpecError("toll must not be negative")

@@ -8,6 +8,7 @@ server makes) plus the CUDA driver through ctypes for raw allocations.
 from __future__ import annotations
 
 import ctypes
+import functools
 import statistics
 import threading
 import time
@@ -270,21 +271,17 @@ def _blocking(torch, bufs: dict) -> dict:
     }
 
 
-_CYCLES: list[float] = []
-
-
+@functools.cache
 def _cycles_per_ns(torch) -> float:
     """GPU clock cycles per ns for torch.cuda._sleep, measured once."""
-    if not _CYCLES:
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        cycles = 10_000_000
-        torch.cuda._sleep(1000)
-        s.record()
-        torch.cuda._sleep(cycles)
-        e.record()
-        e.synchronize()
-        _CYCLES.append(cycles / (s.elapsed_time(e) * 1e6))
-    return _CYCLES[0]
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    cycles = 10_000_000
+    torch.cuda._sleep(1000)
+    s.record()
+    torch.cuda._sleep(cycles)
+    e.record()
+    e.synchronize()
+    return cycles / (s.elapsed_time(e) * 1e6)
 
 
 def _allocation(torch, quick: bool) -> list[dict]:

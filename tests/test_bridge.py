@@ -35,6 +35,7 @@ def test_presets_and_overrides():
         ("serialize=maybe", "not on/off"),
         ("toll_us=-1", "must not be negative"),
         ("bw_ratio=0", "bandwidth must be positive"),
+        ("native_gbps=0", "bandwidth must be positive"),  # would divide by zero
         ("b300-tdx,toll_us", "expected key=value"),
     ],
 )
