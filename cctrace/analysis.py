@@ -133,6 +133,11 @@ def reference_params() -> dict[str, object]:
         return {}
 
 
+def default_params() -> dict[str, object]:
+    """Each parameter's value when none is given: the bundled profile's, else the SQL's fallback."""
+    return {k: d[1] for k, d in PARAMS.items()} | reference_params()
+
+
 class Analysis:
     """One read-only connection to a trace with the shared views and the parameters bound
     (given ones over the bundled H100 profile's reference values over the SQL's fallbacks)."""
@@ -167,18 +172,9 @@ class Analysis:
         self.con.close()
 
 
-def _bridge_summary(manifest: dict) -> dict | None:
-    """An emulated-bridge run names its bridge and what it injected (the ground truth) in the report."""
-    b = manifest.get("bridge_emulation")
-    if not b:
-        return None
-    inj = b.get("injected") or {}
-    ms = {k: round(inj.get(k + "_ns", 0) / 1e6, 3) for k in ("toll", "bandwidth", "serialize", "async_block")}
-    return {"spec": (b.get("spec") or {}).get("name"), "injected_ms": ms, "tolls": inj.get("toll_count", 0)}
-
-
 def report(trace: Path, params: dict[str, object] | None = None) -> dict:
     """The attribution report as plain data: the same keys feed the terminal, JSON and Markdown views."""
+    from cctrace.bridge import injected_summary
     from cctrace.manifest import read_manifest
 
     a = Analysis(trace, params)
@@ -221,7 +217,7 @@ def report(trace: Path, params: dict[str, object] | None = None) -> dict:
             },
             "host_probes": ((m.get("options") or {}).get("host_probes") or {}).get("state"),
             "confidential_computing": (m.get("gpu") or {}).get("confidential_computing"),
-            "bridge_emulation": _bridge_summary(m),
+            "bridge_emulation": injected_summary(m.get("bridge_emulation")),
             "window_ms": round(window_ms, 3),
             "steps": steps,
             "step_source": "nvtx" if nvtx else ("detected" if steps else "none"),
@@ -234,7 +230,7 @@ def report(trace: Path, params: dict[str, object] | None = None) -> dict:
             "gpu_busy_complete": has_kernels,
             "cost_model": a.rows("cost_model"),
             "top": top,
-            "params": {k: a.params.get(k, d[1]) for k, d in PARAMS.items()},
+            "params": default_params() | a.params,
         }
     finally:
         a.close()

@@ -330,3 +330,27 @@ def sum_injected(processes: list[dict]) -> dict | None:
     if spec is None:
         return None
     return {"spec": spec, "injected": total}
+
+
+def injected_summary(block: dict | None) -> dict | None:
+    """A manifest's `bridge_emulation` in brief (preset, counts and ms per kind), for the views."""
+    if not block:
+        return None
+    inj = block.get("injected") or {}
+    kinds = ("toll", "bandwidth", "serialize", "async_block")
+    return {
+        "spec": (block.get("spec") or {}).get("name"),
+        "tolls": inj.get("toll_count", 0),
+        "counts": {k: inj.get(k + "_count", 0) for k in kinds},
+        "injected_ms": {k: round(inj.get(k + "_ns", 0) / 1e6, 3) for k in kinds},
+    }
+
+
+def describe_injected(summary: dict) -> str:
+    """One line saying what the emulator injected over the whole run (warm-up included)."""
+    ms, n = summary["injected_ms"], summary["counts"]
+    return (
+        f"emulated bridge {summary['spec']} (whole run, warm-up included): {summary['tolls']:,} tolls "
+        f"{ms['toll']} ms, bandwidth {ms['bandwidth']} ms, serialization {n['serialize']:,} ({ms['serialize']} ms), "
+        f"async blocking {n['async_block']:,} ({ms['async_block']} ms)"
+    )

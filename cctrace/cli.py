@@ -181,14 +181,11 @@ def _print_record_summary(out: Path, summary: dict) -> None:
         b = (p.get("sources") or {}).get("bridge")
         if b and str(b.get("status", "")).startswith("off"):
             _err(f"  pid {p.get('pid')}: bridge emulation {b['status']}")
-    inj = (m.get("bridge_emulation") or {}).get("injected")
-    if inj:
-        _err(
-            f"  bridge emulated: {inj.get('toll_count', 0):,} tolls ({inj.get('toll_ns', 0) / 1e6:.1f} ms), "
-            f"bandwidth {inj.get('bandwidth_ns', 0) / 1e6:.1f} ms, serialization {inj.get('serialize_count', 0):,} "
-            f"({inj.get('serialize_ns', 0) / 1e6:.1f} ms), async blocking {inj.get('async_block_count', 0):,} "
-            f"({inj.get('async_block_ns', 0) / 1e6:.1f} ms); see manifest.json bridge_emulation"
-        )
+    from cctrace.bridge import describe_injected, injected_summary
+
+    injected = injected_summary(m.get("bridge_emulation"))
+    if injected:
+        _err(f"  {describe_injected(injected)}; see manifest.json bridge_emulation")
     if "skipped" in load:
         _err(f"  {load['skipped']}")
     if "error" in load:
@@ -423,14 +420,15 @@ def query(name, trace, list_, params, fmt, output, profile) -> None:
     Your SQL sees the tables (copies, api_calls, ...) and the analysis views (steps, win, xfers,
     cost_model, xfer_costs, async_calls, sync_calls, gpu_idle, bridge_waits, ...).
     """
-    from cctrace.analysis import PARAMS, Analysis, list_queries
+    from cctrace.analysis import PARAMS, Analysis, default_params, list_queries
 
     if list_:
         for q in list_queries():
             click.echo(f"{q.name:20s} {q.answers}")
             if q.params and q.params != "none":
                 click.echo(f"{'':20s}   params: {q.params}")
-        click.echo("\nparameters: " + "; ".join(f"{k} ({d[2]}, default {d[1]})" for k, d in PARAMS.items()))
+        defaults = default_params()
+        click.echo("\nparameters: " + "; ".join(f"{k} ({d[2]}, default {defaults[k]})" for k, d in PARAMS.items()))
         return
     if not name or not trace:
         _err("usage: cctrace query NAME|FILE.sql TRACE  (or --list)")

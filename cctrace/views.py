@@ -6,6 +6,8 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
+from cctrace.bridge import describe_injected
+
 LABELS = {
     "small_crossings": "small crossings",
     "stream_concurrency": "lost stream concurrency",
@@ -29,7 +31,7 @@ def print_report(r: dict, console: Console) -> None:
     console.print(f"[bold]cctrace report[/bold] {r['trace']}")
     console.print(f"window {r['window_ms']} ms, {steps}; GPU {', '.join(r['gpu']) or 'unknown'}")
     if r.get("bridge_emulation"):
-        console.print(f"[magenta]{_bridge_line(r['bridge_emulation'])}[/magenta]")
+        console.print(f"[magenta]{describe_injected(r['bridge_emulation'])}[/magenta]")
     t = Table(title="Where the time went")
     for c in ("category", "events", "lost ms", "per step µs", "% of window", "GPU idle overlap ms"):
         t.add_column(c, justify="left" if c == "category" else "right")
@@ -63,21 +65,13 @@ def _brief(row: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in row.items() if v not in (None, ""))
 
 
-def _bridge_line(b: dict) -> str:
-    ms = b["injected_ms"]
-    return (
-        f"emulated bridge {b['spec']} (whole run, warm-up included): {b['tolls']:,} tolls {ms['toll']} ms, "
-        f"bandwidth {ms['bandwidth']} ms, serialization {ms['serialize']} ms, async blocking {ms['async_block']} ms"
-    )
-
-
 def report_markdown(r: dict) -> str:
     lines = [
         f"### cctrace report: `{r['trace']}`",
         "",
         f"Window {r['window_ms']} ms, {r['steps']} steps ({r['step_source']}), {r['step_ms']} ms/step.",
         "",
-        *([f"_{_bridge_line(r['bridge_emulation'])}_", ""] if r.get("bridge_emulation") else []),
+        *([f"_{describe_injected(r['bridge_emulation'])}_", ""] if r.get("bridge_emulation") else []),
         "| category | events | lost ms | per step µs | % of window | GPU idle overlap ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
