@@ -4,6 +4,12 @@
 -- Parameters are DuckDB variables (SET VARIABLE), bound by cctrace from --param k=v; defaults here.
 -- Times are ns on CLOCK_MONOTONIC. Works on CUPTI traces, host-probe-only traces and both merged.
 
+-- Whether CUPTI recorded copies and calls. Where it did, the probed (source ebpf) copy calls are the
+-- same calls seen again: they add detail, never a second count.
+CREATE OR REPLACE TEMP TABLE cupti_present AS
+SELECT EXISTS (SELECT 1 FROM copies WHERE source = 'cupti') AS copies,
+       EXISTS (SELECT 1 FROM api_calls WHERE source = 'cupti') AS calls;
+
 -- Steps: NVTX ranges whose name matches step_pattern; without them, detected iterations
 -- (the intervals between consecutive blocking readbacks, D2H into pageable memory).
 CREATE OR REPLACE TEMP VIEW nvtx_steps AS
@@ -15,7 +21,7 @@ CREATE OR REPLACE TEMP VIEW readbacks AS
 SELECT pid, end_ns FROM copies WHERE copy_kind = 'DtoH' AND dst_kind = 'pageable' AND op = 'memcpy'
 UNION ALL
 SELECT pid, end_ns FROM api_calls
-WHERE source = 'ebpf' AND copy_kind = 'DtoH' AND bytes < 65536 AND NOT EXISTS (SELECT 1 FROM copies WHERE source = 'cupti');
+WHERE source = 'ebpf' AND copy_kind = 'DtoH' AND bytes < 65536 AND NOT (SELECT copies FROM cupti_present);
 
 CREATE OR REPLACE TEMP VIEW detected_steps AS
 SELECT row_number() OVER (ORDER BY end_ns) AS step, 'iteration' AS name, pid, NULL::BIGINT AS tid,
@@ -51,7 +57,7 @@ SELECT a.pid, a.copy_kind, 'unknown', 'unknown', a.bytes, a.start_ns, a.end_ns, 
        a.correlation_id, a.name, a.tid, a.start_ns, a.end_ns, 'host', a.on_cpu_ns, a.off_cpu_ns, a.ioctl_ns, a.source
 FROM api_calls a
 WHERE a.source = 'ebpf' AND a.bytes IS NOT NULL AND a.copy_kind IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM copies WHERE source = 'cupti');
+  AND NOT (SELECT copies FROM cupti_present);
 
 -- When each copy's stream became free: the latest end of the copies and kernels before it on its
 -- stream (one window pass). Separates a call's own host work from waiting for its stream.
@@ -138,7 +144,7 @@ SELECT a.pid, a.tid, a.name, a.start_ns, a.end_ns, a.correlation_id, a.on_cpu_ns
 FROM api_calls a SEMI JOIN names USING (name), win, normal
 WHERE a.start_ns >= win.start_ns AND a.start_ns <= win.end_ns
   -- merged traces: the CUPTI record of a call is the call; its probe (source ebpf) would count it twice
-  AND (a.source <> 'ebpf' OR NOT EXISTS (SELECT 1 FROM api_calls WHERE source = 'cupti' LIMIT 1))
+  AND (a.source <> 'ebpf' OR NOT (SELECT calls FROM cupti_present))
 UNION ALL
 -- (each transfer carries its call's columns: no join back to api_calls)
 SELECT x.pid, x.api_tid, x.api_name, x.api_start_ns, x.api_end_ns, x.correlation_id, x.on_cpu_ns, x.off_cpu_ns,
@@ -154,11 +160,12 @@ CREATE OR REPLACE TEMP TABLE sync_calls AS
 WITH names AS (
     SELECT name FROM (SELECT DISTINCT name FROM api_calls)
     WHERE regexp_matches(name, '^cu(da)?(Stream|Event|Device|Ctx)Synchronize')
-), merged AS (SELECT EXISTS (SELECT 1 FROM api_calls WHERE source = 'cupti' LIMIT 1) AS has_cupti)
+)
 SELECT a.pid, a.tid, a.name, a.start_ns, a.end_ns, a.correlation_id, a.source, a.end_ns - a.start_ns AS dur_ns,
        a.end_ns - a.start_ns AS wait_ns, 'sync' AS wait_kind
-FROM api_calls a SEMI JOIN names USING (name), win, merged
-WHERE a.start_ns >= win.start_ns AND a.start_ns <= win.end_ns AND (a.source <> 'ebpf' OR NOT merged.has_cupti)
+FROM api_calls a SEMI JOIN names USING (name), win
+WHERE a.start_ns >= win.start_ns AND a.start_ns <= win.end_ns
+  AND (a.source <> 'ebpf' OR NOT (SELECT calls FROM cupti_present))
 UNION ALL
 SELECT pid, api_tid, api_name, api_start_ns, api_end_ns, correlation_id, api_source, api_end_ns - api_start_ns,
        greatest(api_end_ns - api_start_ns - host_ns, 0), 'readback'
@@ -196,8 +203,8 @@ JOIN xfer_dir x ON x.pid = a.pid AND x.copy_kind = 'HtoD' AND x.bytes <= a.bytes
 WHERE a.op = 'alloc' AND a.memory_kind = 'device'
 QUALIFY row_number() OVER (PARTITION BY a.pid, a.ts_ns, a.address ORDER BY x.api_start_ns) = 1;
 
--- Host time stuck at the boundary, as intervals for the GPU-idle overlap; the parts of one call
--- do not overlap: a crossing's host work (before and after its copy), then the stall or wait.
+-- Host time stuck at the boundary, as intervals for the GPU-idle overlap. Intervals of one call
+-- overlap only where its copy or the work it waits for keeps the GPU busy: no idle time twice.
 CREATE OR REPLACE TEMP TABLE stuck AS
 SELECT pid, category, start_ns::BIGINT AS start_ns, end_ns::BIGINT AS end_ns FROM (
 SELECT pid, 'async_stalls' AS category, end_ns - post_ns - stall_ns AS start_ns, end_ns - post_ns AS end_ns
