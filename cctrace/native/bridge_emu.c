@@ -243,6 +243,23 @@ static void *sym(void *lib, const char *a, const char *b) {
     return p ? p : (b ? dlsym(lib, b) : NULL);
 }
 
+/* Which calls to act on, and the spec: shared by cct_bridge_start and the test entry. */
+static void configure(const int *domains, const uint32_t *cbids, const int *flags, int n, const int64_t *toll_ns,
+                      const double *extra_ns_per_byte, int serialize, int async_block) {
+    g_ncalls = n < MAX_CALLS ? n : MAX_CALLS;
+    for (int i = 0; i < g_ncalls; i++) {
+        g_calls[i].domain = domains[i];
+        g_calls[i].cbid = cbids[i];
+        g_calls[i].flags = flags[i];
+    }
+    for (int i = 0; i < 2; i++) {
+        g_toll_ns[i] = toll_ns[i];
+        g_extra_ns_per_b[i] = extra_ns_per_byte[i];
+    }
+    g_serialize = serialize;
+    g_async_block = async_block;
+}
+
 /* Subscribe and enable the given (domain, cbid, flags) calls. Returns 0, or a negative code:
  * -1 libcuda not loadable, -2 too many calls, else CUPTI's error (positive) from subscribe/enable. */
 int cct_bridge_start(void *subscribe, void *enable, const int *domains, const uint32_t *cbids, const int *flags,
@@ -257,18 +274,7 @@ int cct_bridge_start(void *subscribe, void *enable, const int *domains, const ui
     p_event_create = (CUresult(*)(CUevent *, unsigned int))sym(lib, "cuEventCreate", NULL);
     p_pointer_attr = (CUresult(*)(void *, int, CUdeviceptr))sym(lib, "cuPointerGetAttribute", NULL);
     if (n > MAX_CALLS) return -2;
-    for (int i = 0; i < n; i++) {
-        g_calls[i].domain = domains[i];
-        g_calls[i].cbid = cbids[i];
-        g_calls[i].flags = flags[i];
-    }
-    g_ncalls = n;
-    for (int i = 0; i < 2; i++) {
-        g_toll_ns[i] = toll_ns[i];
-        g_extra_ns_per_b[i] = extra_ns_per_byte[i];
-    }
-    g_serialize = serialize;
-    g_async_block = async_block;
+    configure(domains, cbids, flags, n, toll_ns, extra_ns_per_byte, serialize, async_block);
     int rc = ((subscribe_fn)subscribe)(&g_sub, on_callback, NULL);
     if (rc != 0) return rc;
     for (int i = 0; i < n; i++) {
@@ -312,18 +318,7 @@ void cct_bridge_test_setup(void *stream_query, void *event_query, void *event_re
     p_event_record = (CUresult(*)(CUevent, CUstream))event_record;
     p_event_create = (CUresult(*)(CUevent *, unsigned int))event_create;
     p_pointer_attr = (CUresult(*)(void *, int, CUdeviceptr))pointer_attr;
-    g_ncalls = n < MAX_CALLS ? n : MAX_CALLS;
-    for (int i = 0; i < g_ncalls; i++) {
-        g_calls[i].domain = domains[i];
-        g_calls[i].cbid = cbids[i];
-        g_calls[i].flags = flags[i];
-    }
-    for (int i = 0; i < 2; i++) {
-        g_toll_ns[i] = toll_ns[i];
-        g_extra_ns_per_b[i] = extra_ns_per_byte[i];
-    }
-    g_serialize = serialize;
-    g_async_block = async_block;
+    configure(domains, cbids, flags, n, toll_ns, extra_ns_per_byte, serialize, async_block);
     cct_bridge_reset();
 }
 
