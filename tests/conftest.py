@@ -32,10 +32,17 @@ def pytest_collection_modifyitems(config, items):  # noqa: ARG001
             item.add_marker(skip)
 
 
-def cctrace(*args: str, timeout: float = 120, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    """Run the real CLI as a user would (`python -m cctrace ...`)."""
+def project_env() -> dict[str, str]:
+    """This environment with the project root first on PYTHONPATH (what is already there stays:
+    on the GPU machine it holds cupti-python)."""
     e = dict(os.environ)
     e["PYTHONPATH"] = str(ROOT) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    return e
+
+
+def cctrace(*args: str, timeout: float = 120, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run the real CLI as a user would (`python -m cctrace ...`)."""
+    e = project_env()
     if env:
         e.update(env)
     return subprocess.run(

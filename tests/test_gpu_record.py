@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, cctrace
+from tests.conftest import ROOT, cctrace, project_env
 
 pytestmark = pytest.mark.gpu
 SERVE = [
@@ -109,7 +109,6 @@ def test_clock_is_monotonic_and_copies_sit_inside_their_steps(serve_trace):
 
 def test_sigkilled_serve_leaves_loadable_shards(tmp_path):
     out = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     cmd = [
         sys.executable,
         "-m",
@@ -125,7 +124,7 @@ def test_sigkilled_serve_leaves_loadable_shards(tmp_path):
         "1000000",
     ]
     errf = (tmp_path / "stderr.txt").open("w+")  # a file, not a pipe nobody reads while it runs
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errf, text=True)
+    p = subprocess.Popen(cmd, env=project_env(), stdout=subprocess.DEVNULL, stderr=errf, text=True)
 
     def written() -> int:  # shards, or the raw CUPTI buffers the C shim appends (decoded after the run)
         return sum(f.stat().st_size for f in [*out.glob("copies.*.arrows"), *out.glob("cupti.*.cuptiraw")])
