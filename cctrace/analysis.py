@@ -7,7 +7,6 @@ binds parameters, runs queries, and assembles their rows into the report's struc
 from __future__ import annotations
 
 import functools
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,11 +124,11 @@ def _statements(sql: str) -> list[str]:
 @functools.cache
 def reference_params() -> dict[str, object]:
     """The built-in reference: parameters from the bridge profile measured on the H100 (bundled)."""
-    from cctrace.calibrate import DEFAULT_PROFILE, params_from_profile
+    from cctrace.calibrate import DEFAULT_PROFILE, CalibrateError, load_profile, params_from_profile
 
     try:
-        return params_from_profile(json.loads(DEFAULT_PROFILE.read_text()))
-    except (OSError, ValueError):
+        return params_from_profile(load_profile(DEFAULT_PROFILE))
+    except CalibrateError:
         return {}
 
 

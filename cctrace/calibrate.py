@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import statistics
 import threading
 import time
@@ -51,6 +52,17 @@ def fit_model(points: list[tuple[int, float]]) -> dict:
         "toll_us": round(toll, 3),
         "gbps": round(bpus / 1000, 3) if bpus else None,  # bytes/µs / 1000 = GB/s
     }
+
+
+def load_profile(path: Path) -> dict:
+    """A bridge profile written by `cctrace calibrate`; CalibrateError says why a file is not one."""
+    try:
+        profile = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise CalibrateError(f"cannot read the bridge profile {path}: {e}") from None
+    if not isinstance(profile, dict):
+        raise CalibrateError(f"{path} is not a bridge profile (a JSON object from `cctrace calibrate`)")
+    return profile
 
 
 def params_from_profile(profile: dict) -> dict:

@@ -294,7 +294,7 @@ def calibrate(output, plot, quick, replot, as_json) -> None:
     CC state the numbers came from. Run it under `cctrace record --emulate-bridge SPEC --` to
     see the emulated bridge the same way.
     """
-    from cctrace.calibrate import CalibrateError, plot_profile
+    from cctrace.calibrate import CalibrateError, load_profile, plot_profile
     from cctrace.calibrate import calibrate as run
 
     try:
@@ -302,7 +302,7 @@ def calibrate(output, plot, quick, replot, as_json) -> None:
             if not plot:
                 _err("--replot needs --plot PNG")
                 sys.exit(EXIT_USAGE)
-            plot_profile(json.loads(replot.read_text()), plot)
+            plot_profile(load_profile(replot), plot)
             _err(f"plot written to {plot}")
             return
         profile = run(quick=quick, progress=lambda m: _err(f"calibrate: {m}"))
@@ -328,7 +328,7 @@ def calibrate(output, plot, quick, replot, as_json) -> None:
 def _params(pairs, profile: Path | None = None) -> dict:
     """--param pairs over the profile's reference parameters (when --profile is given)."""
     from cctrace.analysis import QueryError, parse_params
-    from cctrace.calibrate import params_from_profile
+    from cctrace.calibrate import CalibrateError, load_profile, params_from_profile
 
     try:
         explicit = parse_params(pairs)
@@ -338,9 +338,9 @@ def _params(pairs, profile: Path | None = None) -> dict:
     if profile is None:
         return explicit
     try:
-        ref = params_from_profile(json.loads(Path(profile).read_text()))
-    except (OSError, ValueError, AttributeError) as e:
-        _err(f"cannot read the bridge profile {profile}: {e}")
+        ref = params_from_profile(load_profile(profile))
+    except (CalibrateError, AttributeError) as e:
+        _err(str(e) if isinstance(e, CalibrateError) else f"{profile} is not a bridge profile: {e}")
         sys.exit(EXIT_USAGE)
     return {**ref, **explicit}
 

@@ -103,6 +103,16 @@ def test_plot_of_a_profile_is_a_png(tmp_path):
     assert r.returncode == 0 and (tmp_path / "q.png").exists()
 
 
+def test_a_file_that_is_not_a_profile_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    r = cctrace("calibrate", "--replot", str(bad), "--plot", str(tmp_path / "p.png"))
+    assert r.returncode == 1 and "cannot read the bridge profile" in r.stderr and "Traceback" not in r.stderr
+    bad.write_text("[1, 2]")
+    r = cctrace("report", str(tmp_path), "--profile", str(bad))
+    assert r.returncode == 2 and "is not a bridge profile" in r.stderr
+
+
 def test_calibrate_without_a_gpu_is_a_clear_error(tmp_path):
     r = cctrace("calibrate", "-o", str(tmp_path / "p.json"))
     assert r.returncode == 1 and ("torch" in r.stderr or "GPU" in r.stderr) and "Traceback" not in r.stderr
