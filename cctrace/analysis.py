@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from cctrace.store import VIEWS as STORE_VIEWS
 from cctrace.store import connect
 
 QUERY_DIR = Path(__file__).resolve().parent.parent / "queries"
@@ -150,6 +151,8 @@ class Analysis:
             if k not in PARAMS:
                 raise QueryError(f"unknown parameter {k!r}")
             self.con.execute(f"SET VARIABLE {k} = ?", [v]).fetchall()  # name checked above; value bound
+        for name, sql in STORE_VIEWS.items():  # this version's joins, also over a file loaded by an older one
+            self.con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {sql}').fetchall()
         for stmt in _statements(VIEWS.read_text()):
             self.con.execute(stmt).fetchall()
 

@@ -48,39 +48,35 @@ SELECT coalesce((SELECT min(start_ns) FROM steps), (SELECT min(start_ns) FROM ev
 -- Every host<->device transfer with its issuing call: CUPTI copies, or (host-probe-only traces)
 -- the probed copy calls, whose GPU time is unknown and approximated by the call's duration.
 CREATE OR REPLACE TEMP VIEW xfers AS
-SELECT c.pid, c.copy_kind, c.src_kind, c.dst_kind, c.bytes, c.start_ns, c.end_ns, c.stream_id,
+SELECT c.copy_row, c.pid, c.copy_kind, c.src_kind, c.dst_kind, c.bytes, c.start_ns, c.end_ns, c.stream_id,
        c.correlation_id, c.api_name, c.api_tid, c.api_start_ns, c.api_end_ns, 'gpu' AS timing,
        NULL::BIGINT AS on_cpu_ns, NULL::BIGINT AS off_cpu_ns, NULL::BIGINT AS ioctl_ns, c.source AS api_source
 FROM copies_with_api c WHERE c.op IN ('memcpy', 'p2p')
 UNION ALL
-SELECT a.pid, a.copy_kind, 'unknown', 'unknown', a.bytes, a.start_ns, a.end_ns, a.stream::BIGINT,
+SELECT NULL::BIGINT, a.pid, a.copy_kind, 'unknown', 'unknown', a.bytes, a.start_ns, a.end_ns, a.stream::BIGINT,
        a.correlation_id, a.name, a.tid, a.start_ns, a.end_ns, 'host', a.on_cpu_ns, a.off_cpu_ns, a.ioctl_ns, a.source
 FROM api_calls a
 WHERE a.source = 'ebpf' AND a.bytes IS NOT NULL AND a.copy_kind IS NOT NULL
   AND NOT (SELECT copies FROM cupti_present);
 
--- When each copy's stream became free: the latest end of the copies and kernels before it on its
--- stream (one window pass). Separates a call's own host work from waiting for its stream.
-CREATE OR REPLACE TEMP TABLE stream_free AS
-WITH ops AS (
-    SELECT pid, stream_id, start_ns, end_ns, correlation_id, 1 AS is_copy FROM copies WHERE op IN ('memcpy', 'p2p')
-    UNION ALL
-    SELECT pid, stream_id, start_ns, end_ns, correlation_id, 0 FROM kernels
-)
-SELECT pid, stream_id, correlation_id, start_ns,
-       max(end_ns) OVER (PARTITION BY pid, stream_id ORDER BY start_ns, end_ns
-                         ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS stream_free_ns
-FROM ops
-QUALIFY is_copy = 1;
-
 -- Each transfer in the window with its crossing time: the GPU copy plus the host work of its call
 -- right before it (pre: staging/encrypting before the copy could start, not waiting for the stream)
 -- and right after it (post: copying out/decrypting after it landed). Host-probe-only transfers
--- have only the call's duration.
+-- have only the call's duration. stream_free_ns: when the copy's stream became free, the latest end
+-- of the copies and kernels before it on its stream (one window pass, keyed by the copy's row).
 CREATE OR REPLACE TEMP TABLE xfer_dir AS
-WITH d AS (
-    SELECT x.*, CASE x.copy_kind WHEN 'HtoD' THEN x.src_kind WHEN 'DtoH' THEN x.dst_kind ELSE 'device' END AS host_kind,
-           x.end_ns - x.start_ns AS dur_ns,
+WITH ops AS (
+    SELECT pid, stream_id, start_ns, end_ns, rowid AS copy_row FROM copies WHERE op IN ('memcpy', 'p2p')
+    UNION ALL
+    SELECT pid, stream_id, start_ns, end_ns, NULL FROM kernels
+), stream_free AS (
+    SELECT copy_row, max(end_ns) OVER (PARTITION BY pid, stream_id ORDER BY start_ns, end_ns
+                                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS stream_free_ns
+    FROM ops QUALIFY copy_row IS NOT NULL
+), d AS (
+    SELECT x.* EXCLUDE (copy_row, src_kind, dst_kind),
+           CASE x.copy_kind WHEN 'HtoD' THEN x.src_kind WHEN 'DtoH' THEN x.dst_kind ELSE 'device' END AS host_kind,
+           x.end_ns - x.start_ns AS dur_ns, f.stream_free_ns,
            -- a copy that started well after its call returned was held by something else, not by the call
            CASE WHEN x.timing = 'gpu' AND x.api_start_ns IS NOT NULL
                      AND x.start_ns <= x.api_end_ns + coalesce(getvariable('launch_gap_us'), 10) * 1000
@@ -89,10 +85,7 @@ WITH d AS (
            CASE WHEN x.timing = 'gpu' AND x.api_end_ns IS NOT NULL
                 THEN greatest(x.api_end_ns - greatest(x.end_ns, x.api_start_ns), 0)
                 ELSE 0 END AS post_ns
-    FROM xfers x
-    LEFT JOIN stream_free f ON x.timing = 'gpu' AND f.pid = x.pid AND f.correlation_id = x.correlation_id
-         AND f.start_ns = x.start_ns AND f.stream_id = x.stream_id,
-    win
+    FROM xfers x LEFT JOIN stream_free f USING (copy_row), win
     WHERE x.copy_kind IN ('HtoD', 'DtoH', 'DtoD', 'PtoP') AND x.start_ns >= win.start_ns AND x.start_ns <= win.end_ns
 )
 SELECT *, dur_ns + pre_ns + post_ns AS cross_ns FROM d;
@@ -121,8 +114,9 @@ SELECT t.copy_kind, t.host_kind, t.copies, greatest(coalesce(t.toll_ns, 0), 0) A
 FROM toll t JOIN bw USING (copy_kind, host_kind), p;
 
 -- Each transfer priced by the model: what its bytes need, and what it cost beyond that; host_ns is
--- the part of its call that was the crossing's own host work (the rest of the call waited).
-CREATE OR REPLACE TEMP TABLE xfer_costs AS
+-- the part of its call that was the crossing's own host work (the rest of the call waited). A view:
+-- the join with the few model rows is cheap, a second copy of every transfer is not.
+CREATE OR REPLACE TEMP VIEW xfer_costs AS
 SELECT x.*, m.toll_ns, m.bytes_per_ns, x.bytes / m.bytes_per_ns AS byte_ns,
        greatest(x.cross_ns - x.bytes / m.bytes_per_ns, 0) AS excess_ns,
        x.bytes < coalesce(getvariable('small_bytes'), m.toll_ns * m.bytes_per_ns) AS small,
@@ -185,7 +179,7 @@ WITH ev AS (
 SELECT greatest(o.busy_until, win.start_ns) AS start_ns, least(o.start_ns, win.end_ns) AS end_ns,
        -- idle time before this gap, for the overlap by category below (gaps are disjoint and ordered)
        coalesce(sum(least(o.start_ns, win.end_ns) - greatest(o.busy_until, win.start_ns)) OVER (
-           ORDER BY o.start_ns ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before_ns
+           ORDER BY o.start_ns ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)::BIGINT AS before_ns
 FROM o, win
 WHERE o.start_ns > o.busy_until AND least(o.start_ns, win.end_ns) > greatest(o.busy_until, win.start_ns);
 
@@ -233,9 +227,8 @@ SELECT count(DISTINCT stream_id) AS n FROM xfer_dir WHERE copy_kind IN ('HtoD', 
 
 CREATE OR REPLACE TEMP TABLE bridge_waits AS
 WITH c AS MATERIALIZED (
-    SELECT x.pid, x.stream_id, x.start_ns, greatest(x.api_start_ns, coalesce(f.stream_free_ns, 0)) AS ready_ns
-    FROM xfer_dir x JOIN stream_free f ON f.pid = x.pid AND f.correlation_id = x.correlation_id
-         AND f.start_ns = x.start_ns AND f.stream_id = x.stream_id
+    SELECT x.pid, x.stream_id, x.start_ns, greatest(x.api_start_ns, coalesce(x.stream_free_ns, 0)) AS ready_ns
+    FROM xfer_dir x
     WHERE x.timing = 'gpu' AND x.copy_kind IN ('HtoD', 'DtoH') AND x.api_start_ns IS NOT NULL
       -- with copies on one stream only no copy can wait for another stream's: skip all of this
       AND (SELECT n FROM copy_streams) > 1
