@@ -24,7 +24,12 @@ def _alive(pid: int) -> bool:
 
 
 def attach_pid(
-    pid: int, out: Path, duration: float | None, libcuda: str | None, progress: Callable[[str], None] | None = None
+    pid: int,
+    out: Path,
+    duration: float | None,
+    libcuda: str | None,
+    progress: Callable[[str], None] | None = None,
+    launches: bool = False,
 ) -> dict:
     from cctrace.sources.host_probes import HostProbes, ProbesUnavailable, find_libcuda
 
@@ -34,7 +39,7 @@ def attach_pid(
     out.mkdir(parents=True, exist_ok=True)
     started_wall, started_ns = time.time(), time.monotonic_ns()
     lib = libcuda or find_libcuda(pid)
-    probes = HostProbes(out, libcuda=lib)
+    probes = HostProbes(out, libcuda=lib, launches=launches)
     try:
         probes.start([pid])
     except ProbesUnavailable as e:

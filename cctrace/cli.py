@@ -60,6 +60,12 @@ def cli() -> None:
     help="eBPF probes at the CUDA driver boundary (need root and bcc; auto: when they can run).",
 )
 @click.option(
+    "--probe-launches",
+    is_flag=True,
+    help="Host probes also on kernel/graph launches (cuLaunchKernel*): launch stalls without CUPTI, "
+    "at one uprobe trap per launch (most of a decode step's driver calls).",
+)
+@click.option(
     "--emulate-bridge",
     "bridge",
     metavar="SPEC",
@@ -73,7 +79,20 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def record(
-    output, kinds, kernels, nvtx, driver, flush_interval, host_probes, bridge, no_load, force, quiet, as_json, command
+    output,
+    kinds,
+    kernels,
+    nvtx,
+    driver,
+    flush_interval,
+    host_probes,
+    probe_launches,
+    bridge,
+    no_load,
+    force,
+    quiet,
+    as_json,
+    command,
 ) -> None:
     """Run COMMAND with every Python process it starts traced.
 
@@ -110,7 +129,12 @@ def record(
     # only once every option is known good: --force clears the earlier trace
     out = _output_dir(output, "cctrace-%Y%m%d-%H%M%S", force)
     opts = RecordOptions(
-        kinds=tuple(kind_list), flush_s=flush_interval, quiet=quiet, host_probes=host_probes, bridge=spec
+        kinds=tuple(kind_list),
+        flush_s=flush_interval,
+        quiet=quiet,
+        host_probes=host_probes,
+        probe_launches=probe_launches,
+        bridge=spec,
     )
     try:
         status = run_traced(list(command), out, opts)
@@ -228,8 +252,14 @@ def load_cmd(trace_dirs, as_json) -> None:
     "--duration", type=click.FloatRange(0.1), help="Seconds to trace (default: until Ctrl-C or the process ends)."
 )
 @click.option("--libcuda", help="The libcuda to probe (default: the one the process mapped).")
+@click.option(
+    "--probe-launches",
+    is_flag=True,
+    help="Host probes also on kernel/graph launches (cuLaunchKernel*): launch stalls without CUPTI, "
+    "at one uprobe trap per launch (most of a decode step's driver calls).",
+)
 @click.option("--force", is_flag=True, help="Write into an existing, non-empty output directory.")
-def attach(pid, output, duration, libcuda, force) -> None:
+def attach(pid, output, duration, libcuda, probe_launches, force) -> None:
     """Trace a running process with host probes only (no CUPTI: works in CC production mode).
 
     Needs root and bcc. The trace has api_calls (with byte counts and directions from the probed
@@ -239,7 +269,7 @@ def attach(pid, output, duration, libcuda, force) -> None:
 
     out = _output_dir(output, "cctrace-attach-%Y%m%d-%H%M%S", force)
     try:
-        health = attach_pid(pid, out, duration, libcuda, progress=_err)
+        health = attach_pid(pid, out, duration, libcuda, progress=_err, launches=probe_launches)
     except AttachError as e:
         _err(str(e))
         sys.exit(EXIT_USAGE)

@@ -32,6 +32,7 @@ class RecordOptions:
     flush_s: float = 1.0
     quiet: bool = False
     host_probes: str = "auto"  # on | off | auto
+    probe_launches: bool = False  # --probe-launches
     bridge: BridgeSpec | None = None  # --emulate-bridge
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -40,13 +41,13 @@ class RecordError(Exception):
     """Recording cannot start as asked (e.g. --host-probes on where they cannot run)."""
 
 
-def start_probes(trace_dir: Path, mode: str, flush_s: float):
+def start_probes(trace_dir: Path, mode: str, flush_s: float, launches: bool = False):
     """Host probes per --host-probes; returns (probes or None, health for the manifest)."""
     if mode == "off":
         return None, {"state": "off (--host-probes off)"}
     from cctrace.sources.host_probes import HostProbes, ProbesUnavailable
 
-    probes = HostProbes(trace_dir, flush_s=flush_s)
+    probes = HostProbes(trace_dir, flush_s=flush_s, launches=launches)
     try:
         probes.start()
     except ProbesUnavailable as e:
@@ -145,7 +146,7 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
     options = {"kinds": list(opts.kinds), "flush_s": opts.flush_s}
     if opts.bridge is not None:
         options["emulate_bridge"] = opts.bridge.to_json()
-    probes, options["host_probes"] = start_probes(trace_dir, opts.host_probes, opts.flush_s)
+    probes, options["host_probes"] = start_probes(trace_dir, opts.host_probes, opts.flush_s, opts.probe_launches)
     try:
         child = subprocess.Popen(cmd, env=child_environment(trace_dir, opts), **_as_invoking_user())
     except (FileNotFoundError, PermissionError) as e:

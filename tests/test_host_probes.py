@@ -87,7 +87,7 @@ def fake_cuda(tmp_path_factory):
 @pytest.mark.root
 def test_probes_see_each_call_with_arguments_and_split(tmp_path, fake_cuda):
     _require_probes()
-    probes = HostProbes(tmp_path, libcuda=str(fake_cuda / "libcuda.so.1"), flush_s=0.2)
+    probes = HostProbes(tmp_path, libcuda=str(fake_cuda / "libcuda.so.1"), flush_s=0.2, launches=True)
     probes.start()
     app = subprocess.Popen([str(fake_cuda / "app")], stdin=subprocess.PIPE, text=True)
     probes.trace_pid(app.pid)
@@ -144,6 +144,8 @@ def test_untraced_processes_are_ignored_and_children_followed(tmp_path, fake_cud
     assert other.pid not in pids
     assert len(pids) == 1 and pids != {parent.pid}  # the child the traced parent started
     assert con.execute("SELECT count(*) FROM api_calls WHERE name = 'cuMemcpyHtoDAsync_v2'").fetchone()[0] == 20
+    # launches are probed only when asked (--probe-launches): by default the app's launch is not seen
+    assert con.execute("SELECT count(*) FROM api_calls WHERE name LIKE 'cuLaunch%'").fetchone()[0] == 0
 
 
 @pytest.mark.root
@@ -172,7 +174,9 @@ def test_record_with_host_probes_and_report_on_it(tmp_path, fake_cuda):
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "manifest.json").read_text())
     hp = m["options"]["host_probes"]
-    assert hp["state"] == "active" and hp["events"]["calls"] == 20 + 10 + 5 + 1 + 1 and hp["lost"] == 0
+    # 20 H2D, 10 D2H, 5 syncs, 1 alloc; the launch is not probed without --probe-launches
+    assert hp["state"] == "active" and hp["events"]["calls"] == 20 + 10 + 5 + 1 and hp["lost"] == 0
+    assert hp["launches"] is False
     rep = cctrace("report", str(out), "--json", "--param", "normal_call_us=100")
     j = json.loads(rep.stdout)
     cats = {c["category"]: c for c in j["categories"]}
@@ -205,12 +209,11 @@ def test_attach_to_a_running_process(tmp_path, fake_cuda):
     )
     time.sleep(0.2)
     out = tmp_path / "att"
-    r = cctrace(
-        "attach", "--pid", str(app.pid), "-o", str(out), "--libcuda", str(fake_cuda / "libcuda.so.1"), timeout=120
-    )
+    lib = str(fake_cuda / "libcuda.so.1")
+    r = cctrace("attach", "--pid", str(app.pid), "-o", str(out), "--libcuda", lib, "--probe-launches", timeout=120)
     app.wait()
     assert r.returncode == 0, r.stderr
-    assert "37 calls" in r.stderr
+    assert "(5 entry points" in r.stderr and "37 calls" in r.stderr  # the launch too, as asked
     con = duckdb.connect(str(out / "trace.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM api_calls WHERE source = 'ebpf'").fetchone()[0] == 37
 

@@ -61,6 +61,9 @@ FUNCS: dict[str, tuple[str | None, str, str, str, str]] = {
     "cuGraphLaunch": (None, "0", P[2], P[1], "0"),
 }
 VARIANTS = ("", "_ptsz", "_ptds")
+# Kernel launches are most of a decode step's driver calls (serve.py: ~24 of ~34 per step), and every
+# probed call pays the kernel's uprobe trap (measured ~10 us on KVM guests): probed only when asked.
+LAUNCHES = ("cuLaunchKernel", "cuLaunchKernelEx", "cuGraphLaunch")
 EV_CALL, EV_OFFCPU, EV_IOCTL = 1, 2, 3
 RINGBUF_PAGES_LOG2 = 11  # 8 MiB of events (~75k) absorbs bursts while this process drains them
 
@@ -204,9 +207,12 @@ IOCTL_COLS = ("pid", "tid", "start_ns", "end_ns", "fd", "request", "return_value
 
 
 class HostProbes:
-    def __init__(self, trace_dir: Path, libcuda: str | None = None, flush_s: float = 1.0) -> None:
+    def __init__(
+        self, trace_dir: Path, libcuda: str | None = None, flush_s: float = 1.0, launches: bool = False
+    ) -> None:
         self.trace_dir = Path(trace_dir)
         self.libcuda = libcuda
+        self.launches = launches
         self.flush_s = flush_s
         self.writer = ShardWriter(self.trace_dir, os.getpid())
         self.attached: list[str] = []
@@ -223,7 +229,7 @@ class HostProbes:
         if lib is None or not os.path.exists(lib):
             raise ProbesUnavailable("no libcuda found to probe (set CCTRACE_LIBCUDA=/path/to/libcuda.so.1)")
         self.libcuda = lib
-        names = [n + v for n in FUNCS for v in VARIANTS]
+        names = [n + v for n in FUNCS if self.launches or n not in LAUNCHES for v in VARIANTS]
         symbols = _exported_symbols(lib)
         names = [n for n in names if n in symbols]
         if not names:
@@ -317,6 +323,7 @@ class HostProbes:
         return {
             "libcuda": self.libcuda,
             "attached": len(self.attached),
+            "launches": self.launches,
             "events": dict(self.events),
             "lost": getattr(self, "lost", 0),
             "errors": self.errors[:20],
