@@ -13,6 +13,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVE = str(ROOT / "examples" / "serve.py")
 
 
+def pinned(cmd: list[str], cpus: str | None) -> list[str]:
+    """cmd on a fixed CPU set (taskset -c CPUS): the same cores for every mode, so that where the
+    scheduler happens to place a run does not decide its speed (seen: plain runs 958-1754 steps/s)."""
+    return ["taskset", "-c", cpus, *cmd] if cpus else cmd
+
+
 def serve_summary(stdout: str) -> dict | None:
     """serve.py's own account of the run (last SERVE_SUMMARY line), or None when it printed none."""
     lines = [ln for ln in stdout.splitlines() if ln.startswith("SERVE_SUMMARY ")]

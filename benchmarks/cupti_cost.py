@@ -16,23 +16,35 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _serve import serve_summary
+from _serve import pinned, serve_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = str(ROOT / "examples" / "serve.py")
 BASE = "memcpy,memset,memory,sync"
-DEFAULT = "memcpy,memcpy2,memset,memory,sync,runtime,overhead"
+DEFAULT = "memcpy,memcpy2,memset,memory,runtime,overhead"
 CONFIGS = {
     "plain": None,
     "default": (DEFAULT, {}),
     "default-no-periodic-flush": (DEFAULT, {"CCTRACE_CUPTI_FLUSH": "none"}),
     "default-python-callbacks": (DEFAULT, {"CCTRACE_NO_SHIM": "1"}),
+    "none": ("none", {}),
     "base4": (BASE, {}),
+    "memcpy": ("memcpy", {}),
+    "sync": ("sync", {}),
+    "memory": ("memory", {}),
+    "memcpy+runtime": ("memcpy,runtime", {}),
+    # RUNTIME on, but records kept for no call / for copies only (CCTRACE_RUNTIME_KEEP is a regex)
+    "memcpy+runtime-none": ("memcpy,runtime", {"CCTRACE_RUNTIME_KEEP": "^$"}),
+    "memcpy+runtime-copies": ("memcpy,runtime", {"CCTRACE_RUNTIME_KEEP": "^cudaMemcpy"}),
+    "default+sync": (DEFAULT + ",sync", {}),
+    "base4+memcpy2": (BASE + ",memcpy2", {}),
+    "base4+overhead": (BASE + ",overhead", {}),
+    "base4+runtime": (BASE + ",runtime", {}),
     "default+kernel+nvtx": (DEFAULT + ",kernel,nvtx", {}),
 }
 
 
-def run(name: str, steps: int, out: Path) -> tuple[float, float | None]:
+def run(name: str, steps: int, out: Path, cpus: str | None = None) -> tuple[float, float | None]:
     cfg = CONFIGS[name]
     env = dict(os.environ)
     if cfg is None:
@@ -58,7 +70,7 @@ def run(name: str, steps: int, out: Path) -> tuple[float, float | None]:
             "--steps",
             str(steps),
         ]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    r = subprocess.run(pinned(cmd, cpus), capture_output=True, text=True, env=env, cwd=ROOT)
     summary = serve_summary(r.stdout)
     if summary is None:
         raise SystemExit(f"{name} failed: {r.stderr[-1500:]}")
@@ -77,21 +89,26 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--only", help="comma-separated configuration names")
+    ap.add_argument("--cpus", help="run every configuration on these CPUs (taskset -c list, e.g. 2-5)")
     a = ap.parse_args()
     names = a.only.split(",") if a.only else list(CONFIGS)
     res: dict[str, list] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(a.reps):
             for n in names:
-                res[n].append(run(n, a.steps, Path(tmp) / f"{n}-{rep}"))
+                res[n].append(run(n, a.steps, Path(tmp) / f"{n}-{rep}", a.cpus))
     base = statistics.median(s for s, _ in res.get("plain", [(1, None)]))
-    print(f"{'config':22s} {'steps/s':>9s} {'runs':>20s} {'slowdown':>9s} {'convert ms/s':>13s}")
+    best = max(s for s, _ in res.get("plain", [(1, None)]))
+    print(f"{'config':22s} {'steps/s':>9s} {'runs':>20s} {'slowdown':>9s} {'by best':>8s} {'convert ms/s':>13s}")
     for n, rs in res.items():
         med = statistics.median(s for s, _ in rs)
         conv = [c for _, c in rs if c is not None]
         runs = "/".join(f"{s:.0f}" for s, _ in rs)
         cv = f"{statistics.median(conv):13.1f}" if conv else f"{'-':>13s}"
-        print(f"{n:22s} {med:9.1f} {runs:>20s} {100 * (base - med) / base:8.1f}% {cv}")
+        top = max(s for s, _ in rs)
+        print(
+            f"{n:22s} {med:9.1f} {runs:>20s} {100 * (base - med) / base:8.1f}% {100 * (best - top) / best:7.1f}% {cv}"
+        )
 
 
 if __name__ == "__main__":

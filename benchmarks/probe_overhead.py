@@ -3,8 +3,10 @@
 1. Added cost per probed call (any Linux machine with root and bcc): a C program calls an exported
    `cuMemcpyHtoDAsync_v2` that returns at once, N times, timed plain and with the host probes
    attached to its library; prints ns/call for each and the difference, over --reps alternating runs.
+   The same loop with empty uprobe+uretprobe programs gives the kernel's own trap cost (cctrace's floor);
+   what cctrace's programs add is the difference.
 2. On a GPU machine (libcuda present), also examples/serve.py steps/s: plain, host probes only
-   (--kinds none), CUPTI + host probes; alternating, --reps each.
+   (--kinds none), host probes with --probe-launches, CUPTI + host probes; alternating, --reps each.
 
     sudo python benchmarks/probe_overhead.py --reps 5 --calls 200000
 """
@@ -116,6 +118,7 @@ def serve(reps: int, steps: int) -> dict:
     modes = {
         "plain": [py, serve_py],
         "host probes only": [*rec, "{out}", "--kinds", "none", "--", py, serve_py],
+        "probes + launches": [*rec, "{out}", "--kinds", "none", "--probe-launches", "--", py, serve_py],
         "cupti + host probes": [*rec, "{out}", "--", py, serve_py],
     }
     res: dict[str, list[float]] = {m: [] for m in modes}
@@ -144,7 +147,9 @@ def main() -> None:
         f"probed {statistics.median(pc['probed_ns']):.1f} ns, added {pc['added_us_median']:.2f} us "
         f"(min {pc['added_us_min']:.2f}, max {pc['added_us_max']:.2f}); events lost per run: {pc['lost_events']}"
     )
-    print(f"the kernel's own cost here, empty uprobe + uretprobe programs: {pc['empty_uprobe_ns'] / 1e3:.2f} us/call")
+    floor = pc["empty_uprobe_ns"] / 1e3
+    print(f"the kernel's own cost here, empty uprobe + uretprobe programs: {floor:.2f} us/call")
+    print(f"added by cctrace's eBPF programs beyond that floor: {pc['added_us_median'] - floor:.2f} us/call")
     try:
         ctypes.CDLL("libcuda.so.1")
     except OSError:

@@ -29,9 +29,11 @@ ENV_HOME = "CCTRACE_HOME"
 ENV_INJECT = "CCTRACE_INJECT_DIR"
 ENV_BRIDGE = "CCTRACE_BRIDGE_SPEC"  # cctrace.bridge.ENV_SPEC (not imported: keeps start-up light)
 
-DEFAULT_KINDS = ("memcpy", "memcpy2", "memset", "memory", "sync", "runtime", "overhead")
+# "sync" (SYNCHRONIZATION records) is not a default: on the H100 it alone slowed serve.py by ~17%
+# (benchmarks/cupti_cost.py), and the RUNTIME records of the sync calls carry what the analysis needs.
+DEFAULT_KINDS = ("memcpy", "memcpy2", "memset", "memory", "runtime", "overhead")
 # "kernel" also records the runtime launch calls that pair with the kernels
-OPTIONAL_KINDS = ("kernel", "driver", "nvtx")
+OPTIONAL_KINDS = ("kernel", "driver", "nvtx", "sync")
 
 _active: Tracer | None = None
 

@@ -27,7 +27,8 @@ from cctrace.shards import ShardWriter
 
 # runtime calls kept when RUNTIME records are on; everything else is switched off by callback id
 RUNTIME_KEEP = re.compile(
-    r"^cuda(Memcpy|Memset|Malloc|Free|HostAlloc|HostRegister|HostUnregister|MemPrefetch|"
+    os.environ.get("CCTRACE_RUNTIME_KEEP")  # a diagnostic knob for benchmarks/cupti_cost.py
+    or r"^cuda(Memcpy|Memset|Malloc|Free|HostAlloc|HostRegister|HostUnregister|MemPrefetch|"
     r"StreamSynchronize|DeviceSynchronize|EventSynchronize|StreamWaitEvent|MemcpyBatch)"
 )
 # launches are many per step; their records come with the 'kernel' kind, where they pair with kernels
