@@ -44,7 +44,7 @@ CONFIGS = {
 }
 
 
-def run(name: str, steps: int, out: Path, cpus: str | None = None) -> tuple[float, float | None]:
+def run(name: str, steps: int, out: Path, cpus: str | None = None) -> tuple[float, float | None, float]:
     cfg = CONFIGS[name]
     env = dict(os.environ)
     if cfg is None:
@@ -81,7 +81,7 @@ def run(name: str, steps: int, out: Path, cpus: str | None = None) -> tuple[floa
         c = rec.get("sources", {}).get("cupti", {})
         if rec.get("end_ns"):
             conv = c.get("convert_cpu_ns", 0) / ((rec["end_ns"] - rec["start_ns"]) / 1e9) / 1e6
-    return sps, conv
+    return sps, conv, summary["step_ms_median"]
 
 
 def main() -> None:
@@ -97,17 +97,23 @@ def main() -> None:
         for rep in range(a.reps):
             for n in names:
                 res[n].append(run(n, a.steps, Path(tmp) / f"{n}-{rep}", a.cpus))
-    base = statistics.median(s for s, _ in res.get("plain", [(1, None)]))
-    best = max(s for s, _ in res.get("plain", [(1, None)]))
-    print(f"{'config':22s} {'steps/s':>9s} {'runs':>20s} {'slowdown':>9s} {'by best':>8s} {'convert ms/s':>13s}")
+    plain = res.get("plain", [(1.0, None, 1.0)])
+    base, best = statistics.median(r[0] for r in plain), max(r[0] for r in plain)
+    base_step = statistics.median(r[2] for r in plain)
+    print(
+        f"{'config':22s} {'steps/s':>9s} {'runs':>20s} {'slowdown':>9s} {'by best':>8s} {'step ms':>8s} "
+        f"{'by step':>8s} {'convert ms/s':>13s}"
+    )
     for n, rs in res.items():
-        med = statistics.median(s for s, _ in rs)
-        conv = [c for _, c in rs if c is not None]
-        runs = "/".join(f"{s:.0f}" for s, _ in rs)
+        med = statistics.median(r[0] for r in rs)
+        step = statistics.median(r[2] for r in rs)
+        conv = [r[1] for r in rs if r[1] is not None]
+        runs = "/".join(f"{r[0]:.0f}" for r in rs)
         cv = f"{statistics.median(conv):13.1f}" if conv else f"{'-':>13s}"
-        top = max(s for s, _ in rs)
+        top = max(r[0] for r in rs)
         print(
-            f"{n:22s} {med:9.1f} {runs:>20s} {100 * (base - med) / base:8.1f}% {100 * (best - top) / best:7.1f}% {cv}"
+            f"{n:22s} {med:9.1f} {runs:>20s} {100 * (base - med) / base:8.1f}% {100 * (best - top) / best:7.1f}% "
+            f"{step:8.3f} {100 * (step - base_step) / base_step:7.1f}% {cv}"
         )
 
 

@@ -121,7 +121,7 @@ def serve(reps: int, steps: int) -> dict:
         "probes + launches": [*rec, "{out}", "--kinds", "none", "--probe-launches", "--", py, serve_py],
         "cupti + host probes": [*rec, "{out}", "--", py, serve_py],
     }
-    res: dict[str, list[float]] = {m: [] for m in modes}
+    res: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}  # (steps/s, median step ms)
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(reps):
             for m, cmd in modes.items():
@@ -130,7 +130,7 @@ def serve(reps: int, steps: int) -> dict:
                 summary = serve_summary(r.stdout)
                 if summary is None:
                     raise SystemExit(f"{m} failed: {r.stderr[-1500:]}")
-                res[m].append(summary["steps_per_s"])
+                res[m].append((summary["steps_per_s"], summary["step_ms_median"]))
     return res
 
 
@@ -156,11 +156,14 @@ def main() -> None:
         print("no GPU here: serve.py comparison skipped")
         return
     res = serve(a.reps, a.steps)
-    base = statistics.median(res["plain"])
-    for m, v in res.items():
-        med = statistics.median(v)
+    base = statistics.median(s for s, _ in res["plain"])
+    base_step = statistics.median(t for _, t in res["plain"])
+    for m, runs in res.items():
+        v = [s for s, _ in runs]
+        med, step = statistics.median(v), statistics.median(t for _, t in runs)
         print(
-            f"{m:22s} {med:9.1f} steps/s (min {min(v):.1f}, max {max(v):.1f}) {100 * (base - med) / base:6.1f}% slower"
+            f"{m:22s} {med:9.1f} steps/s (min {min(v):.1f}, max {max(v):.1f}) {100 * (base - med) / base:6.1f}% slower;"
+            f" median step {step:.3f} ms, {100 * (step - base_step) / base_step:6.1f}% longer"
         )
 
 

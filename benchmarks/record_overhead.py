@@ -3,7 +3,8 @@
 Runs the modes alternately (plain, cctrace default kinds, cctrace + kernels + NVTX, torch.profiler),
 --reps times each, and prints steps/s (median, min, max), the slowdown of each mode against plain by
 median and by best run (noise only ever slows a run down, so the best runs compare the undisturbed
-speeds), and the records per second each traced run captured. --cpus pins every run to the same CPUs.
+speeds), the median step time (serve.py times each step; the median ignores the steps that another
+tenant's work slowed) and its slowdown, and the records per second each traced run captured. --cpus pins every run to the same CPUs.
 Needs a GPU.
 
     python benchmarks/record_overhead.py --reps 5 --steps 2000 --cpus 2-5 [--json out.json] [-- serve.py args]
@@ -50,7 +51,7 @@ def run_once(cmd: list[str], serve_args: list[str], out: Path, cpus: str | None 
             if rec.get("end_ns") and rec.get("start_ns"):
                 seconds = max(seconds, (rec["end_ns"] - rec["start_ns"]) / 1e9)
         records = {"total": total, "per_s": total / seconds if seconds else None}
-    return {"steps_per_s": summary["steps_per_s"], "records": records}
+    return {"steps_per_s": summary["steps_per_s"], "step_ms": summary.get("step_ms_median"), "records": records}
 
 
 def main() -> None:
@@ -73,9 +74,13 @@ def main() -> None:
                     f"rep {rep + 1}/{a.reps} {name:22s} {res['steps_per_s']:8.1f} steps/s", file=sys.stderr, flush=True
                 )
     base = statistics.median(r["steps_per_s"] for r in results["plain"])
+    base_step = statistics.median(r["step_ms"] for r in results["plain"])
     best = max(r["steps_per_s"] for r in results["plain"])
     rows = []
-    print(f"\n{'mode':22s} {'median':>9s} {'min':>9s} {'max':>9s} {'slowdown':>9s} {'by best':>8s} {'records/s':>10s}")
+    print(
+        f"\n{'mode':22s} {'median':>9s} {'min':>9s} {'max':>9s} {'slowdown':>9s} {'by best':>8s} "
+        f"{'step ms':>8s} {'by step':>8s} {'records/s':>10s}"
+    )
     for name, runs in results.items():
         s = [r["steps_per_s"] for r in runs]
         med = statistics.median(s)
@@ -88,13 +93,15 @@ def main() -> None:
             "runs": s,
             "slowdown_pct": 100 * (base - med) / base,
             "slowdown_best_pct": 100 * (best - max(s)) / best,
+            "step_ms_median": statistics.median(r["step_ms"] for r in runs),
+            "slowdown_step_pct": 100 * (statistics.median(r["step_ms"] for r in runs) - base_step) / base_step,
             "records_per_s": statistics.median(rps) if rps else None,
         }
         rows.append(row)
         rec = f"{row['records_per_s']:10.0f}" if row["records_per_s"] else f"{'-':>10s}"
         print(
             f"{name:22s} {med:9.1f} {min(s):9.1f} {max(s):9.1f} {row['slowdown_pct']:8.1f}% "
-            f"{row['slowdown_best_pct']:7.1f}% {rec}"
+            f"{row['slowdown_best_pct']:7.1f}% {row['step_ms_median']:8.3f} {row['slowdown_step_pct']:7.1f}% {rec}"
         )
     if a.json:
         a.json.write_text(json.dumps({"steps": a.steps, "reps": a.reps, "cpus": a.cpus, "rows": rows}, indent=2))
