@@ -97,17 +97,22 @@ WITH p AS (
     SELECT coalesce(getvariable('small_fit_bytes'), 65536) AS small_fit,
            coalesce(getvariable('large_fit_bytes'), 1048576) AS large_fit,
            coalesce(getvariable('default_gbps'), 25.0) AS default_gbps
-), bw0 AS (
-    SELECT copy_kind, host_kind, median(bytes / greatest(cross_ns, 1)) FILTER (WHERE bytes >= p.large_fit) AS bpn0
+), bw0 AS (  -- every group once (with its count); the medians below each scan only the copies they fit
+    SELECT copy_kind, host_kind, count(*) AS copies,
+           median(bytes / greatest(cross_ns, 1)) FILTER (WHERE bytes >= p.large_fit) AS bpn0
     FROM xfer_dir, p GROUP BY ALL
 ), toll AS (
-    SELECT x.copy_kind, x.host_kind, count(*) AS copies,
-           median(x.cross_ns - x.bytes / coalesce(b.bpn0, p.default_gbps)) FILTER (WHERE x.bytes <= p.small_fit) AS toll_ns
-    FROM xfer_dir x JOIN bw0 b USING (copy_kind, host_kind), p GROUP BY ALL
+    SELECT b.copy_kind, b.host_kind, b.copies, s.toll_ns
+    FROM bw0 b LEFT JOIN (
+        SELECT x.copy_kind, x.host_kind, median(x.cross_ns - x.bytes / coalesce(b.bpn0, p.default_gbps)) AS toll_ns
+        FROM xfer_dir x JOIN bw0 b USING (copy_kind, host_kind), p WHERE x.bytes <= p.small_fit GROUP BY ALL
+    ) s USING (copy_kind, host_kind)
 ), bw AS (
-    SELECT x.copy_kind, x.host_kind,
-           median(x.bytes / greatest(x.cross_ns - coalesce(t.toll_ns, 0), 1)) FILTER (WHERE x.bytes >= p.large_fit) AS bpn
-    FROM xfer_dir x JOIN toll t USING (copy_kind, host_kind), p GROUP BY ALL
+    SELECT t.copy_kind, t.host_kind, l.bpn
+    FROM toll t LEFT JOIN (
+        SELECT x.copy_kind, x.host_kind, median(x.bytes / greatest(x.cross_ns - coalesce(t.toll_ns, 0), 1)) AS bpn
+        FROM xfer_dir x JOIN toll t USING (copy_kind, host_kind), p WHERE x.bytes >= p.large_fit GROUP BY ALL
+    ) l USING (copy_kind, host_kind)
 )
 SELECT t.copy_kind, t.host_kind, t.copies, greatest(coalesce(t.toll_ns, 0), 0) AS toll_ns,
        coalesce(bw.bpn, p.default_gbps) AS bytes_per_ns, bw.bpn IS NULL AS bandwidth_assumed
@@ -125,13 +130,19 @@ SELECT x.*, m.toll_ns, m.bytes_per_ns, x.bytes / m.bytes_per_ns AS byte_ns,
             ELSE least(x.dur_ns - coalesce(x.off_cpu_ns, 0), m.toll_ns + x.bytes / m.bytes_per_ns) END AS host_ns
 FROM xfer_dir x JOIN cost_model m USING (copy_kind, host_kind);
 
+-- Each distinct call name once, with what kind of call it is: names are matched here, not per call.
+CREATE OR REPLACE TEMP TABLE call_names AS
+SELECT name,
+       regexp_matches(name, '^cu(da)?(Memset(D8|D16|D32|2D)?.*Async|LaunchKernel|LaunchCooperativeKernel|GraphLaunch|MallocAsync|FreeAsync|MemAllocAsync|MemFreeAsync)') AS returns_at_once,
+       regexp_matches(name, '^cu(da)?Memcpy.*Async') AS async_copy,
+       regexp_matches(name, '^cu(da)?(Stream|Event|Device|Ctx)Synchronize') AS sync,
+       regexp_matches(name, '^cuMemcpyDtoH(_v2)?(_ptds)?$') AS blocking_readback_probe
+FROM (SELECT DISTINCT name FROM api_calls);
+
 -- Calls that are meant to return at once; time beyond normal_call_us is an async stall. For async
 -- copies (pinned or device memory) the crossing's own host work is not a stall: only the rest is.
 CREATE OR REPLACE TEMP TABLE async_calls AS
-WITH names AS (  -- match call names once, not once per call
-    SELECT name FROM (SELECT DISTINCT name FROM api_calls)
-    WHERE regexp_matches(name, '^cu(da)?(Memset(D8|D16|D32|2D)?.*Async|LaunchKernel|LaunchCooperativeKernel|GraphLaunch|MallocAsync|FreeAsync|MemAllocAsync|MemFreeAsync)')
-), normal AS (SELECT coalesce(getvariable('normal_call_us'), 20) * 1000 AS ns)
+WITH names AS (SELECT name FROM call_names WHERE returns_at_once), normal AS (SELECT coalesce(getvariable('normal_call_us'), 20) * 1000 AS ns)
 SELECT a.pid, a.tid, a.name, a.start_ns, a.end_ns, a.correlation_id, a.on_cpu_ns, a.off_cpu_ns, a.ioctl_ns,
        a.source, a.end_ns - a.start_ns AS dur_ns, 0::BIGINT AS pre_ns, 0::BIGINT AS post_ns,
        greatest(a.end_ns - a.start_ns - normal.ns, 0) AS stall_ns
@@ -145,16 +156,13 @@ SELECT x.pid, x.api_tid, x.api_name, x.api_start_ns, x.api_end_ns, x.correlation
        x.ioctl_ns, x.api_source, x.api_end_ns - x.api_start_ns, x.pre_ns, x.post_ns,
        greatest(x.api_end_ns - x.api_start_ns - x.host_ns - normal.ns, 0)
 FROM xfer_costs x, normal
-WHERE x.api_start_ns IS NOT NULL AND regexp_matches(x.api_name, '^cu(da)?Memcpy.*Async')
+WHERE x.api_start_ns IS NOT NULL AND x.api_name IN (SELECT name FROM call_names WHERE async_copy)
   AND (x.timing = 'host' OR x.host_kind IN ('pinned', 'device'));
 
 -- Sync waits: stream/event/context synchronize calls, and blocking readbacks (D2H into pageable):
 -- wait_ns is the call's time less the readback's own crossing work (counted as a crossing).
 CREATE OR REPLACE TEMP TABLE sync_calls AS
-WITH names AS (
-    SELECT name FROM (SELECT DISTINCT name FROM api_calls)
-    WHERE regexp_matches(name, '^cu(da)?(Stream|Event|Device|Ctx)Synchronize')
-)
+WITH names AS (SELECT name FROM call_names WHERE sync)
 SELECT a.pid, a.tid, a.name, a.start_ns, a.end_ns, a.correlation_id, a.source, a.end_ns - a.start_ns AS dur_ns,
        a.end_ns - a.start_ns AS wait_ns, 'sync' AS wait_kind
 FROM api_calls a SEMI JOIN names USING (name), win
@@ -165,23 +173,32 @@ SELECT pid, api_tid, api_name, api_start_ns, api_end_ns, correlation_id, api_sou
        greatest(api_end_ns - api_start_ns - host_ns, 0), 'readback'
 FROM xfer_costs
 WHERE api_start_ns IS NOT NULL AND copy_kind = 'DtoH'
-  AND (host_kind = 'pageable' OR (timing = 'host' AND regexp_matches(api_name, '^cuMemcpyDtoH(_v2)?(_ptds)?$')));
+  AND (host_kind = 'pageable'
+       OR (timing = 'host' AND api_name IN (SELECT name FROM call_names WHERE blocking_readback_probe)));
 
 -- GPU idle gaps in the window: where a copy or kernel starts after everything before it ended
--- (one window pass over GPU work sorted by start; the running max of end times is the busy edge).
+-- (one window pass over the GPU work in the window sorted by start; the running max of end times is
+-- the busy edge, the window's start before the first). before_ns: idle time before the gap, for the
+-- overlap by category below (gaps are disjoint and ordered). The bounds are variables, not a join.
+SET VARIABLE win_start_ns = (SELECT start_ns FROM win);
+SET VARIABLE win_end_ns = (SELECT end_ns FROM win);
 CREATE OR REPLACE TEMP TABLE gpu_idle AS
 WITH ev AS (
-    SELECT start_ns, end_ns FROM copies UNION ALL SELECT start_ns, end_ns FROM kernels
+    SELECT start_ns, end_ns FROM copies
+    WHERE end_ns > getvariable('win_start_ns') AND start_ns < getvariable('win_end_ns')
+    UNION ALL
+    SELECT start_ns, end_ns FROM kernels
+    WHERE end_ns > getvariable('win_start_ns') AND start_ns < getvariable('win_end_ns')
 ), o AS (
-    SELECT start_ns, max(end_ns) OVER (ORDER BY start_ns, end_ns ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS busy_until
+    SELECT start_ns, coalesce(max(end_ns) OVER (ORDER BY start_ns ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+                              getvariable('win_start_ns')) AS busy_until
     FROM ev
+), g AS (
+    SELECT greatest(busy_until, getvariable('win_start_ns')) AS start_ns, least(start_ns, getvariable('win_end_ns')) AS end_ns
+    FROM o WHERE start_ns > busy_until
 )
-SELECT greatest(o.busy_until, win.start_ns) AS start_ns, least(o.start_ns, win.end_ns) AS end_ns,
-       -- idle time before this gap, for the overlap by category below (gaps are disjoint and ordered)
-       coalesce(sum(least(o.start_ns, win.end_ns) - greatest(o.busy_until, win.start_ns)) OVER (
-           ORDER BY o.start_ns ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)::BIGINT AS before_ns
-FROM o, win
-WHERE o.start_ns > o.busy_until AND least(o.start_ns, win.end_ns) > greatest(o.busy_until, win.start_ns);
+SELECT start_ns, end_ns, (sum(end_ns - start_ns) OVER (ORDER BY start_ns ROWS UNBOUNDED PRECEDING) - (end_ns - start_ns))::BIGINT AS before_ns
+FROM g WHERE end_ns > start_ns;
 
 -- Allocation followed, within alloc_window_us on the same thread, by an H2D copy that fits in it.
 CREATE OR REPLACE TEMP TABLE alloc_copy_pairs AS
