@@ -2,8 +2,8 @@
 
 Each generated step has the serve.py pattern: 5 small H2D copies and a D2H readback (with their
 runtime calls), a stream sync, 6 kernels and an NVTX range: 20 events per step, all written through
-the real shard writer. Each size is generated in one process and loaded + reported in a fresh one, so the max RSS
-printed is load + report alone.
+the real shard writer. Each size is generated in one process, loaded in a fresh one (as `cctrace load`) and
+reported in another fresh one (as `cctrace report` on a loaded trace), so each max RSS printed is that step's alone.
 
     python benchmarks/analysis_scale.py --events 1e6 1e7 3e7
 """
@@ -131,25 +131,18 @@ def generate(out: Path, events: int) -> int:
     return steps * EVENTS_PER_STEP
 
 
-def measure(d: Path, n: int) -> dict:
-    """load + report of an already generated trace, in this (fresh) process: its max RSS is theirs."""
+def measure(d: Path, step: str) -> dict:
+    """`load` or `report` of a generated trace in this (fresh) process: its time and max RSS."""
     from cctrace.analysis import report
     from cctrace.store import load
 
     t0 = time.perf_counter()
-    load(d)
-    load_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    r = report(d)
-    report_s = time.perf_counter() - t0
-    return {
-        "events": n,
-        "load_s": round(load_s, 2),
-        "load_events_per_s": round(n / load_s),
-        "report_s": round(report_s, 2),
-        "steps": r["steps"],
-        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-    }
+    r = load(d) if step == "load" else report(d)
+    seconds = time.perf_counter() - t0
+    out = {"seconds": round(seconds, 2), "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    if step == "report":
+        out["steps"] = r["steps"]
+    return out
 
 
 def main() -> None:
@@ -162,23 +155,31 @@ def main() -> None:
         print(generate(Path(a.gen[0]), int(float(a.gen[1]))))
         return
     if a.measure:
-        print(json.dumps(measure(Path(a.measure[0]), int(a.measure[1]))))
+        print(json.dumps(measure(Path(a.measure[0]), a.measure[1])))
         return
-    print(f"{'events':>12s} {'load s':>8s} {'events/s':>12s} {'report s':>9s} {'max RSS MB':>11s}")
+    print(
+        f"{'events':>12s} {'load s':>8s} {'events/s':>12s} {'load RSS MB':>12s} {'report s':>9s} {'report RSS MB':>14s}"
+    )
     for n in a.events:
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp) / "t"
             g = subprocess.run([sys.executable, __file__, "--gen", str(d), str(n)], capture_output=True, text=True)
-            r = subprocess.run(
-                [sys.executable, __file__, "--measure", str(d), g.stdout.strip()], capture_output=True, text=True
-            )
-        if r.returncode != 0:
-            print(f"{int(n):>12,d} failed: {r.stderr[-800:]}")
+            events = g.stdout.strip()
+            m = {}
+            for step in ("load", "report"):
+                r = subprocess.run(
+                    [sys.executable, __file__, "--measure", str(d), step], capture_output=True, text=True
+                )
+                if r.returncode != 0:
+                    print(f"{int(n):>12,d} {step} failed: {r.stderr[-800:]}")
+                    break
+                m[step] = json.loads(r.stdout.strip().splitlines()[-1])
+        if len(m) < 2:
             continue
-        m = json.loads(r.stdout.strip().splitlines()[-1])
+        ld, rp = m["load"], m["report"]
         print(
-            f"{m['events']:>12,d} {m['load_s']:>8.2f} {m['load_events_per_s']:>12,d} {m['report_s']:>9.2f} "
-            f"{m['max_rss_mb']:>11,d}",
+            f"{int(events):>12,d} {ld['seconds']:>8.2f} {round(int(events) / ld['seconds']):>12,d} "
+            f"{ld['max_rss_mb']:>12,d} {rp['seconds']:>9.2f} {rp['max_rss_mb']:>14,d}",
             flush=True,
         )
 

@@ -216,24 +216,29 @@ QUALIFY row_number() OVER (PARTITION BY a.pid, a.ts_ns, a.address ORDER BY x.api
 
 -- Host time stuck at the boundary, as intervals for the GPU-idle overlap. Intervals of one call
 -- overlap only where its copy or the work it waits for keeps the GPU busy: no idle time twice.
+-- Categories travel as small codes (category_codes), not strings: there are millions of intervals.
+CREATE OR REPLACE TEMP TABLE category_codes AS
+SELECT * FROM (VALUES (1::UTINYINT, 'small_crossings'), (2, 'async_stalls'), (3, 'alloc_and_copy'), (4, 'sync_waits'))
+    AS t(c, category);
+
 CREATE OR REPLACE TEMP TABLE stuck AS
-SELECT pid, category, start_ns::BIGINT AS start_ns, end_ns::BIGINT AS end_ns FROM (
-SELECT pid, 'async_stalls' AS category, end_ns - post_ns - stall_ns AS start_ns, end_ns - post_ns AS end_ns
+SELECT pid, c, start_ns::BIGINT AS start_ns, end_ns::BIGINT AS end_ns FROM (
+SELECT pid, 2::UTINYINT AS c, end_ns - post_ns - stall_ns AS start_ns, end_ns - post_ns AS end_ns
 FROM async_calls WHERE stall_ns > 0
 UNION ALL
-SELECT pid, 'alloc_and_copy', copy_call_start_ns - alloc_call_ns, copy_call_start_ns FROM alloc_copy_pairs
+SELECT pid, 3, copy_call_start_ns - alloc_call_ns, copy_call_start_ns FROM alloc_copy_pairs
 UNION ALL
 -- one interval from the crossing's host work before the copy to the end of its call: the copy itself
 -- in between keeps the GPU busy, so it adds no idle overlap, and one row per copy is half the join
-SELECT pid, 'small_crossings', least(start_ns, api_end_ns) - pre_ns, greatest(api_end_ns, least(start_ns, api_end_ns))
+SELECT pid, 1, least(start_ns, api_end_ns) - pre_ns, greatest(api_end_ns, least(start_ns, api_end_ns))
 FROM xfer_costs
 WHERE small AND timing = 'gpu' AND pre_ns + post_ns > 0
 UNION ALL
-SELECT pid, 'small_crossings', api_start_ns, api_start_ns + host_ns FROM xfer_costs WHERE small AND timing = 'host'
+SELECT pid, 1, api_start_ns, api_start_ns + host_ns FROM xfer_costs WHERE small AND timing = 'host'
 UNION ALL
-SELECT pid, 'sync_waits', end_ns - wait_ns, end_ns FROM sync_calls WHERE wait_kind = 'sync'
+SELECT pid, 4, end_ns - wait_ns, end_ns FROM sync_calls WHERE wait_kind = 'sync'
 UNION ALL
-SELECT pid, 'sync_waits', start_ns, start_ns + wait_ns FROM sync_calls WHERE wait_kind = 'readback'
+SELECT pid, 4, start_ns, start_ns + wait_ns FROM sync_calls WHERE wait_kind = 'readback'
 )
 WHERE end_ns > start_ns;
 
@@ -261,17 +266,14 @@ WHERE o.pid = c.pid AND o.stream_id <> c.stream_id;
 
 -- GPU idle time overlapping each category's stuck host time. The idle gaps are disjoint, so with
 -- F(t) = idle time before t, an interval [s, e] overlaps F(e) - F(s) of it: one ASOF join (a sorted
--- merge) per interval end instead of a range join of every stuck interval with every gap.
+-- merge) per interval end instead of a range join of every stuck interval with every gap. An end
+-- before the first gap has F = 0 and no match.
 CREATE OR REPLACE TEMP TABLE idle_by_category AS
-WITH cats AS (  -- the join carries a small integer, not the category string
-    SELECT category, (row_number() OVER (ORDER BY category))::UTINYINT AS c FROM (SELECT DISTINCT category FROM stuck)
-), ends AS (
-    SELECT cats.c, s.start_ns AS t, -1 AS sign FROM stuck s JOIN cats USING (category)
-    UNION ALL
-    SELECT cats.c, s.end_ns, 1 FROM stuck s JOIN cats USING (category)
+WITH ends AS (
+    SELECT c, unnest([start_ns, end_ns]) AS t, unnest([-1, 1]) AS sign FROM stuck
 ), per AS (
-    SELECT e.c, sum(e.sign * coalesce(i.before_ns + least(e.t, i.end_ns) - i.start_ns, 0))::BIGINT AS idle_ns
-    FROM ends e ASOF LEFT JOIN gpu_idle i ON e.t >= i.start_ns
+    SELECT e.c, sum(e.sign * (i.before_ns + least(e.t, i.end_ns) - i.start_ns))::BIGINT AS idle_ns
+    FROM ends e ASOF JOIN gpu_idle i ON e.t >= i.start_ns
     GROUP BY ALL
 )
-SELECT cats.category, per.idle_ns FROM per JOIN cats USING (c);
+SELECT k.category, per.idle_ns FROM per JOIN category_codes k USING (c);
