@@ -4,7 +4,7 @@
 The emulator acts in CUPTI driver-API callbacks; any time they add beyond what they inject is not
 in the manifest's ground truth, so this is the error bar on "the bridge explains the gap".
 
-    python benchmarks/bridge_overhead.py --reps 3 --steps 300
+    python benchmarks/bridge_overhead.py --reps 3 --steps 2000
 """
 
 from __future__ import annotations
@@ -25,27 +25,32 @@ CONFIGS = {
 }
 
 
-def run(opts: list[str] | None, steps: int, extra: list[str]) -> float:
-    return run_serve(["--steps", str(steps), *extra], opts)["steps_per_s"]
+def run(opts: list[str] | None, steps: int, extra: list[str]) -> tuple[float, float]:
+    """(steps/s, median step ms) of one serve.py run."""
+    s = run_serve(["--steps", str(steps), *extra], opts)
+    return s["steps_per_s"], s["step_ms_median"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("serve_args", nargs="*", help="extra arguments for serve.py (after --)")
     a = ap.parse_args()
-    res: dict[str, list[float]] = {k: [] for k in CONFIGS}
+    res: dict[str, list[tuple[float, float]]] = {k: [] for k in CONFIGS}
     for _ in range(a.reps):
         for name, opts in CONFIGS.items():
             res[name].append(run(opts, a.steps, a.serve_args))
-    base = statistics.median(res["plain"])
+    base = statistics.median(s for s, _ in res["plain"])
+    base_step = statistics.median(t for _, t in res["plain"])
     print(f"serve.py --steps {a.steps} {' '.join(a.serve_args)}; {a.reps} reps alternating (median, min-max)")
-    for name, xs in res.items():
-        m = statistics.median(xs)
+    for name, runs in res.items():
+        xs = [s for s, _ in runs]
+        m, step = statistics.median(xs), statistics.median(t for _, t in runs)
         print(
             f"{name:28} {m:8.1f} steps/s ({min(xs):.1f}-{max(xs):.1f})  {1000 / m:7.3f} ms/step  "
-            f"{(1000 / m - 1000 / base) * 1000:+8.1f} us/step vs plain"
+            f"{(1000 / m - 1000 / base) * 1000:+8.1f} us/step vs plain; median step {step:.3f} ms "
+            f"({(step - base_step) * 1000:+.1f} us)"
         )
 
 
