@@ -44,11 +44,13 @@ CONFIGS = {
 }
 
 
-def run(name: str, steps: int, out: Path, cpus: str | None = None) -> tuple[float, float | None, float]:
+def run(
+    name: str, steps: int, out: Path, cpus: str | None = None, serve_args: tuple[str, ...] = ()
+) -> tuple[float, float | None, float]:
     cfg = CONFIGS[name]
     env = dict(os.environ)
     if cfg is None:
-        cmd = [sys.executable, SERVE, "--steps", str(steps)]
+        cmd = [sys.executable, SERVE, "--steps", str(steps), *serve_args]
     else:
         kinds, extra = cfg
         env.update(extra)
@@ -69,6 +71,7 @@ def run(name: str, steps: int, out: Path, cpus: str | None = None) -> tuple[floa
             SERVE,
             "--steps",
             str(steps),
+            *serve_args,
         ]
     r = subprocess.run(pinned(cmd, cpus), capture_output=True, text=True, env=env, cwd=ROOT)
     summary = serve_summary(r.stdout)
@@ -90,13 +93,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--only", help="comma-separated configuration names")
     ap.add_argument("--cpus", help="run every configuration on these CPUs (taskset -c list, e.g. 2-5)")
+    ap.add_argument("serve_args", nargs="*", help="extra arguments for serve.py (after --)")
     a = ap.parse_args()
     names = a.only.split(",") if a.only else list(CONFIGS)
     res: dict[str, list] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(a.reps):
             for n in names:
-                res[n].append(run(n, a.steps, Path(tmp) / f"{n}-{rep}", a.cpus))
+                res[n].append(run(n, a.steps, Path(tmp) / f"{n}-{rep}", a.cpus, tuple(a.serve_args)))
     plain = res.get("plain", [(1.0, None, 1.0)])
     base, best = statistics.median(r[0] for r in plain), max(r[0] for r in plain)
     base_step = statistics.median(r[2] for r in plain)
