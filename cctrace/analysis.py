@@ -268,6 +268,13 @@ def diff(base: Path, trace: Path, params: dict[str, object] | None = None, trace
         "base_step_ms": base_step,
         "trace_step_ms": trace_step,
         "base_step_median_ms": b["step_median_ms"],
+        "trace_step_median_ms": t["step_median_ms"],
+        # the typical step's gap: on a shared host a few slowed steps move the mean, not the median
+        "gap_median_ms_per_step": (
+            round(t["step_median_ms"] - b["step_median_ms"], 5)
+            if t["step_median_ms"] is not None and b["step_median_ms"] is not None
+            else None
+        ),
         "gap_ms_per_step": round(gap, 5),
         "gap_pct": round(100 * gap / base_step, 2) if base_step else None,
         "categories": rows,

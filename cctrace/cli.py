@@ -507,7 +507,15 @@ def query(name, trace, list_, params, fmt, output, profile) -> None:
 @_profile_option
 @_analysis_errors
 def diff_cmd(base, trace, as_json, params, profile) -> None:
-    """Attribute the per-step time TRACE lost relative to BASE to the boundary categories."""
+    """Attribute the per-step time TRACE lost relative to BASE to the boundary categories.
+
+    The gap is the mean step's (window / steps), which the categories add up to; the median step's gap
+    is shown beside it (JSON: gap_median_ms_per_step): far apart, some steps were slowed by something
+    other than the boundary. JSON keys: base_step_ms, trace_step_ms, gap_ms_per_step, gap_pct,
+    base_step_median_ms, trace_step_median_ms, gap_median_ms_per_step, categories[{category,
+    base_ms_per_step, trace_ms_per_step, delta_ms_per_step, share_of_gap}], explained_ms_per_step,
+    unexplained_ms_per_step, explained_share.
+    """
     from cctrace.analysis import diff
 
     d = diff(base, trace, _params(params, profile))

@@ -109,6 +109,12 @@ def print_diff(d: dict, console: Console) -> None:
         f"step time {d['base_step_ms']:.4f} -> {d['trace_step_ms']:.4f} ms "
         f"({d['gap_ms_per_step']:+.4f} ms/step, {d['gap_pct']}%)"
     )
+    if d.get("gap_median_ms_per_step") is not None:
+        console.print(
+            f"[dim]median step {d['base_step_median_ms']:.4f} -> {d['trace_step_median_ms']:.4f} ms "
+            f"({d['gap_median_ms_per_step']:+.4f} ms): a mean gap far from it means some steps were slowed "
+            "by something else (another tenant, the host)[/dim]"
+        )
     t = Table(title="What explains the gap (per step)")
     for c in ("category", "base ms", "trace ms", "delta ms", "share of gap"):
         t.add_column(c, justify="left" if c == "category" else "right")

@@ -131,6 +131,7 @@ def test_diff_attributes_a_known_gap_to_its_category(tmp_path):
     d = diff(tmp_path / "base", tmp_path / "slow", {"normal_call_us": 5.0})
     gap = (slow.truth["step_ns"] - base.truth["step_ns"]) / 1e6
     assert close(d["gap_ms_per_step"], gap)
+    assert close(d["gap_median_ms_per_step"], gap)  # equal steps: the median gap is the mean gap
     row = next(c for c in d["categories"] if c["category"] == "async_stalls")
     assert close(row["share_of_gap"], 1.0)
     assert abs(d["unexplained_ms_per_step"]) < 0.02 * gap
