@@ -125,11 +125,13 @@ def test_diff_explains_the_bridge_gap(samples):
     gap = d["gap_ms_per_step"]
     explained = sum(r["delta_ms_per_step"] for r in d["categories"])
     assert gap > 1.0 and explained >= 0.90 * gap, (explained, gap)
-    # against the plain run the emulator's own overhead (CUPTI callbacks on every CUDA call) and run
-    # to run variance are also in the gap: a weaker floor (issue 6 asks for 90%; see the closing note)
+    # against the plain run, run-to-run variance of the host (and the emulator's own small cost) is
+    # also in the mean step's gap: a weaker floor there (issue 6 asks for 90%; see the closing note).
+    # The median step, which the steps another tenant slowed do not move, is held to 90%.
     d = diff(dirs["serve-baseline"], dirs["serve-bridge"])
     explained = sum(r["delta_ms_per_step"] for r in d["categories"])
     assert explained >= 0.85 * d["gap_ms_per_step"]
+    assert explained >= 0.90 * d["gap_median_ms_per_step"], (explained, d["gap_median_ms_per_step"])
     top = max(d["categories"], key=lambda r: r["delta_ms_per_step"])
     assert top["category"] == "small_crossings"
 
