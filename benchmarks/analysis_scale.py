@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -30,16 +29,6 @@ from cctrace.shards import ShardWriter  # noqa: E402
 
 EVENTS_PER_STEP = 20
 CHUNK_STEPS = 50_000
-
-
-def _batch(table: str, cols: dict) -> pa.RecordBatch:
-    sch = S.schema(table)
-    n = len(next(iter(cols.values())))
-    arrays = []
-    for f in sch:
-        v = cols.get(f.name)
-        arrays.append(pa.nulls(n, f.type) if v is None else pa.array(v, f.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=sch)
 
 
 def generate(out: Path, events: int) -> int:
@@ -62,7 +51,7 @@ def generate(out: Path, events: int) -> int:
         nbytes = np.where(k == 2, 4096, 128)
         w.add_batch(
             "copies",
-            _batch(
+            S.rows_to_batch(
                 "copies",
                 {
                     "pid": np.ones(6 * n, np.int64),
@@ -82,7 +71,7 @@ def generate(out: Path, events: int) -> int:
         sync_t = np.repeat(base, 1) + 400_000
         w.add_batch(
             "api_calls",
-            _batch(
+            S.rows_to_batch(
                 "api_calls",
                 {
                     "pid": np.ones(7 * n, np.int64),
@@ -99,7 +88,7 @@ def generate(out: Path, events: int) -> int:
         kt = np.repeat(base, 6) + 420_000 + np.tile(np.arange(6), n) * 40_000
         w.add_batch(
             "kernels",
-            _batch(
+            S.rows_to_batch(
                 "kernels",
                 {
                     "pid": np.ones(6 * n, np.int64),
@@ -113,7 +102,7 @@ def generate(out: Path, events: int) -> int:
         )
         w.add_batch(
             "markers",
-            _batch(
+            S.rows_to_batch(
                 "markers",
                 {
                     "pid": np.ones(n, np.int64),

@@ -9,6 +9,8 @@ nanoseconds on CLOCK_MONOTONIC.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pyarrow as pa
 
 I64 = pa.int64()
@@ -185,8 +187,9 @@ def empty_table(table: str) -> pa.Table:
     return schema(table).empty_table()
 
 
-def rows_to_batch(table: str, columns: dict[str, list]) -> pa.RecordBatch:
-    """Column lists (missing columns become nulls) -> a record batch of the table's schema."""
+def rows_to_batch(table: str, columns: dict[str, Sequence]) -> pa.RecordBatch:
+    """Columns (lists, numpy or Arrow arrays; missing ones become nulls) -> a record batch of the
+    table's schema."""
     sch = schema(table)
     n = len(next(iter(columns.values()))) if columns else 0
     arrays = []

@@ -69,6 +69,7 @@ VARIANTS = ("", "_ptsz", "_ptds")
 # probed call pays the kernel's uprobe trap (measured ~10 us on KVM guests): probed only when asked.
 LAUNCHES = ("cuLaunchKernel", "cuLaunchKernelEx", "cuGraphLaunch")
 EV_CALL, EV_OFFCPU, EV_IOCTL = 1, 2, 3
+EVENT_COUNTS = {"api_calls": "calls", "host_waits": "offcpu", "ioctls": "ioctls"}  # table -> health key
 RINGBUF_PAGES_LOG2 = 11  # 8 MiB of events (~75k) absorbs bursts while this process drains them
 
 
@@ -97,21 +98,6 @@ EVENT_DTYPE = np.dtype(
     [(name, "<u4" if typ is ct.c_uint32 else "<i8" if typ is ct.c_int64 else "<u8") for name, typ in Event._fields_]
 )
 assert EVENT_DTYPE.itemsize == EVENT_SIZE
-
-
-def _columns_batch(table: str, cols: dict[str, object], n: int) -> pa.RecordBatch:
-    """Columns (numpy or Arrow) -> a batch of the table's schema; absent columns are nulls."""
-    sch = S.schema(table)
-    arrays = []
-    for f in sch:
-        v = cols.get(f.name)
-        if v is None:
-            arrays.append(pa.nulls(n, f.type))
-        elif isinstance(v, pa.Array):
-            arrays.append(v if v.type == f.type else v.cast(f.type))
-        else:
-            arrays.append(pa.array(v, f.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=sch)
 
 
 class ProbesUnavailable(RuntimeError):
@@ -244,9 +230,6 @@ class HostProbes:
         self.names = names
         self._kinds = np.array([FUNCS[_base(n)][0] for n in names] + [None], dtype=object)
         self._has_bytes = np.array([FUNCS[_base(n)][1] != "0" for n in names] + [False])
-        # decode one event of each kind now: the first real decode must not be a CPU burst of first-use
-        # costs while the traced program runs (seen: a 5 ms sleep of the traced app woke ~3 ms late)
-        self._batches(np.array([(t, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0) for t in (1, 2, 3)], dtype=EVENT_DTYPE))
         try:
             self.bpf = bcc.BPF(
                 text=_program(names, 8), cflags=["-Wno-macro-redefined", "-Wno-duplicate-decl-specifier"]
@@ -288,8 +271,7 @@ class HostProbes:
         if raw:
             for table, batch in self._batches(np.frombuffer(b"".join(raw), dtype=EVENT_DTYPE)):
                 self.writer.add_batch(table, batch)
-                key = {"api_calls": "calls", "host_waits": "offcpu", "ioctls": "ioctls"}[table]
-                self.events[key] += batch.num_rows
+                self.events[EVENT_COUNTS[table]] += batch.num_rows
 
     def _batches(self, ev: np.ndarray) -> list[tuple[str, pa.RecordBatch]]:
         """Raw event structs -> a record batch per table (numpy over the structs, no per-event Python)."""
@@ -332,7 +314,7 @@ class HostProbes:
                     "return_value": e["ret"],
                     "in_call": pa.array(names[f], pa.string()),
                 }
-            out.append((table, _columns_batch(table, cols, n)))
+            out.append((table, S.rows_to_batch(table, cols)))
         return out
 
     def stop(self) -> dict:
