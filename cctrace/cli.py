@@ -32,6 +32,14 @@ def cli() -> None:
     """
 
 
+_probe_launches_option = click.option(
+    "--probe-launches",
+    is_flag=True,
+    help="Host probes also on kernel/graph launches (cuLaunchKernel*): launch stalls without CUPTI, "
+    "at one uprobe trap per launch (most of a decode step's driver calls).",
+)
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="Trace directory to write (default: cctrace-<time>)."
@@ -59,12 +67,7 @@ def cli() -> None:
     show_default=True,
     help="eBPF probes at the CUDA driver boundary (need root and bcc; auto: when they can run).",
 )
-@click.option(
-    "--probe-launches",
-    is_flag=True,
-    help="Host probes also on kernel/graph launches (cuLaunchKernel*): launch stalls without CUPTI, "
-    "at one uprobe trap per launch (most of a decode step's driver calls).",
-)
+@_probe_launches_option
 @click.option(
     "--emulate-bridge",
     "bridge",
@@ -252,12 +255,7 @@ def load_cmd(trace_dirs, as_json) -> None:
     "--duration", type=click.FloatRange(0.1), help="Seconds to trace (default: until Ctrl-C or the process ends)."
 )
 @click.option("--libcuda", help="The libcuda to probe (default: the one the process mapped).")
-@click.option(
-    "--probe-launches",
-    is_flag=True,
-    help="Host probes also on kernel/graph launches (cuLaunchKernel*): launch stalls without CUPTI, "
-    "at one uprobe trap per launch (most of a decode step's driver calls).",
-)
+@_probe_launches_option
 @click.option("--force", is_flag=True, help="Write into an existing, non-empty output directory.")
 def attach(pid, output, duration, libcuda, probe_launches, force) -> None:
     """Trace a running process with host probes only (no CUPTI: works in CC production mode).
