@@ -4,13 +4,44 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = str(ROOT / "examples" / "serve.py")
+
+
+@dataclass
+class Speed:
+    """One mode's runs: steps/s of each run and each run's median step time (ms)."""
+
+    steps_per_s: list[float]
+    step_ms: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.steps_per_s)
+
+    @property
+    def best(self) -> float:
+        return max(self.steps_per_s)
+
+    @property
+    def median_step_ms(self) -> float:
+        return statistics.median(self.step_ms)
+
+    def slowdowns(self, plain: Speed) -> tuple[float, float, float]:
+        """% slower than plain by median steps/s, by best run (noise only slows a run down) and by
+        median step time (the steps another tenant slowed do not move it)."""
+        return (
+            100 * (plain.median - self.median) / plain.median,
+            100 * (plain.best - self.best) / plain.best,
+            100 * (self.median_step_ms - plain.median_step_ms) / plain.median_step_ms,
+        )
 
 
 def pinned(cmd: list[str], cpus: str | None) -> list[str]:

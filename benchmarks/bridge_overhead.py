@@ -10,9 +10,8 @@ in the manifest's ground truth, so this is the error bar on "the bridge explains
 from __future__ import annotations
 
 import argparse
-import statistics
 
-from _serve import run_serve
+from _serve import Speed, run_serve
 
 ZERO = "toll_us=0,bw_ratio=1,serialize=off,async_block=off"
 RECORD = ["--nvtx", "--kernels", "--host-probes", "off"]
@@ -41,12 +40,11 @@ def main() -> None:
     for _ in range(a.reps):
         for name, opts in CONFIGS.items():
             res[name].append(run(opts, a.steps, a.serve_args))
-    base = statistics.median(s for s, _ in res["plain"])
-    base_step = statistics.median(t for _, t in res["plain"])
+    speeds = {k: Speed([s for s, _ in runs], [t for _, t in runs]) for k, runs in res.items()}
+    base, base_step = speeds["plain"].median, speeds["plain"].median_step_ms
     print(f"serve.py --steps {a.steps} {' '.join(a.serve_args)}; {a.reps} reps alternating (median, min-max)")
-    for name, runs in res.items():
-        xs = [s for s, _ in runs]
-        m, step = statistics.median(xs), statistics.median(t for _, t in runs)
+    for name, sp in speeds.items():
+        xs, m, step = sp.steps_per_s, sp.median, sp.median_step_ms
         print(
             f"{name:28} {m:8.1f} steps/s ({min(xs):.1f}-{max(xs):.1f})  {1000 / m:7.3f} ms/step  "
             f"{(1000 / m - 1000 / base) * 1000:+8.1f} us/step vs plain; median step {step:.3f} ms "

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _serve import pinned, serve_summary
+from _serve import Speed, pinned, serve_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = str(ROOT / "examples" / "serve.py")
@@ -101,23 +101,21 @@ def main() -> None:
         for rep in range(a.reps):
             for n in names:
                 res[n].append(run(n, a.steps, Path(tmp) / f"{n}-{rep}", a.cpus, tuple(a.serve_args)))
-    plain = res.get("plain", [(1.0, None, 1.0)])
-    base, best = statistics.median(r[0] for r in plain), max(r[0] for r in plain)
-    base_step = statistics.median(r[2] for r in plain)
+    speeds = {n: Speed([r[0] for r in rs], [r[2] for r in rs]) for n, rs in res.items()}
+    plain = speeds.get("plain", Speed([1.0], [1.0]))
     print(
         f"{'config':22s} {'steps/s':>9s} {'runs':>20s} {'slowdown':>9s} {'by best':>8s} {'step ms':>8s} "
         f"{'by step':>8s} {'convert ms/s':>13s}"
     )
     for n, rs in res.items():
-        med = statistics.median(r[0] for r in rs)
-        step = statistics.median(r[2] for r in rs)
+        sp = speeds[n]
+        by_median, by_best, by_step = sp.slowdowns(plain)
         conv = [r[1] for r in rs if r[1] is not None]
-        runs = "/".join(f"{r[0]:.0f}" for r in rs)
+        runs = "/".join(f"{s:.0f}" for s in sp.steps_per_s)
         cv = f"{statistics.median(conv):13.1f}" if conv else f"{'-':>13s}"
-        top = max(r[0] for r in rs)
         print(
-            f"{n:22s} {med:9.1f} {runs:>20s} {100 * (base - med) / base:8.1f}% {100 * (best - top) / best:7.1f}% "
-            f"{step:8.3f} {100 * (step - base_step) / base_step:7.1f}% {cv}"
+            f"{n:22s} {sp.median:9.1f} {runs:>20s} {by_median:8.1f}% {by_best:7.1f}% "
+            f"{sp.median_step_ms:8.3f} {by_step:7.1f}% {cv}"
         )
 
 

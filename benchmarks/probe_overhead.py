@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _serve import serve_summary
+from _serve import Speed, serve_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -156,14 +156,13 @@ def main() -> None:
         print("no GPU here: serve.py comparison skipped")
         return
     res = serve(a.reps, a.steps)
-    base = statistics.median(s for s, _ in res["plain"])
-    base_step = statistics.median(t for _, t in res["plain"])
-    for m, runs in res.items():
-        v = [s for s, _ in runs]
-        med, step = statistics.median(v), statistics.median(t for _, t in runs)
+    speeds = {m: Speed([s for s, _ in runs], [t for _, t in runs]) for m, runs in res.items()}
+    for m, sp in speeds.items():
+        by_median, _, by_step = sp.slowdowns(speeds["plain"])
+        v = sp.steps_per_s
         print(
-            f"{m:22s} {med:9.1f} steps/s (min {min(v):.1f}, max {max(v):.1f}) {100 * (base - med) / base:6.1f}% slower;"
-            f" median step {step:.3f} ms, {100 * (step - base_step) / base_step:6.1f}% longer"
+            f"{m:22s} {sp.median:9.1f} steps/s (min {min(v):.1f}, max {max(v):.1f}) {by_median:6.1f}% slower;"
+            f" median step {sp.median_step_ms:.3f} ms, {by_step:6.1f}% longer"
         )
 
 

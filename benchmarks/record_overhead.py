@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _serve import pinned, serve_summary
+from _serve import Speed, pinned, serve_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = str(ROOT / "examples" / "serve.py")
@@ -73,17 +73,16 @@ def main() -> None:
                 print(
                     f"rep {rep + 1}/{a.reps} {name:22s} {res['steps_per_s']:8.1f} steps/s", file=sys.stderr, flush=True
                 )
-    base = statistics.median(r["steps_per_s"] for r in results["plain"])
-    base_step = statistics.median(r["step_ms"] for r in results["plain"])
-    best = max(r["steps_per_s"] for r in results["plain"])
+    speeds = {m: Speed([r["steps_per_s"] for r in runs], [r["step_ms"] for r in runs]) for m, runs in results.items()}
     rows = []
     print(
         f"\n{'mode':22s} {'median':>9s} {'min':>9s} {'max':>9s} {'slowdown':>9s} {'by best':>8s} "
         f"{'step ms':>8s} {'by step':>8s} {'records/s':>10s}"
     )
     for name, runs in results.items():
-        s = [r["steps_per_s"] for r in runs]
-        med = statistics.median(s)
+        sp = speeds[name]
+        s, med = sp.steps_per_s, sp.median
+        by_median, by_best, by_step = sp.slowdowns(speeds["plain"])
         rps = [r["records"]["per_s"] for r in runs if r["records"] and r["records"]["per_s"]]
         row = {
             "mode": name,
@@ -91,10 +90,10 @@ def main() -> None:
             "min": min(s),
             "max": max(s),
             "runs": s,
-            "slowdown_pct": 100 * (base - med) / base,
-            "slowdown_best_pct": 100 * (best - max(s)) / best,
-            "step_ms_median": statistics.median(r["step_ms"] for r in runs),
-            "slowdown_step_pct": 100 * (statistics.median(r["step_ms"] for r in runs) - base_step) / base_step,
+            "slowdown_pct": by_median,
+            "slowdown_best_pct": by_best,
+            "step_ms_median": sp.median_step_ms,
+            "slowdown_step_pct": by_step,
             "records_per_s": statistics.median(rps) if rps else None,
         }
         rows.append(row)
