@@ -226,8 +226,11 @@ def read_stats(lib: ctypes.CDLL) -> dict:
 class BridgeEmulator:
     """A tracer source that injects rather than records; its health() is the ground truth."""
 
-    def __init__(self, spec: BridgeSpec) -> None:
+    def __init__(self, spec: BridgeSpec, hooks: tuple[int, int, int] | None = None) -> None:
         self.spec = spec
+        # (subscribe, enable, unsubscribe) to use instead of CUPTI's own: CUPTI 13.0 has one
+        # callback subscriber per process, and when the CUPTI source holds it the bridge chains on
+        self.hooks = hooks
         self.lib: ctypes.CDLL | None = None
         self.errors: list[str] = []
         self.status = "off: not started"
@@ -248,7 +251,11 @@ class BridgeEmulator:
             raise RuntimeError("libcupti is not mapped in this process")
         libcupti = ctypes.CDLL(libcupti_path)
         addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
-        self._unsubscribe = addr(libcupti.cuptiUnsubscribe)
+        subscribe, enable, self._unsubscribe = self.hooks or (
+            addr(libcupti.cuptiSubscribe),
+            addr(libcupti.cuptiEnableCallback),
+            addr(libcupti.cuptiUnsubscribe),
+        )
         domains, cbids, flags, missing = [], [], [], []
         for domain, member, fl in CALLS:
             enum = cupti.runtime_api_trace_cbid if domain == _RT else cupti.driver_api_trace_cbid
@@ -266,8 +273,8 @@ class BridgeEmulator:
         toll = (ctypes.c_int64 * 2)(round(self.spec.h2d_toll_us * 1000), round(self.spec.d2h_toll_us * 1000))
         extra = (ctypes.c_double * 2)(*self.spec.extra_ns_per_byte())
         rc = self.lib.cct_bridge_start(
-            addr(libcupti.cuptiSubscribe),
-            addr(libcupti.cuptiEnableCallback),
+            subscribe,
+            enable,
             (ctypes.c_int * n)(*domains),
             (ctypes.c_uint32 * n)(*cbids),
             (ctypes.c_int * n)(*flags),

@@ -98,7 +98,13 @@ class Tracer:
         from cctrace.bridge import BridgeEmulator, BridgeSpec
 
         fields = {k: v for k, v in json.loads(raw).items() if k in BridgeSpec.__dataclass_fields__}
-        emu = BridgeEmulator(BridgeSpec(**fields))
+        cupti_src = self.sources.get("cupti")
+        hooks = None
+        if getattr(cupti_src, "api_hub", False):  # it holds CUPTI's one callback subscription
+            from cctrace.native import chain_hooks
+
+            hooks = chain_hooks(cupti_src._shim)  # type: ignore[union-attr]
+        emu = BridgeEmulator(BridgeSpec(**fields), hooks=hooks)
         self.sources["bridge"] = emu
         try:
             emu.start()

@@ -105,3 +105,137 @@ def test_shim_saves_the_strings_records_point_to(tmp_path, fake_cupti):
     assert problem is None and len(data) == 6 * 24
     ptrs = [int.from_bytes(data[24 * i + 8 : 24 * i + 16], "little") for i in range(6)]
     assert [strings[p] for p in ptrs] == ["step 0", "gemm_kernel", "step 1"] * 2
+
+
+FAKE_CALLBACKS = r"""
+#include <stdint.h>
+#include <string.h>
+#include <pthread.h>
+typedef struct {
+    int callbackSite; const char *functionName; const void *functionParams; void *functionReturnValue;
+    const char *symbolName; void *context; uint32_t contextUid; uint64_t *correlationData;
+    uint32_t correlationId;
+} CallbackData;
+typedef void (*callback_fn)(void *, int, uint32_t, const void *);
+static callback_fn CB; static void *SUB = (void *)0x5;
+static uint64_t clock_ = 100;
+int enabled[3][64];
+int fake_subscribe(void **sub, callback_fn cb, void *ud) { (void)ud; CB = cb; *sub = SUB; return 0; }
+int fake_enable(uint32_t on, void *sub, int dom, uint32_t cbid) {
+    if (sub != SUB) return 1; enabled[dom][cbid] = (int)on; return 0;
+}
+int fake_timestamp(uint64_t *ts) { *ts = clock_++; return 0; }
+int is_enabled(int dom, int cbid) { return enabled[dom][cbid]; }
+/* one call as CUPTI delivers it: enter, then exit with the return value */
+void fake_call(int dom, uint32_t cbid, uint32_t corr, int ret) {
+    CallbackData d; memset(&d, 0, sizeof d);
+    d.correlationId = corr; d.functionReturnValue = &ret;
+    if (!CB || !enabled[dom][cbid]) return;
+    d.callbackSite = 0; CB(0, dom, cbid, &d);
+    d.callbackSite = 1; CB(0, dom, cbid, &d);
+}
+static void *many(void *arg) {
+    int n = *(int *)arg;
+    for (int i = 0; i < n; i++) fake_call(2, 7, (uint32_t)i, 0);
+    return 0;
+}
+void fake_calls_on_threads(int threads, int n) {
+    pthread_t t[16];
+    for (int i = 0; i < threads; i++) pthread_create(&t[i], 0, many, &n);
+    for (int i = 0; i < threads; i++) pthread_join(t[i], 0);
+}
+/* a chained tool (the bridge emulator's place): notes the clock at its enter and exit */
+uint64_t chain_seen[2]; int chain_calls;
+void chained(void *ud, int dom, uint32_t cbid, const void *p) {
+    (void)ud; (void)dom; (void)cbid;
+    const CallbackData *d = (const CallbackData *)p;
+    fake_timestamp(&chain_seen[d->callbackSite]); chain_calls++;
+}
+"""
+
+
+@pytest.fixture
+def fake_callbacks(tmp_path):
+    src = tmp_path / "fakecb.c"
+    src.write_text(FAKE_CALLBACKS)
+    so = tmp_path / "libfakecb.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-pthread", "-o", str(so), str(src)], check=True)
+    return ctypes.CDLL(str(so))
+
+
+def _api_records(raw):
+    import numpy as np
+
+    from cctrace.sources.cupti_raw import api_blocks
+    from cctrace.sources.cupti_source import API_DTYPE
+
+    blocks = list(api_blocks(raw))
+    return np.concatenate([np.frombuffer(b, API_DTYPE) for b in blocks]) if blocks else np.empty(0, API_DTYPE)
+
+
+def test_shim_records_only_the_selected_calls_through_callbacks(tmp_path, fake_callbacks, fake_cupti):
+    from cctrace.native import api_stats, chain_hooks
+
+    fc = fake_callbacks
+    addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+    shim = load_shim(build_shim())
+    raw = tmp_path / "cupti.3.cuptiraw"
+    reg = ctypes.cast(fake_cupti.cuptiActivityRegisterCallbacks, ctypes.c_void_p).value
+    assert shim.cct_start(reg, str(raw).encode(), 64 * 1024) == 0
+    doms, cbids = (ctypes.c_int * 2)(2, 2), (ctypes.c_uint32 * 2)(7, 9)
+    rc = shim.cct_api_start(addr(fc.fake_subscribe), addr(fc.fake_enable), addr(fc.fake_timestamp), doms, cbids, 2)
+    assert rc == 0
+    assert [fc.is_enabled(2, c) for c in (7, 9, 11)] == [1, 1, 0]  # CUPTI wraps only these
+    fc.fake_call(2, 7, 41, 0)
+    fc.fake_call(2, 9, 42, 3)
+    fc.fake_call(2, 11, 43, 0)  # not enabled: never reaches the shim
+
+    # a second tool chains on: its enter/exit run inside the recorded call's start..end
+    subscribe, enable, unsubscribe = chain_hooks(shim)
+    chain_sub = ctypes.c_void_p()
+    sub_fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)(subscribe)
+    en_fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32)(enable)
+    unsub_fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(unsubscribe)
+    assert sub_fn(ctypes.byref(chain_sub), addr(fc.chained), None) == 0
+    assert en_fn(1, chain_sub, 2, 9) == 0 and en_fn(1, chain_sub, 1, 20) == 0
+    fc.fake_call(2, 9, 44, 0)
+    chain_enter, chain_exit = (ctypes.c_uint64 * 2).in_dll(fc, "chain_seen")
+    fc.fake_call(1, 20, 45, 0)  # the chained tool's own call: forwarded, not recorded
+    assert ctypes.c_int.in_dll(fc, "chain_calls").value == 4
+
+    # a new selection switches the old calls off, except what the chained tool still wants
+    doms1, cbids1 = (ctypes.c_int * 1)(2), (ctypes.c_uint32 * 1)(11)
+    assert shim.cct_api_select(doms1, cbids1, 1) == 0
+    assert [fc.is_enabled(2, c) for c in (7, 9, 11)] == [0, 1, 1]
+    assert unsub_fn(chain_sub) == 0
+    assert [fc.is_enabled(2, 9), fc.is_enabled(1, 20)] == [0, 0]
+    fc.fake_calls_on_threads(4, 3000)  # cbid 7 is off now: nothing
+    shim.cct_api_flush(1)
+
+    recs = _api_records(raw)
+    assert recs["correlation_id"].tolist() == [41, 42, 44]
+    assert recs["cbid"].tolist() == [7, 9, 9] and recs["domain"].tolist() == [2, 2, 2]
+    assert recs["ret"].tolist() == [0, 3, 0]
+    assert (recs["end"] > recs["start"]).all()
+    assert recs["start"][2] < chain_enter < chain_exit < recs["end"][2]
+    assert recs["tid"][0] == threading.get_native_id()
+    assert api_stats(shim) == {"api_records": 3, "api_records_lost": 0}
+
+
+def test_shim_callback_records_from_many_threads_stay_whole(tmp_path, fake_callbacks, fake_cupti):
+    fc = fake_callbacks
+    addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+    shim = load_shim(build_shim())
+    raw = tmp_path / "cupti.4.cuptiraw"
+    reg = ctypes.cast(fake_cupti.cuptiActivityRegisterCallbacks, ctypes.c_void_p).value
+    assert shim.cct_start(reg, str(raw).encode(), 64 * 1024) == 0
+    doms, cbids = (ctypes.c_int * 1)(2), (ctypes.c_uint32 * 1)(7)
+    assert (
+        shim.cct_api_start(addr(fc.fake_subscribe), addr(fc.fake_enable), addr(fc.fake_timestamp), doms, cbids, 1) == 0
+    )
+    fc.fake_calls_on_threads(4, 5000)  # 20,000 records: the 8,192-record buffer fills and is written twice
+    shim.cct_api_flush(1)
+    recs = _api_records(raw)
+    assert len(recs) == 20000
+    assert sorted(recs["correlation_id"].tolist()) == sorted(list(range(5000)) * 4)
+    assert len(set(recs["tid"].tolist())) == 4

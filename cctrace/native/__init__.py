@@ -73,7 +73,31 @@ def load_shim(path: str | os.PathLike) -> ctypes.CDLL:
     lib.cct_set_string_fields.restype = ctypes.c_int
     lib.cct_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 5)]
     lib.cct_stats.restype = None
+    ints, u32s = ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_uint32)
+    lib.cct_api_start.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ints, u32s, ctypes.c_int]
+    lib.cct_api_start.restype = ctypes.c_int
+    lib.cct_api_select.argtypes = [ints, u32s, ctypes.c_int]
+    lib.cct_api_select.restype = ctypes.c_int
+    lib.cct_api_flush.argtypes = [ctypes.c_int]
+    lib.cct_api_flush.restype = None
+    lib.cct_api_pause.argtypes = [ctypes.c_int]
+    lib.cct_api_pause.restype = None
+    lib.cct_api_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 2)]
+    lib.cct_api_stats.restype = None
     return lib
+
+
+def api_stats(lib: ctypes.CDLL) -> dict:
+    out = (ctypes.c_uint64 * 2)()
+    lib.cct_api_stats(ctypes.byref(out))
+    return {"api_records": out[0], "api_records_lost": out[1]}
+
+
+def chain_hooks(lib: ctypes.CDLL) -> tuple[int, int, int]:
+    """Addresses of the shim's stand-ins for cuptiSubscribe/EnableCallback/Unsubscribe, for a
+    second callback user (the bridge emulator) while the shim holds CUPTI's one subscription."""
+    addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+    return addr(lib.cct_chain_subscribe), addr(lib.cct_chain_enable), addr(lib.cct_chain_unsubscribe)
 
 
 def shim_stats(lib: ctypes.CDLL) -> dict:

@@ -8,9 +8,11 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define CCT_MAGIC 0x3130425554504343ULL     /* "CCPTUB01" little-endian: a buffer block */
@@ -164,4 +166,206 @@ void cct_stats(uint64_t out[5]) {
     out[2] = g_bytes;
     out[3] = g_failed_writes;
     out[4] = g_failed_allocs;
+}
+
+/* ---- API calls through CUPTI's callback API --------------------------------------------------
+ * The RUNTIME activity kind makes CUPTI wrap every runtime call, kernel launches included, even
+ * the calls its per-call filter then drops (benchmarks/cupti_inprocess.py). Callbacks enabled for
+ * just the calls cctrace reads cost nothing on the others. Each call becomes one fixed-size record
+ * (CUPTI timestamps, so the activity records' clock mapping holds), appended to the raw file as
+ * [u64 CCT_API_MAGIC][u64 bytes][records]. CUPTI 13.0 allows one callback subscriber per process:
+ * the bridge emulator chains onto this one through cct_chain_subscribe/enable/unsubscribe.
+ */
+#define CCT_API_MAGIC 0x3130495041544343ULL /* "CCTAPI01": a block of struct api_rec */
+#define API_CAP 8192
+#define MAX_CBID 4096
+#define MAX_DEPTH 8
+
+typedef struct {
+    int callbackSite; /* 0 enter, 1 exit */
+    const char *functionName;
+    const void *functionParams;
+    void *functionReturnValue;
+    const char *symbolName;
+    void *context;
+    uint32_t contextUid;
+    uint64_t *correlationData;
+    uint32_t correlationId;
+} CallbackData;
+
+typedef void (*callback_fn)(void *userdata, int domain, uint32_t cbid, const void *cbdata);
+typedef int (*subscribe_fn)(void **subscriber, callback_fn cb, void *userdata);
+typedef int (*enable_fn)(uint32_t enable, void *subscriber, int domain, uint32_t cbid);
+typedef int (*timestamp_fn)(uint64_t *ts);
+
+struct api_rec { /* 40 bytes; API_DTYPE in cctrace/sources/cupti_raw.py reads it */
+    uint64_t start, end;
+    uint32_t domain, cbid, correlation_id, tid;
+    int32_t ret;
+    uint32_t pad;
+};
+
+static struct {
+    uint64_t hdr[2];
+    struct api_rec recs[API_CAP];
+} g_api; /* header and records contiguous: one write() per block */
+static size_t g_api_n;
+static pthread_mutex_t g_api_lock = PTHREAD_MUTEX_INITIALIZER;
+static void *g_api_sub;
+static enable_fn g_enable;
+static timestamp_fn g_ts;
+static uint8_t g_want[3][MAX_CBID];  /* [domain][cbid]: record this call */
+static uint8_t g_chain_want[3][MAX_CBID];
+static volatile int g_api_on;
+static callback_fn volatile g_chain;
+static void *volatile g_chain_ud;
+static volatile uint64_t g_api_records, g_api_lost;
+static int g_atfork;
+
+static __thread uint64_t t_start[MAX_DEPTH];
+static __thread int t_depth;
+static __thread uint32_t t_tid;
+
+static inline int wanted(int domain, uint32_t cbid) {
+    return domain > 0 && domain < 3 && cbid < MAX_CBID && g_want[domain][cbid];
+}
+
+/* caller holds g_api_lock */
+static void api_write_locked(void) {
+    if (g_api_n == 0) return;
+    g_api.hdr[0] = CCT_API_MAGIC;
+    g_api.hdr[1] = (uint64_t)(g_api_n * sizeof(struct api_rec));
+    if (g_fd < 0 || write_all(g_fd, &g_api, sizeof g_api.hdr + g_api_n * sizeof(struct api_rec)))
+        __sync_fetch_and_add(&g_api_lost, g_api_n);
+    g_api_n = 0;
+}
+
+static void on_api(void *ud, int domain, uint32_t cbid, const void *cbdata) {
+    (void)ud;
+    const CallbackData *d = (const CallbackData *)cbdata;
+    int mine = g_api_on && wanted(domain, cbid);
+    callback_fn chain = g_chain;
+    if (d->callbackSite == 0) {
+        if (mine) {
+            uint64_t t = 0;
+            g_ts(&t);
+            if (t_depth < MAX_DEPTH) t_start[t_depth] = t;
+            t_depth++;
+        }
+        if (chain) chain(g_chain_ud, domain, cbid, cbdata); /* the bridge's toll lands inside the call */
+        return;
+    }
+    if (chain) chain(g_chain_ud, domain, cbid, cbdata);
+    if (!mine || t_depth <= 0) return;
+    t_depth--;
+    if (t_depth >= MAX_DEPTH) return;
+    struct api_rec r;
+    r.start = t_start[t_depth];
+    r.end = 0;
+    g_ts(&r.end);
+    if (!t_tid) t_tid = (uint32_t)syscall(SYS_gettid);
+    r.domain = (uint32_t)domain;
+    r.cbid = cbid;
+    r.correlation_id = d->correlationId;
+    r.tid = t_tid;
+    r.ret = d->functionReturnValue ? *(const int32_t *)d->functionReturnValue : 0;
+    r.pad = 0;
+    pthread_mutex_lock(&g_api_lock);
+    g_api.recs[g_api_n++] = r;
+    if (g_api_n == API_CAP) api_write_locked();
+    pthread_mutex_unlock(&g_api_lock);
+    __sync_fetch_and_add(&g_api_records, 1);
+}
+
+/* A fork child must not write its parent's records, nor record into a file that is the parent's. */
+static void api_after_fork_child(void) {
+    g_api_on = 0;
+    g_api_n = 0;
+    t_depth = 0;
+    t_tid = 0;
+    pthread_mutex_init(&g_api_lock, NULL);
+}
+
+/* Record exactly these calls from now on (others switched off, unless the chained tool wants them). */
+int cct_api_select(const int *domains, const uint32_t *cbids, int n) {
+    if (!g_api_sub) return -1;
+    for (int dom = 1; dom < 3; dom++)
+        for (uint32_t c = 0; c < MAX_CBID; c++)
+            if (g_want[dom][c]) {
+                g_want[dom][c] = 0;
+                if (!g_chain_want[dom][c]) g_enable(0, g_api_sub, dom, c);
+            }
+    for (int i = 0; i < n; i++) {
+        if (domains[i] <= 0 || domains[i] >= 3 || cbids[i] >= MAX_CBID) return -2;
+        int rc = g_enable(1, g_api_sub, domains[i], cbids[i]);
+        if (rc != 0) return rc;
+        g_want[domains[i]][cbids[i]] = 1;
+    }
+    return 0;
+}
+
+/* Subscribe (cuptiSubscribe, cuptiEnableCallback and cuptiGetTimestamp's addresses) and record the
+ * given calls. Returns 0, or CUPTI's error (39: another tool holds the one subscriber slot). */
+int cct_api_start(void *subscribe, void *enable, void *timestamp, const int *domains, const uint32_t *cbids,
+                  int n) {
+    g_enable = (enable_fn)enable;
+    g_ts = (timestamp_fn)timestamp;
+    if (!g_atfork) {
+        pthread_atfork(NULL, NULL, api_after_fork_child);
+        g_atfork = 1;
+    }
+    int rc = ((subscribe_fn)subscribe)(&g_api_sub, on_api, NULL);
+    if (rc != 0) {
+        g_api_sub = NULL;
+        return rc;
+    }
+    rc = cct_api_select(domains, cbids, n);
+    if (rc == 0) g_api_on = 1;
+    return rc;
+}
+
+/* Write the records gathered so far; `last` also stops recording (the tracer is stopping). */
+void cct_api_flush(int last) {
+    if (last) g_api_on = 0;
+    pthread_mutex_lock(&g_api_lock);
+    api_write_locked();
+    pthread_mutex_unlock(&g_api_lock);
+}
+
+/* Pause or resume recording without touching the subscription (benchmarks switch it per block). */
+void cct_api_pause(int paused) { g_api_on = !paused && g_api_sub != NULL; }
+
+void cct_api_stats(uint64_t out[2]) {
+    out[0] = g_api_records;
+    out[1] = g_api_lost;
+}
+
+/* Stand-ins for cuptiSubscribe/EnableCallback/Unsubscribe given to a second tool (the bridge
+ * emulator): it shares this subscription and its callback runs inside ours. */
+int cct_chain_subscribe(void **subscriber, callback_fn cb, void *userdata) {
+    if (!g_api_sub) return 39; /* CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED: nothing to chain onto */
+    g_chain_ud = userdata;
+    g_chain = cb;
+    *subscriber = g_api_sub;
+    return 0;
+}
+
+int cct_chain_enable(uint32_t enable, void *subscriber, int domain, uint32_t cbid) {
+    (void)subscriber;
+    if (domain <= 0 || domain >= 3 || cbid >= MAX_CBID) return 1; /* CUPTI_ERROR_INVALID_PARAMETER */
+    g_chain_want[domain][cbid] = enable ? 1 : 0;
+    if (!enable && g_want[domain][cbid]) return 0; /* still recorded here */
+    return g_enable(enable, g_api_sub, domain, cbid);
+}
+
+int cct_chain_unsubscribe(void *subscriber) {
+    (void)subscriber;
+    g_chain = NULL;
+    for (int dom = 1; dom < 3; dom++)
+        for (uint32_t c = 0; c < MAX_CBID; c++)
+            if (g_chain_want[dom][c]) {
+                g_chain_want[dom][c] = 0;
+                if (!g_want[dom][c]) g_enable(0, g_api_sub, dom, c);
+            }
+    return 0;
 }

@@ -23,6 +23,7 @@ from cctrace.sources.cupti_source import RAW_SUFFIX, CuptiSource
 
 MAGIC = 0x3130425554504343
 STR_MAGIC = 0x3130525453544343
+API_MAGIC = 0x3130495041544343  # runtime calls the shim recorded through CUPTI callbacks
 HEADER = struct.Struct("<QQ")
 STR_ENTRY = struct.Struct("<QI")
 
@@ -59,7 +60,7 @@ def _blocks(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
                 yield 0, None, f"truncated block header at byte {f.tell() - len(head)}"
                 return
             magic, size = HEADER.unpack(head)
-            if magic not in (MAGIC, STR_MAGIC):
+            if magic not in (MAGIC, STR_MAGIC, API_MAGIC):
                 yield 0, None, f"bad block marker at byte {f.tell() - HEADER.size}"
                 return
             data = f.read(size)
@@ -98,11 +99,22 @@ def iter_buffers_with_strings(path: Path) -> Iterator[tuple[bytes | None, dict, 
         if magic == STR_MAGIC:
             strings = parse_strings(data or b"")
             continue
+        if magic == API_MAGIC:
+            continue  # api_blocks() reads these
         if pending is not None:
             yield pending, strings, None
         pending, strings = data, {}
     if pending is not None:
         yield pending, strings, None
+
+
+def api_blocks(path: Path) -> Iterator[bytes]:
+    """The shim's blocks of callback-recorded API calls (whole ones; a damaged tail ends them)."""
+    for magic, data, problem in _blocks(path):
+        if problem:
+            return
+        if magic == API_MAGIC and data:
+            yield data
 
 
 class _Walker:
@@ -246,6 +258,8 @@ def _decode_files(trace_dir: Path, files: list[Path]) -> list[str]:
             src._convert(records)
             del records, keep
             n_buffers += 1
+        for data in api_blocks(path):
+            src.convert_api(data)
         writer.close()
         problems.extend(f"{path.name}: {e}" for e in src.errors)
         if proc:

@@ -17,12 +17,13 @@ from collections import deque
 from itertools import groupby
 from operator import attrgetter
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from cctrace import schema as S
 from cctrace.clock import measure_offset
-from cctrace.native import shim_stats
+from cctrace.native import api_stats, shim_stats
 from cctrace.shards import ShardWriter
 
 # runtime calls kept when RUNTIME records are on; everything else is switched off by callback id
@@ -43,6 +44,23 @@ ENV_SHIM_ERROR = "CCTRACE_CUPTI_SHIM_ERROR"  # why there is none
 RAW_SUFFIX = ".cuptiraw"
 # diagnostics only (benchmarks/cupti_cost.py): drop delivered buffers unconverted
 DISCARD = bool(os.environ.get("CCTRACE_CUPTI_DISCARD"))
+# With the C shim, runtime calls are recorded through CUPTI's callback API for the kept calls only;
+# this diagnostic knob (benchmarks) asks for CUPTI's RUNTIME activity kind instead.
+RUNTIME_ACTIVITY = bool(os.environ.get("CCTRACE_RUNTIME_ACTIVITY"))
+
+# one record of the shim's callback-recorded API calls (struct api_rec in native/cupti_shim.c)
+API_DTYPE = np.dtype(
+    [
+        ("start", "<u8"),
+        ("end", "<u8"),
+        ("domain", "<u4"),
+        ("cbid", "<u4"),
+        ("correlation_id", "<u4"),
+        ("tid", "<u4"),
+        ("ret", "<i4"),
+        ("pad", "<u4"),
+    ]
+)
 
 COPY_KIND = {
     "HTOD": "HtoD",
@@ -71,6 +89,27 @@ SYNC_TYPE = {
     "CONTEXT_SYNCHRONIZE": "context",
     "STREAM_WAIT_EVENT": "stream_wait_event",
 }
+
+
+def _kept(name: str, launches: bool) -> bool:
+    return bool(RUNTIME_KEEP.match(name) or (launches and RUNTIME_LAUNCH.match(name)))
+
+
+def activity_kinds(cupti) -> dict[str, object]:
+    """cctrace's kind names (--kinds) -> CUPTI activity kinds."""
+    A = cupti.ActivityKind
+    return {
+        "memcpy": A.MEMCPY,
+        "memcpy2": A.MEMCPY2,
+        "memset": A.MEMSET,
+        "memory": A.MEMORY2,
+        "sync": A.SYNCHRONIZATION,
+        "runtime": A.RUNTIME,
+        "overhead": A.OVERHEAD,
+        "kernel": A.CONCURRENT_KERNEL,
+        "driver": A.DRIVER,
+        "nvtx": A.MARKER,
+    }
 
 
 class CuptiUnavailable(RuntimeError):
@@ -106,6 +145,7 @@ class CuptiSource:
         self.incomplete: dict[str, int] = {}  # records dropped because a forced flush cut them short
         self.delivery = "none"
         self._api_names: dict[tuple[int, int], str] = {}
+        self.api_hub = False  # runtime calls come through the shim's callback subscription
 
     # ---- start / stop ---------------------------------------------------------------------
     def start(self) -> None:
@@ -144,24 +184,13 @@ class CuptiSource:
         self._runtime_domain = int(cupti.CallbackDomain.RUNTIME_API)
         self._runtime_kind = int(cupti.ActivityKind.RUNTIME)
         self._driver_domain = int(cupti.CallbackDomain.DRIVER_API)
+        self._driver_kind = int(cupti.ActivityKind.DRIVER)
         self._offset = 0
         self._setup_specs()
 
     def _enable(self) -> None:
         cupti = self._cupti
-        A = cupti.ActivityKind
-        kind_of = {
-            "memcpy": A.MEMCPY,
-            "memcpy2": A.MEMCPY2,
-            "memset": A.MEMSET,
-            "memory": A.MEMORY2,
-            "sync": A.SYNCHRONIZATION,
-            "runtime": A.RUNTIME,
-            "overhead": A.OVERHEAD,
-            "kernel": A.CONCURRENT_KERNEL,
-            "driver": A.DRIVER,
-            "nvtx": A.MARKER,
-        }
+        kind_of = activity_kinds(cupti)
         unknown = [k for k in self.kinds if k not in kind_of]
         if unknown:
             raise CuptiUnavailable(f"unknown activity kind(s) {', '.join(unknown)}; known: {', '.join(kind_of)}")
@@ -171,6 +200,9 @@ class CuptiSource:
         except Exception as e:  # noqa: BLE001 - cuptiError and friends
             raise CuptiUnavailable(f"CUPTI refused to start ({e}); another profiler may hold it") from None
         for name in self.kinds:
+            if name == "runtime" and self._shim is not None and not RUNTIME_ACTIVITY:
+                self._start_api_hub()
+                continue
             try:
                 cupti.activity_enable(kind_of[name])
                 self.enabled.append(name)
@@ -184,7 +216,7 @@ class CuptiSource:
                     ) from None
                 self.errors.append(f"activity kind {name} not enabled: {e}")
         if "runtime" in self.enabled:
-            self._restrict_runtime()
+            self.restrict_runtime("kernel" in self.kinds)
         if "nvtx" in self.enabled:
             self._inject_nvtx()
         if FLUSH_MODE == "period":
@@ -193,15 +225,41 @@ class CuptiSource:
             except Exception as e:  # noqa: BLE001
                 self.errors.append(f"flush period not set: {e}")
 
-    def _restrict_runtime(self) -> None:
-        """Keep RUNTIME records only for the calls that move, allocate, free, sync or launch."""
-        cupti = self._cupti
-        launches = "kernel" in self.kinds
-        kept = off = 0
-        misses = 0
+    def _start_api_hub(self) -> None:
+        """Runtime calls through the shim's callbacks: CUPTI then wraps only the kept calls."""
+        lib = loaded_libcupti(self._cupti)
+        libcupti = ctypes.CDLL(lib) if lib else None
+        if libcupti is None:
+            self.errors.append("libcupti not found in this process; runtime calls not recorded")
+            return
+        addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+        keep = self._runtime_cbids("kernel" in self.kinds)
+        n = len(keep)
+        rc = self._shim.cct_api_start(
+            addr(libcupti.cuptiSubscribe),
+            addr(libcupti.cuptiEnableCallback),
+            addr(libcupti.cuptiGetTimestamp),
+            (ctypes.c_int * n)(*[self._runtime_domain] * n),
+            (ctypes.c_uint32 * n)(*keep),
+            n,
+        )
+        if rc != 0:
+            why = " (another tool holds CUPTI's callback subscription)" if rc == 39 else ""
+            self.errors.append(f"runtime calls not recorded: CUPTI callback subscription failed ({rc}){why}")
+            return
+        self.api_hub = True
+        self.enabled.append("runtime")
+        self.runtime_filter = f"{n} runtime calls recorded through callbacks, all others untouched"
+
+    def _runtime_cbids(self, launches: bool) -> list[int]:
+        """Callback ids of the runtime calls cctrace reads (names cached for decoding)."""
+        return [cbid for cbid, name in self._runtime_names() if _kept(name, launches)]
+
+    def _runtime_names(self) -> list[tuple[int, str]]:
+        out, misses = [], 0
         for cbid in range(1, 2000):
             try:
-                name = cupti.get_callback_name(self._runtime_domain, cbid)
+                name = self._cupti.get_callback_name(self._runtime_domain, cbid)
             except Exception:  # noqa: BLE001 - past the last id, or a retired id
                 misses += 1
                 if misses > 50:
@@ -210,9 +268,37 @@ class CuptiSource:
             misses = 0
             name = name.decode() if isinstance(name, bytes) else str(name)
             self._api_names[(self._runtime_domain, cbid)] = _clean_name(name)
-            keep = bool(RUNTIME_KEEP.match(name) or (launches and RUNTIME_LAUNCH.match(name)))
+            out.append((cbid, name))
+        return out
+
+    def runtime_off(self) -> None:
+        """No runtime call recorded (benchmarks/cupti_inprocess.py switches it per block)."""
+        if self.api_hub:
+            self._shim.cct_api_select(None, None, 0)
+        else:
+            self._cupti.activity_disable(self._cupti.ActivityKind.RUNTIME)
+
+    def runtime_on(self, launches: bool) -> None:
+        if not self.api_hub:
+            self._cupti.activity_enable(self._cupti.ActivityKind.RUNTIME)
+        self.restrict_runtime(launches)
+
+    def restrict_runtime(self, launches: bool) -> None:
+        """Record only the runtime calls that move, allocate, free, sync (and, with `launches`,
+        launch)."""
+        if self.api_hub:
+            keep = self._runtime_cbids(launches)
+            n = len(keep)
+            doms = (ctypes.c_int * n)(*[self._runtime_domain] * n)
+            rc = self._shim.cct_api_select(doms, (ctypes.c_uint32 * n)(*keep), n)
+            if rc != 0:
+                self.errors.append(f"runtime call selection failed ({rc})")
+            return
+        kept = off = 0
+        for cbid, name in self._runtime_names():
+            keep = _kept(name, launches)
             try:
-                cupti.activity_enable_runtime_api(cbid, 1 if keep else 0)
+                self._cupti.activity_enable_runtime_api(cbid, 1 if keep else 0)
             except Exception as e:  # noqa: BLE001
                 self.runtime_filter = f"failed ({e}); all runtime calls recorded"
                 return
@@ -286,6 +372,8 @@ class CuptiSource:
             cupti.activity_flush_all(1)
         except Exception as e:  # noqa: BLE001
             self.errors.append(f"final flush failed: {e}")
+        if self.api_hub:
+            self._shim.cct_api_flush(1)
         self.drain()
         self._count_dropped()
         end = measure_offset(cupti.get_timestamp)
@@ -319,7 +407,7 @@ class CuptiSource:
             "runtime_filter": self.runtime_filter,
             "convert_cpu_ns": self.convert_cpu_ns,
             "delivery": self.delivery,
-            "shim": shim_stats(self._shim) if self._shim is not None else None,
+            "shim": {**shim_stats(self._shim), **api_stats(self._shim)} if self._shim is not None else None,
             "incomplete_dropped": dict(self.incomplete),
             "clock": self.clock,
         }
@@ -342,6 +430,8 @@ class CuptiSource:
         """
         if self.forked:
             return
+        if self.api_hub:
+            self._shim.cct_api_flush(0)  # through ctypes, which lets go of the GIL for the write
         if self._flush_completed is not None and FLUSH_MODE != "none":
             rc = self._flush_completed(1)  # CUPTI_ACTIVITY_FLAG_FLUSH_FORCED: half-full buffers too
             if rc != 0 and len(self.errors) < 20:
@@ -388,19 +478,37 @@ class CuptiSource:
                 raw = dict(columns)
             else:
                 raw = {name: pa.array(col, _RAW_TYPES.get(name)) for name, col in columns}
-            cols = build(raw, len(rows), kind)
-            if cols is None:
-                continue
-            n = len(next(iter(cols.values())))
-            if not n:
-                continue
-            batch = _batch(table, cols, n, self.writer.pid)
-            if "end_ns" in cols and "start_ns" in cols and table != "markers":
-                batch = self._drop_incomplete(table, batch)
-                if not batch.num_rows:
-                    continue
-            self.writer.add_batch(table, batch)
-            self.records[table] = self.records.get(table, 0) + batch.num_rows
+            self._emit(table, build(raw, len(rows), kind))
+
+    def _emit(self, table: str, cols: dict | None) -> None:
+        if cols is None:
+            return
+        n = len(next(iter(cols.values())))
+        if not n:
+            return
+        batch = _batch(table, cols, n, self.writer.pid)
+        if "end_ns" in cols and "start_ns" in cols and table != "markers":
+            batch = self._drop_incomplete(table, batch)
+            if not batch.num_rows:
+                return
+        self.writer.add_batch(table, batch)
+        self.records[table] = self.records.get(table, 0) + batch.num_rows
+
+    def convert_api(self, data: bytes) -> None:
+        """A block of the shim's callback records (API_DTYPE) -> api_calls rows, as RUNTIME gives."""
+        recs = np.frombuffer(data, API_DTYPE, count=len(data) // API_DTYPE.itemsize)
+        for domain in np.unique(recs["domain"]).tolist():
+            sel = recs[recs["domain"] == domain]
+            raw = {
+                "cbid": pa.array(sel["cbid"]),
+                "thread_id": pa.array(sel["tid"]),
+                "start": pa.array(sel["start"]),
+                "end": pa.array(sel["end"]),
+                "correlation_id": pa.array(sel["correlation_id"]),
+                "return_value": pa.array(sel["ret"]),
+            }
+            kind = self._runtime_kind if domain == self._runtime_domain else self._driver_kind
+            self._emit("api_calls", self._api(raw, len(sel), kind))
 
     def _setup_specs(self) -> None:
         A = self._cupti.ActivityKind

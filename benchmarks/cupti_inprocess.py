@@ -1,0 +1,270 @@
+"""What each CUPTI activity kind costs, measured inside one traced process.
+
+Between processes, plain serve.py itself moved from 958 to 1,870 steps/s on the lent machines, which
+hides a few-percent cost. Here one process runs under `cctrace record` with every kind switched on at
+start (the real tracer: C buffer shim, flusher thread, runtime filter), and this script switches kinds
+off and on between blocks of steps (cuptiActivityDisable/Enable), in a shuffled order each round. Each
+block's median step time is divided by the all-off block of the same round; the table gives the median
+and the 25th-75th percentiles of those ratios over the rounds.
+
+What it cannot show: the cost of CUPTI being attached at all (all-off still has it subscribed), which
+`cupti_cost.py --configs plain,none` measures between processes.
+
+Workloads: `serve` (examples/serve.py's decode step; its arguments after `--`), `launch` (100 tiny
+kernel launches and a sync per step: the per-launch price of a kind) and `copy` (10 small pinned async
+H2D copies and a sync per step: the per-copy price). Needs a GPU.
+
+    python benchmarks/cupti_inprocess.py --workload serve --rounds 30 --cpus 2-5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _serve import pinned
+
+ROOT = Path(__file__).resolve().parent.parent
+ALL = ("memcpy", "memcpy2", "memset", "memory", "runtime", "overhead", "sync", "kernel", "nvtx")
+DEFAULT = ("memcpy", "memcpy2", "memset", "memory", "runtime", "overhead")
+CONFIGS: dict[str, tuple[str, ...]] = {
+    "off": (),
+    "memcpy": ("memcpy",),
+    "memset+memcpy2": ("memset", "memcpy2"),
+    "memory": ("memory",),
+    "runtime": ("runtime",),
+    "overhead": ("overhead",),
+    "sync": ("sync",),
+    "kernel": ("kernel",),
+    "nvtx": ("nvtx",),
+    "default": DEFAULT,
+    "default-memory": tuple(k for k in DEFAULT if k != "memory"),
+    "default-runtime": tuple(k for k in DEFAULT if k != "runtime"),
+    "default+kernel+nvtx": (*DEFAULT, "kernel", "nvtx"),
+}
+CALLS_PER_STEP = {"launch": 100, "copy": 10}
+
+
+# ---- inside the traced process ------------------------------------------------------------
+def _workload(name: str, serve_args: list[str]):
+    import torch
+
+    if name == "serve":
+        sys.path.insert(0, str(ROOT / "examples"))
+        import serve
+
+        srv = serve.Server(serve.parse_args(serve_args))
+        return srv.step
+    x = torch.zeros(1, device="cuda")
+    if name == "launch":
+
+        def step(_i: int) -> None:
+            for _ in range(100):
+                x.add_(1)
+            torch.cuda.synchronize()
+
+        return step
+    host = [torch.arange(8, dtype=torch.int64).pin_memory() for _ in range(10)]
+    dev = [torch.empty(8, dtype=torch.int64, device="cuda") for _ in range(10)]
+
+    def copy_step(_i: int) -> None:
+        for h, d in zip(host, dev, strict=True):
+            d.copy_(h, non_blocking=True)
+        torch.cuda.synchronize()
+
+    return copy_step
+
+
+class Switch:
+    """Puts the live tracer's CUPTI source into one configuration of kinds."""
+
+    def __init__(self) -> None:
+        from cctrace import tracer
+        from cctrace.sources.cupti_source import activity_kinds
+
+        t = tracer._active
+        src = t.sources.get("cupti") if t else None
+        if src is None or t.cupti_status != "active":
+            raise SystemExit(f"CUPTI is not active in this process ({t.cupti_status if t else 'no tracer'})")
+        self.src = src
+        self.cupti = src._cupti
+        self.kind = activity_kinds(self.cupti)
+        self.on = set(src.enabled)
+        self.launches: bool | None = True  # started with every kind, kernel included
+        missing = set(ALL) - self.on
+        if missing:
+            raise SystemExit(f"kinds not enabled at start: {sorted(missing)}")
+
+    def set(self, kinds: tuple[str, ...]) -> None:
+        want = set(kinds)
+        for name in ALL:
+            if name == "runtime":
+                continue
+            if name in want and name not in self.on:
+                self.cupti.activity_enable(self.kind[name])
+            elif name not in want and name in self.on:
+                self.cupti.activity_disable(self.kind[name])
+        launches = "kernel" in want
+        if "runtime" in want and ("runtime" not in self.on or launches != self.launches):
+            self.src.runtime_on(launches)  # launch calls kept with kernels, as `record --kinds ...,kernel` does
+            self.launches = launches
+        elif "runtime" not in want and "runtime" in self.on:
+            self.src.runtime_off()
+        self.on = want
+
+
+def inner(a: argparse.Namespace) -> None:
+    import torch
+
+    step = _workload(a.workload, a.serve_args)
+    switch = Switch()
+    configs = [c for c in a.configs.split(",")]
+    i = 0
+    for _ in range(a.warmup):
+        step(i)
+        i += 1
+    torch.cuda.synchronize()
+    rng = random.Random(a.seed)
+    blocks: dict[str, list[float]] = {c: [] for c in configs}
+    t_start = time.perf_counter()
+    for r in range(a.rounds):
+        order = configs[:]
+        rng.shuffle(order)
+        for c in order:
+            switch.set(CONFIGS[c])
+            for _ in range(a.settle):
+                step(i)
+                i += 1
+            torch.cuda.synchronize()
+            durations = []
+            for _ in range(a.block):
+                t0 = time.perf_counter()
+                torch.cuda.nvtx.range_push(f"step {i}")
+                step(i)
+                torch.cuda.nvtx.range_pop()
+                durations.append(time.perf_counter() - t0)
+                i += 1
+            torch.cuda.synchronize()
+            blocks[c].append(1e3 * statistics.median(durations))
+        print(f"round {r + 1}/{a.rounds} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
+    switch.set(tuple(ALL))  # leave it as it started
+    print("INPROCESS_SUMMARY " + json.dumps({"workload": a.workload, "block_ms": blocks}), flush=True)
+
+
+# ---- the driver ---------------------------------------------------------------------------
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def table(summary: dict) -> list[dict]:
+    blocks = summary["block_ms"]
+    off = blocks["off"]
+    per_call = CALLS_PER_STEP.get(summary["workload"])
+    rows = []
+    for c, ms in blocks.items():
+        ratios = [100 * (m / o - 1) for m, o in zip(ms, off, strict=True)]
+        added_us = [1e3 * (m - o) for m, o in zip(ms, off, strict=True)]
+        row = {
+            "config": c,
+            "median_step_ms": statistics.median(ms),
+            "slowdown_pct": statistics.median(ratios),
+            "p25_pct": _pct(ratios, 0.25),
+            "p75_pct": _pct(ratios, 0.75),
+            "added_us_per_step": statistics.median(added_us),
+        }
+        if per_call:
+            row["added_us_per_call"] = row["added_us_per_step"] / per_call
+        rows.append(row)
+    return rows
+
+
+def _summary_line(cmd: list[str], env: dict | None) -> tuple[str | None, int | None, str]:
+    """Run the traced process until it prints its summary, then kill it: decoding the millions of
+    records a launch-heavy run leaves is not what is being measured (and takes minutes)."""
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    tail: list[str] = []
+    try:
+        for line in p.stdout:  # type: ignore[union-attr]
+            if line.startswith("INPROCESS_SUMMARY "):
+                return line.strip(), None, ""
+            tail = [*tail[-40:], line]
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    return None, p.returncode, "".join(tail)
+
+
+def outer(a: argparse.Namespace) -> int:
+    unknown = [c for c in a.configs.split(",") if c not in CONFIGS]
+    if unknown or "off" not in a.configs.split(","):
+        sys.exit(f"--configs must name 'off' and only known configs ({', '.join(CONFIGS)}); unknown: {unknown}")
+    with tempfile.TemporaryDirectory(prefix="cct-inproc-") as tmp:
+        cmd = [
+            sys.executable, "-m", "cctrace", "record", "--no-load", "-q", "--force", "-o", f"{tmp}/t",
+            "--kinds", ",".join(ALL), "--",
+            sys.executable, __file__, "--inner", "--workload", a.workload, "--rounds", str(a.rounds),
+            "--block", str(a.block), "--settle", str(a.settle), "--warmup", str(a.warmup),
+            "--configs", a.configs, "--seed", str(a.seed), "--", *a.serve_args,
+        ]  # fmt: skip
+        env = dict(os.environ, CCTRACE_RUNTIME_ACTIVITY="1") if a.runtime_activity else None
+        line, rc, tail = _summary_line(pinned(cmd, a.cpus), env)
+    if line is None:
+        sys.stderr.write(tail)
+        sys.exit(f"the traced run failed (exit {rc})")
+    summary = json.loads(line.split(" ", 1)[1])
+    rows = table(summary)
+    if a.json:
+        print(json.dumps({"workload": a.workload, "rounds": a.rounds, "block": a.block, "rows": rows, **summary}))
+        return 0
+    print(f"workload {a.workload}: {a.rounds} rounds x {a.block}-step blocks per config, one process")
+    head = f"{'config':<22}{'median step ms':>15}{'slowdown':>10}{'p25..p75':>18}{'added us/step':>15}"
+    print(head + (f"{'us/call':>9}" if a.workload in CALLS_PER_STEP else ""))
+    for r in rows:
+        line = (
+            f"{r['config']:<22}{r['median_step_ms']:>15.4f}{r['slowdown_pct']:>9.1f}%"
+            f"{r['p25_pct']:>8.1f}..{r['p75_pct']:>5.1f}%{r['added_us_per_step']:>15.1f}"
+        )
+        if "added_us_per_call" in r:
+            line += f"{r['added_us_per_call']:>9.3f}"
+        print(line)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workload", choices=("serve", "launch", "copy"), default="serve")
+    p.add_argument("--rounds", type=int, default=20, help="rounds; each runs every config once")
+    p.add_argument("--block", type=int, default=300, help="timed steps per config per round")
+    p.add_argument("--settle", type=int, default=20, help="untimed steps after each switch")
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from: {', '.join(CONFIGS)}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpus", help="pin the run to these CPUs (taskset -c)")
+    p.add_argument(
+        "--runtime-activity",
+        action="store_true",
+        help="record runtime calls with CUPTI's RUNTIME activity kind instead of the shim's callbacks",
+    )
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("serve_args", nargs="*", help="serve.py arguments (after --)")
+    a = p.parse_args(argv)
+    if a.inner:
+        inner(a)
+        return 0
+    return outer(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
