@@ -56,8 +56,9 @@ def serve_summary(stdout: str) -> dict | None:
     return json.loads(lines[-1].split(" ", 1)[1]) if lines else None
 
 
-def run_serve(serve_args: list[str], record_opts: list[str] | None = None) -> dict:
-    """Run serve.py (under `cctrace record RECORD_OPTS` into a fresh directory when given); its summary."""
+def run_serve(serve_args: list[str], record_opts: list[str] | None = None, cpus: str | None = None) -> dict:
+    """Run serve.py (under `cctrace record RECORD_OPTS` into a fresh directory when given, on CPUS
+    when given); its summary."""
     cmd = [sys.executable, SERVE, *serve_args]
     if record_opts is not None:
         out = tempfile.mkdtemp(prefix="cct-bench-")
@@ -75,7 +76,7 @@ def run_serve(serve_args: list[str], record_opts: list[str] | None = None) -> di
             "--",
             *cmd,
         ]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(pinned(cmd, cpus), capture_output=True, text=True, cwd=ROOT)
     s = serve_summary(r.stdout)
     if s is None:
         raise SystemExit(f"no SERVE_SUMMARY from {' '.join(cmd)}:\n{r.stderr[-2000:]}")

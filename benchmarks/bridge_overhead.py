@@ -24,9 +24,9 @@ CONFIGS = {
 }
 
 
-def run(opts: list[str] | None, steps: int, extra: list[str]) -> tuple[float, float]:
+def run(opts: list[str] | None, steps: int, extra: list[str], cpus: str | None) -> tuple[float, float]:
     """(steps/s, median step ms) of one serve.py run."""
-    s = run_serve(["--steps", str(steps), *extra], opts)
+    s = run_serve(["--steps", str(steps), *extra], opts, cpus)
     return s["steps_per_s"], s["step_ms_median"]
 
 
@@ -34,12 +34,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--cpus", help="run every configuration on these CPUs (taskset -c list, e.g. 2-5)")
     ap.add_argument("serve_args", nargs="*", help="extra arguments for serve.py (after --)")
     a = ap.parse_args()
     res: dict[str, list[tuple[float, float]]] = {k: [] for k in CONFIGS}
     for _ in range(a.reps):
         for name, opts in CONFIGS.items():
-            res[name].append(run(opts, a.steps, a.serve_args))
+            res[name].append(run(opts, a.steps, a.serve_args, a.cpus))
     speeds = {k: Speed([s for s, _ in runs], [t for _, t in runs]) for k, runs in res.items()}
     base, base_step = speeds["plain"].median, speeds["plain"].median_step_ms
     print(f"serve.py --steps {a.steps} {' '.join(a.serve_args)}; {a.reps} reps alternating (median, min-max)")
