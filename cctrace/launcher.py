@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,7 +107,11 @@ def _bridge_env(spec: BridgeSpec) -> dict[str, str]:
     return env
 
 
-def decode_raw(trace_dir: Path) -> dict:
+def _to_stderr(msg: str) -> None:
+    print(f"cctrace: {msg}", file=sys.stderr, flush=True)
+
+
+def decode_raw(trace_dir: Path, progress: Callable[[str], None] | None = None) -> dict:
     """Turn the CUPTI buffers the shim wrote into shards; returns what happened, for the manifest."""
     from cctrace.sources.cupti_raw import RawDecodeUnavailable, decode_trace, raw_files
 
@@ -114,7 +119,7 @@ def decode_raw(trace_dir: Path) -> dict:
     if not n:
         return {"raw_files": 0}
     try:
-        problems = decode_trace(trace_dir)
+        problems = decode_trace(trace_dir, progress)
     except RawDecodeUnavailable as e:
         return {"raw_files": n, "decoded": False, "reason": str(e)}
     return {"raw_files": n, "decoded": True, "problems": problems}
@@ -175,7 +180,7 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
     status = exit_status(rc)
     if probes:
         options["host_probes"].update(probes.stop())
-    options["cupti_decode"] = decode_raw(trace_dir)
+    options["cupti_decode"] = decode_raw(trace_dir, None if opts.quiet else _to_stderr)
     manifest = build_manifest(trace_dir, list(cmd), started_wall, started_ns, status, options)
     write_json_atomic(trace_dir / MANIFEST, manifest)
     return status

@@ -85,7 +85,7 @@ def load(
     trace_dir = Path(trace_dir)
     if not trace_dir.is_dir():
         raise LoadError(f"{trace_dir} is not a directory; give the trace directory that `cctrace record` wrote")
-    result_problems = _decode_pending_raw(trace_dir)
+    result_problems = _decode_pending_raw(trace_dir, progress)
     shards = find_shards(trace_dir)
     if not any(shards.values()) and not (trace_dir / "manifest.json").exists():
         raise LoadError(f"{trace_dir} holds no trace shards (*.arrows) and no manifest.json")
@@ -134,14 +134,14 @@ def load(
     return result
 
 
-def _decode_pending_raw(trace_dir: Path) -> list[str]:
+def _decode_pending_raw(trace_dir: Path, progress: Callable[[str], None] | None = None) -> list[str]:
     """CUPTI buffers a killed recording left undecoded are decoded now, where cupti-python exists."""
     from cctrace.sources.cupti_raw import RawDecodeUnavailable, decode_trace, raw_files
 
     if not raw_files(trace_dir):
         return []
     try:
-        return decode_trace(trace_dir)
+        return decode_trace(trace_dir, progress)
     except RawDecodeUnavailable as e:
         return [f"{len(raw_files(trace_dir))} raw CUPTI file(s) left undecoded: {e}"]
 

@@ -12,7 +12,8 @@ import ctypes
 import json
 import struct
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ MAGIC = 0x3130425554504343
 STR_MAGIC = 0x3130525453544343
 API_MAGIC = 0x3130495041544343  # runtime calls the shim recorded through CUPTI callbacks
 HEADER = struct.Struct("<QQ")
+PROGRESS_EVERY_S = 3.0
 STR_ENTRY = struct.Struct("<QI")
 
 # record class per activity kind name, as cupti-python 13.0 names them
@@ -217,9 +219,10 @@ def _quiet_buffer_manager_print(exc_type, exc, tb) -> None:
     _previous_excepthook(exc_type, exc, tb)
 
 
-def decode_trace(trace_dir: Path) -> list[str]:
+def decode_trace(trace_dir: Path, progress: Callable[[str], None] | None = None) -> list[str]:
     """Decode every raw CUPTI file of a trace into shards; returns problems. Raw files are removed
-    once decoded (what they held is in the shards)."""
+    once decoded (what they held is in the shards). `progress` hears how far it is every few seconds:
+    a long run with kernels recorded leaves millions of records, read one by one."""
     files = raw_files(trace_dir)
     if not files:
         return []
@@ -227,15 +230,18 @@ def decode_trace(trace_dir: Path) -> list[str]:
     _previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_buffer_manager
     _previous_excepthook, sys.excepthook = sys.excepthook, _quiet_buffer_manager_print
     try:
-        return _decode_files(trace_dir, files)
+        return _decode_files(trace_dir, files, progress)
     finally:
         sys.unraisablehook = _previous_hook
         sys.excepthook = _previous_excepthook
 
 
-def _decode_files(trace_dir: Path, files: list[Path]) -> list[str]:
+def _decode_files(trace_dir: Path, files: list[Path], progress: Callable[[str], None] | None = None) -> list[str]:
     walker = _Walker()
     problems = []
+    total = sum(p.stat().st_size for p in files) or 1
+    done = 0
+    t0 = last = time.monotonic()
     for path in files:
         pid = int(path.name.split(".")[1])
         rec_path = proc_record_path(trace_dir, pid)
@@ -258,6 +264,10 @@ def _decode_files(trace_dir: Path, files: list[Path]) -> list[str]:
             src._convert(records)
             del records, keep
             n_buffers += 1
+            done += len(data)
+            if progress and time.monotonic() - last >= PROGRESS_EVERY_S:
+                last = time.monotonic()
+                progress(f"decoding CUPTI records: {done / total:.0%} of {total / 2**20:,.0f} MB ({last - t0:.0f} s)")
         for data in api_blocks(path):
             src.convert_api(data)
         writer.close()
