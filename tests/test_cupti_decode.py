@@ -233,3 +233,34 @@ def test_records_a_forced_flush_cut_short_are_dropped_and_counted(tmp_path):
     src, t = _decode(tmp_path, [memcpy(10, 20), memcpy(30, 0)])  # end not written yet: 0
     assert [(r["start_ns"], r["end_ns"]) for r in t["copies"]] == [(1010, 1020)]
     assert src.records["copies"] == 1 and src.incomplete == {"copies": 1}
+
+
+def test_callback_recorded_api_calls_become_api_call_rows(tmp_path):
+    """The shim's fixed-size records of runtime calls (CUPTI callbacks instead of the RUNTIME kind)
+    give the same api_calls rows a RUNTIME record would: name, thread, mapped times, correlation."""
+    import numpy as np
+
+    from cctrace.sources.cupti_source import API_DTYPE
+
+    recs = np.zeros(3, API_DTYPE)
+    recs["start"] = [100, 200, 300]
+    recs["end"] = [150, 90, 390]  # the second one's end is before its start: cut short, dropped
+    recs["domain"] = CUPTI.CallbackDomain.RUNTIME_API
+    recs["cbid"] = [5, 5, 6]
+    recs["correlation_id"] = [11, 12, 13]
+    recs["tid"] = 4242
+    recs["ret"] = [0, 0, 700]
+    w = ShardWriter(tmp_path, 1)
+    src = CuptiSource(w, ("memcpy", "runtime"))
+    src.bind(CUPTI)
+    src._offset = 1000
+    src.convert_api(recs.tobytes())
+    w.close()
+    (shard,) = tmp_path.glob("api_calls.*.arrows")
+    rows = read_shard(shard).data.to_pylist()
+    assert [(r["name"], r["start_ns"], r["end_ns"], r["correlation_id"], r["return_value"]) for r in rows] == [
+        ("cudaMemcpyAsync", 1100, 1150, 11, 0),
+        ("cudaStreamSynchronize", 1300, 1390, 13, 700),
+    ]
+    assert {r["tid"] for r in rows} == {4242} and {r["domain"] for r in rows} == {"runtime"}
+    assert src.records == {"api_calls": 2} and src.incomplete == {"api_calls": 1}

@@ -213,6 +213,7 @@ def test_shim_records_only_the_selected_calls_through_callbacks(tmp_path, fake_c
     shim.cct_api_flush(1)
 
     recs = _api_records(raw)
+    assert list(iter_buffers(raw)) == []  # API blocks are not activity buffers
     assert recs["correlation_id"].tolist() == [41, 42, 44]
     assert recs["cbid"].tolist() == [7, 9, 9] and recs["domain"].tolist() == [2, 2, 2]
     assert recs["ret"].tolist() == [0, 3, 0]
