@@ -15,6 +15,10 @@ kernel launches and a sync per step: the per-launch price of a kind) and `copy` 
 H2D copies and a sync per step: the per-copy price). Needs a GPU.
 
     python benchmarks/cupti_inprocess.py --workload serve --rounds 30 --cpus 2-5
+
+With `--bridge SPEC` the run is recorded with `--emulate-bridge SPEC`, and configs named `NAME+bridge`
+have the emulator acting (stopped in the others): `--bridge toll_us=0,bw_ratio=1,serialize=off,async_block=off
+--configs off,off+bridge,default,default+bridge` is the emulator's own cost, in one process.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "default-runtime": tuple(k for k in DEFAULT if k != "runtime"),
     "default+kernel+nvtx": (*DEFAULT, "kernel", "nvtx"),
 }
+# with --bridge SPEC, "NAME+bridge" runs config NAME with the bridge emulator acting (else it is off)
+BRIDGED = "+bridge"
 CALLS_PER_STEP = {"launch": 100, "copy": 10}
 
 
@@ -103,6 +109,17 @@ class Switch:
         missing = set(ALL) - self.on
         if missing:
             raise SystemExit(f"kinds not enabled at start: {sorted(missing)}")
+        self.bridge = t.sources.get("bridge")
+        self.bridge_on = self.bridge is not None
+
+    def set_bridge(self, on: bool) -> None:
+        if self.bridge is None or on == self.bridge_on:
+            return
+        if on:
+            self.bridge.start()
+        else:
+            self.bridge.stop()
+        self.bridge_on = on
 
     def set(self, kinds: tuple[str, ...]) -> None:
         want = set(kinds)
@@ -140,7 +157,8 @@ def inner(a: argparse.Namespace) -> None:
         order = configs[:]
         rng.shuffle(order)
         for c in order:
-            switch.set(CONFIGS[c])
+            switch.set(CONFIGS[c.removesuffix(BRIDGED)])
+            switch.set_bridge(c.endswith(BRIDGED))
             for _ in range(a.settle):
                 step(i)
                 i += 1
@@ -157,6 +175,7 @@ def inner(a: argparse.Namespace) -> None:
             blocks[c].append(1e3 * statistics.median(durations))
         print(f"round {r + 1}/{a.rounds} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
     switch.set(tuple(ALL))  # leave it as it started
+    switch.set_bridge(True)
     print("INPROCESS_SUMMARY " + json.dumps({"workload": a.workload, "block_ms": blocks}), flush=True)
 
 
@@ -206,13 +225,15 @@ def _summary_line(cmd: list[str], env: dict | None) -> tuple[str | None, int | N
 
 
 def outer(a: argparse.Namespace) -> int:
-    unknown = [c for c in a.configs.split(",") if c not in CONFIGS]
+    unknown = [c for c in a.configs.split(",") if c.removesuffix(BRIDGED) not in CONFIGS]
+    if not a.bridge and any(c.endswith(BRIDGED) for c in a.configs.split(",")):
+        sys.exit(f"configs ending in {BRIDGED} need --bridge SPEC")
     if unknown or "off" not in a.configs.split(","):
         sys.exit(f"--configs must name 'off' and only known configs ({', '.join(CONFIGS)}); unknown: {unknown}")
     with tempfile.TemporaryDirectory(prefix="cct-inproc-") as tmp:
         cmd = [
             sys.executable, "-m", "cctrace", "record", "--no-load", "-q", "--force", "-o", f"{tmp}/t",
-            "--kinds", ",".join(ALL), "--",
+            "--kinds", ",".join(ALL), *(["--emulate-bridge", a.bridge] if a.bridge else []), "--",
             sys.executable, __file__, "--inner", "--workload", a.workload, "--rounds", str(a.rounds),
             "--block", str(a.block), "--settle", str(a.settle), "--warmup", str(a.warmup),
             "--configs", a.configs, "--seed", str(a.seed), "--", *a.serve_args,
@@ -255,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         "--runtime-activity",
         action="store_true",
         help="record runtime calls with CUPTI's RUNTIME activity kind instead of the shim's callbacks",
+    )
+    p.add_argument(
+        "--bridge",
+        metavar="SPEC",
+        help=f"record with --emulate-bridge SPEC; the emulator acts only in configs named NAME{BRIDGED}",
     )
     p.add_argument("--json", action="store_true")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
