@@ -1,10 +1,12 @@
 """CUPTI activity records (through cupti-python) -> rows of the shared tables.
 
-Only the kinds that describe crossings are on by default (copies, memsets, allocations,
-synchronizations, the runtime calls that move/allocate/free/synchronize/launch, and CUPTI's
-overhead records). The buffer callback runs on CUPTI's worker thread: it converts records to
-plain tuples and hands them to the shard writer under a short lock, never doing I/O and never
-calling into CUDA, so it cannot deadlock with the traced program's threads.
+Only the kinds that describe crossings are on by default (copies, memsets, allocations, the runtime
+calls that move/allocate/free/synchronize, and CUPTI's overhead records). With the C shim
+(cctrace/native/cupti_shim.c, the normal case) CUPTI's buffers go to a raw file without touching
+Python, and the runtime calls come from CUPTI callbacks on just those calls rather than from the
+RUNTIME activity kind, which wraps every runtime call; both are decoded here after the run. Without
+the shim, cupti-python's Python buffer callbacks only queue the records and the flusher thread
+converts them, so a CUPTI thread never does I/O or waits on the traced program.
 """
 
 from __future__ import annotations
