@@ -90,7 +90,8 @@ def run_checks() -> list[dict]:
                 "C compiler (CUPTI buffer shim, bridge emulator)",
                 "warn",
                 str(e),
-                "apt-get install gcc; without it CUPTI buffers go through Python callbacks and "
+                "apt-get install gcc; without it CUPTI buffers go through Python callbacks, runtime "
+                "calls come from CUPTI's RUNTIME kind (dearer: it wraps every launch) and "
                 "--emulate-bridge cannot run",
             )
         )
