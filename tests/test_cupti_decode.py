@@ -264,3 +264,53 @@ def test_callback_recorded_api_calls_become_api_call_rows(tmp_path):
     ]
     assert {r["tid"] for r in rows} == {4242} and {r["domain"] for r in rows} == {"runtime"}
     assert src.records == {"api_calls": 2} and src.incomplete == {"api_calls": 1}
+
+
+def test_raw_file_decodes_buffers_and_callback_records_with_progress(tmp_path, monkeypatch):
+    """decode_trace end to end on a raw file as the shim writes it (activity buffers and API-record
+    blocks), with libcupti's record walk stood in for: rows land in shards, the process record gets
+    the counts, progress is told, the raw file goes."""
+    import json
+    import struct
+
+    import numpy as np
+
+    from cctrace.manifest import proc_record_path
+    from cctrace.sources import cupti_raw
+    from cctrace.sources.cupti_source import API_DTYPE
+
+    def memcpy(i):
+        return NS(kind=1, copy_kind=1, src_kind=2, dst_kind=3, bytes=64, start=10 * i, end=10 * i + 5,
+                  device_id=0, context_id=1, stream_id=7, correlation_id=i, flags_=1)  # fmt: skip
+
+    class Walker:  # libcupti's cuptiActivityGetNextRecord + cupti-python's classes, stood in for
+        cupti = CUPTI
+
+        def records(self, data, _strings):
+            return [memcpy(i) for i in struct.unpack(f"<{len(data) // 4}I", data)], None
+
+    monkeypatch.setattr(cupti_raw, "_Walker", Walker)
+    monkeypatch.setattr(cupti_raw, "PROGRESS_EVERY_S", 0.0)
+    api = np.zeros(2, API_DTYPE)
+    api["start"], api["end"], api["correlation_id"] = [8, 18], [9, 19], [1, 2]
+    api["domain"], api["cbid"], api["tid"] = CUPTI.CallbackDomain.RUNTIME_API, 5, 7
+    raw = tmp_path / "cupti.42.cuptiraw"
+    with open(raw, "wb") as f:
+        for block in (struct.pack("<2I", 1, 2), struct.pack("<I", 3)):
+            f.write(struct.pack("<QQ", cupti_raw.MAGIC, len(block)) + block)
+        f.write(struct.pack("<QQ", cupti_raw.API_MAGIC, api.nbytes) + api.tobytes())
+    proc_record_path(tmp_path, 42).write_text(
+        json.dumps({"pid": 42, "kinds": ["memcpy", "runtime"], "sources": {"cupti": {"clock": {"offset_ns": 1000}}}})
+    )
+    heard: list[str] = []
+    assert cupti_raw.decode_trace(tmp_path, heard.append) == []
+    assert not raw.exists()
+    shards = {p.name.split(".")[0]: read_shard(p).data.to_pylist() for p in tmp_path.glob("*.arrows")}
+    assert [r["correlation_id"] for r in shards["copies"]] == [1, 2, 3]
+    assert [(r["name"], r["start_ns"], r["correlation_id"]) for r in shards["api_calls"]] == [
+        ("cudaMemcpyAsync", 1008, 1),
+        ("cudaMemcpyAsync", 1018, 2),
+    ]
+    health = json.loads(proc_record_path(tmp_path, 42).read_text())["sources"]["cupti"]
+    assert health["records"] == {"copies": 3, "api_calls": 2} and health["decoded_buffers"] == 2
+    assert len(heard) == 2 and heard[-1].startswith("decoding CUPTI records: ")
