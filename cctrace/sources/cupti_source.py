@@ -217,7 +217,7 @@ class CuptiSource:
                         "(torch.profiler, nsys, ncu) may already be subscribed"
                     ) from None
                 self.errors.append(f"activity kind {name} not enabled: {e}")
-        if "runtime" in self.enabled:
+        if "runtime" in self.enabled and not self.api_hub:  # the hub selected its calls at start
             self.restrict_runtime("kernel" in self.kinds)
         if "nvtx" in self.enabled:
             self._inject_nvtx()
