@@ -234,9 +234,16 @@ def test_shim_callback_records_from_many_threads_stay_whole(tmp_path, fake_callb
     assert (
         shim.cct_api_start(addr(fc.fake_subscribe), addr(fc.fake_enable), addr(fc.fake_timestamp), doms, cbids, 1) == 0
     )
-    fc.fake_calls_on_threads(4, 5000)  # 20,000 records: the 8,192-record buffer fills and is written twice
+    # 40,000 records from 8 threads while another thread flushes as the tracer's flusher does:
+    # the 8,192-record buffer fills and is written out several times, concurrently with the flushes
+    stop = threading.Event()
+    flusher = threading.Thread(target=lambda: [shim.cct_api_flush(0) for _ in iter(lambda: stop.wait(0.001), True)])
+    flusher.start()
+    fc.fake_calls_on_threads(8, 5000)
+    stop.set()
+    flusher.join()
     shim.cct_api_flush(1)
     recs = _api_records(raw)
-    assert len(recs) == 20000
-    assert sorted(recs["correlation_id"].tolist()) == sorted(list(range(5000)) * 4)
-    assert len(set(recs["tid"].tolist())) == 4
+    assert len(recs) == 40000
+    assert sorted(recs["correlation_id"].tolist()) == sorted(list(range(5000)) * 8)
+    assert len(set(recs["tid"].tolist())) == 8

@@ -205,12 +205,16 @@ struct api_rec { /* 40 bytes; API_DTYPE in cctrace/sources/cupti_raw.py reads it
     uint32_t pad;
 };
 
-static struct {
+struct api_block {
     uint64_t hdr[2];
     struct api_rec recs[API_CAP];
-} g_api; /* header and records contiguous: one write() per block */
+}; /* header and records contiguous: one write() per block */
+static struct api_block g_api, g_out; /* records gather in g_api; g_out is written out */
 static size_t g_api_n;
+/* g_api_lock guards g_api and is only held for a record's copy; g_out_lock is held while g_out is
+ * written, so a traced thread never waits behind a file write unless the buffer it adds to is full */
 static pthread_mutex_t g_api_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t g_out_lock = PTHREAD_MUTEX_INITIALIZER;
 static void *g_api_sub;
 static enable_fn g_enable;
 static timestamp_fn g_ts;
@@ -230,14 +234,20 @@ static inline int wanted(int domain, uint32_t cbid) {
     return domain > 0 && domain < 3 && cbid < MAX_CBID && g_want[domain][cbid];
 }
 
-/* caller holds g_api_lock */
-static void api_write_locked(void) {
-    if (g_api_n == 0) return;
-    g_api.hdr[0] = CCT_API_MAGIC;
-    g_api.hdr[1] = (uint64_t)(g_api_n * sizeof(struct api_rec));
-    if (g_fd < 0 || write_all(g_fd, &g_api, sizeof g_api.hdr + g_api_n * sizeof(struct api_rec)))
-        __sync_fetch_and_add(&g_api_lost, g_api_n);
+static void api_flush(void) {
+    pthread_mutex_lock(&g_out_lock);
+    pthread_mutex_lock(&g_api_lock);
+    size_t n = g_api_n;
+    memcpy(g_out.recs, g_api.recs, n * sizeof(struct api_rec));
     g_api_n = 0;
+    pthread_mutex_unlock(&g_api_lock);
+    if (n > 0) {
+        g_out.hdr[0] = CCT_API_MAGIC;
+        g_out.hdr[1] = (uint64_t)(n * sizeof(struct api_rec));
+        if (g_fd < 0 || write_all(g_fd, &g_out, sizeof g_out.hdr + n * sizeof(struct api_rec)))
+            __sync_fetch_and_add(&g_api_lost, n);
+    }
+    pthread_mutex_unlock(&g_out_lock);
 }
 
 static void on_api(void *ud, int domain, uint32_t cbid, const void *cbdata) {
@@ -270,10 +280,18 @@ static void on_api(void *ud, int domain, uint32_t cbid, const void *cbdata) {
     r.tid = t_tid;
     r.ret = d->functionReturnValue ? *(const int32_t *)d->functionReturnValue : 0;
     r.pad = 0;
-    pthread_mutex_lock(&g_api_lock);
-    g_api.recs[g_api_n++] = r;
-    if (g_api_n == API_CAP) api_write_locked();
-    pthread_mutex_unlock(&g_api_lock);
+    for (;;) {
+        pthread_mutex_lock(&g_api_lock);
+        if (g_api_n < API_CAP) {
+            g_api.recs[g_api_n++] = r;
+            int full = g_api_n == API_CAP;
+            pthread_mutex_unlock(&g_api_lock);
+            if (full) api_flush();
+            break;
+        }
+        pthread_mutex_unlock(&g_api_lock);
+        api_flush(); /* another thread filled it and is writing it out: wait for that, then add */
+    }
     __sync_fetch_and_add(&g_api_records, 1);
 }
 
@@ -284,6 +302,7 @@ static void api_after_fork_child(void) {
     t_depth = 0;
     t_tid = 0;
     pthread_mutex_init(&g_api_lock, NULL);
+    pthread_mutex_init(&g_out_lock, NULL);
 }
 
 /* Record exactly these calls from now on (others switched off, unless the chained tool wants them). */
@@ -327,9 +346,7 @@ int cct_api_start(void *subscribe, void *enable, void *timestamp, const int *dom
 /* Write the records gathered so far; `last` also stops recording (the tracer is stopping). */
 void cct_api_flush(int last) {
     if (last) g_api_on = 0;
-    pthread_mutex_lock(&g_api_lock);
-    api_write_locked();
-    pthread_mutex_unlock(&g_api_lock);
+    api_flush();
 }
 
 /* Pause or resume recording without touching the subscription (benchmarks switch it per block). */
