@@ -262,6 +262,9 @@ def diff(base: Path, trace: Path, params: dict[str, object] | None = None, trace
                 "share_of_gap": round(delta / gap, 4) if gap else None,
             }
         )
+    injected = (
+        _injected_per_step(t) - _injected_per_step(b) if (t["bridge_emulation"] or b["bridge_emulation"]) else None
+    )
     return {
         "base": str(base),
         "trace": str(trace),
@@ -281,4 +284,15 @@ def diff(base: Path, trace: Path, params: dict[str, object] | None = None, trace
         "explained_ms_per_step": round(explained, 5),
         "unexplained_ms_per_step": round(gap - explained, 5),
         "explained_share": round(explained / gap, 4) if gap else None,
+        # ground truth, when a trace was recorded with --emulate-bridge: what the emulator injected
+        # per step more in TRACE than in BASE (its whole run, warm-up included, over the steps)
+        "bridge_injected_ms_per_step": round(injected, 5) if injected is not None else None,
     }
+
+
+def _injected_per_step(r: dict) -> float:
+    inj = r["bridge_emulation"]
+    if not inj:
+        return 0.0
+    total = sum(inj["injected_ms"].values())
+    return total / r["steps"] if r["steps"] else total

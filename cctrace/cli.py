@@ -512,7 +512,8 @@ def diff_cmd(base, trace, as_json, params, profile) -> None:
     other than the boundary. JSON keys: base_step_ms, trace_step_ms, gap_ms_per_step, gap_pct,
     base_step_median_ms, trace_step_median_ms, gap_median_ms_per_step, categories[{category,
     base_ms_per_step, trace_ms_per_step, delta_ms_per_step, share_of_gap}], explained_ms_per_step,
-    unexplained_ms_per_step, explained_share.
+    unexplained_ms_per_step, explained_share, bridge_injected_ms_per_step (traces recorded with
+    --emulate-bridge: what the emulator injected per step more in TRACE than in BASE, else null).
     """
     from cctrace.analysis import diff
 

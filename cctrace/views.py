@@ -122,3 +122,16 @@ def print_diff(d: dict, console: Console) -> None:
         t.add_row(*row)
     t.add_row("[dim]unexplained[/dim]", "", "", f"{d['unexplained_ms_per_step']:+.4f}", "")
     console.print(t)
+    inj = d.get("bridge_injected_ms_per_step")
+    if inj:
+        rest = d["gap_ms_per_step"] - inj
+        console.print(
+            f"[dim]ground truth: the emulated bridge injected {inj:+.4f} ms/step (whole run, warm-up "
+            f"included); the categories explain {d['explained_ms_per_step'] / inj:.1%} of that"
+            + (
+                f"; the other {rest:+.4f} ms/step of the gap was not injected (the emulator's own cost, "
+                "run-to-run variance)[/dim]"
+                if rest > 0
+                else "[/dim]"
+            )
+        )

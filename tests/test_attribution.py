@@ -137,6 +137,7 @@ def test_diff_attributes_a_known_gap_to_its_category(tmp_path):
     assert abs(d["unexplained_ms_per_step"]) < 0.02 * gap
     others = [c["delta_ms_per_step"] for c in d["categories"] if c["category"] != "async_stalls"]
     assert max(abs(x) for x in others) < 0.02 * gap
+    assert d["bridge_injected_ms_per_step"] is None  # neither trace ran under the bridge emulator
 
 
 def test_host_probe_only_trace(tmp_path):

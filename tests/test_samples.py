@@ -135,6 +135,10 @@ def test_diff_explains_the_bridge_gap(samples):
     assert explained >= 0.90 * d["gap_median_ms_per_step"], (explained, d["gap_median_ms_per_step"])
     top = max(d["categories"], key=lambda r: r["delta_ms_per_step"])
     assert top["category"] == "small_crossings"
+    # against the ground truth: what the emulator injected per step (whole run, so a little more
+    # than the window's own), explained to within 10%
+    injected = d["bridge_injected_ms_per_step"]
+    assert 0.9 * injected <= explained <= 1.02 * injected, (explained, injected)
 
 
 def test_remedied_run_recovers_the_small_crossings(samples):
