@@ -36,8 +36,12 @@ def build_shim() -> Path:
 
 
 def build_native(source: Path) -> Path:
-    """Compile `source` into the cache unless this version of it is there already."""
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    """Compile `source` into the cache unless this version of it (and of the headers beside it,
+    which it may include) is there already."""
+    h = hashlib.sha256(source.read_bytes())
+    for header in sorted(source.parent.glob("*.h")):
+        h.update(header.read_bytes())
+    digest = h.hexdigest()[:16]
     target = cache_dir() / f"{source.stem}-{digest}.so"
     if target.exists():
         return target
@@ -80,8 +84,6 @@ def load_shim(path: str | os.PathLike) -> ctypes.CDLL:
     lib.cct_api_select.restype = ctypes.c_int
     lib.cct_api_flush.argtypes = [ctypes.c_int]
     lib.cct_api_flush.restype = None
-    lib.cct_api_pause.argtypes = [ctypes.c_int]
-    lib.cct_api_pause.restype = None
     lib.cct_api_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 2)]
     lib.cct_api_stats.restype = None
     return lib

@@ -14,27 +14,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "cupti_callbacks.h"
+
 typedef int CUresult;
 typedef void *CUstream;
 typedef void *CUevent;
 typedef uint64_t CUdeviceptr;
-
-typedef struct {
-    int callbackSite; /* 0 enter, 1 exit */
-    const char *functionName;
-    const void *functionParams;
-    void *functionReturnValue;
-    const char *symbolName;
-    void *context;
-    uint32_t contextUid;
-    uint64_t *correlationData;
-    uint32_t correlationId;
-} CallbackData;
-
-typedef void (*callback_fn)(void *userdata, int domain, uint32_t cbid, const void *cbdata);
-typedef int (*subscribe_fn)(void **subscriber, callback_fn cb, void *userdata);
-typedef int (*enable_fn)(uint32_t enable, void *subscriber, int domain, uint32_t cbid);
-typedef int (*unsubscribe_fn)(void *subscriber);
 
 /* parameter layouts of the copy calls we act on (cuda_runtime_api_params.h / cuda_params.h) */
 enum {

@@ -15,6 +15,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "cupti_callbacks.h"
+
 #define CCT_MAGIC 0x3130425554504343ULL     /* "CCPTUB01" little-endian: a buffer block */
 #define CCT_STR_MAGIC 0x3130525453544343ULL /* "CCTSTR01": the strings its records point to */
 #define CCT_MAX_FIELDS 16
@@ -181,24 +183,9 @@ void cct_stats(uint64_t out[5]) {
 #define MAX_CBID 4096
 #define MAX_DEPTH 8
 
-typedef struct {
-    int callbackSite; /* 0 enter, 1 exit */
-    const char *functionName;
-    const void *functionParams;
-    void *functionReturnValue;
-    const char *symbolName;
-    void *context;
-    uint32_t contextUid;
-    uint64_t *correlationData;
-    uint32_t correlationId;
-} CallbackData;
-
-typedef void (*callback_fn)(void *userdata, int domain, uint32_t cbid, const void *cbdata);
-typedef int (*subscribe_fn)(void **subscriber, callback_fn cb, void *userdata);
-typedef int (*enable_fn)(uint32_t enable, void *subscriber, int domain, uint32_t cbid);
 typedef int (*timestamp_fn)(uint64_t *ts);
 
-struct api_rec { /* 40 bytes; API_DTYPE in cctrace/sources/cupti_raw.py reads it */
+struct api_rec { /* 40 bytes; API_DTYPE in cctrace/sources/cupti_source.py reads it */
     uint64_t start, end;
     uint32_t domain, cbid, correlation_id, tid;
     int32_t ret;
@@ -348,9 +335,6 @@ void cct_api_flush(int last) {
     if (last) g_api_on = 0;
     api_flush();
 }
-
-/* Pause or resume recording without touching the subscription (benchmarks switch it per block). */
-void cct_api_pause(int paused) { g_api_on = !paused && g_api_sub != NULL; }
 
 void cct_api_stats(uint64_t out[2]) {
     out[0] = g_api_records;
