@@ -14,6 +14,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cctrace.native import address
+
 ENV_SPEC = "CCTRACE_BRIDGE_SPEC"  # the resolved spec as JSON, set by the launcher
 ENV_LIB = "CCTRACE_BRIDGE_LIB"  # the compiled emulator
 ENV_LIB_ERROR = "CCTRACE_BRIDGE_LIB_ERROR"
@@ -250,11 +252,10 @@ class BridgeEmulator:
         if not libcupti_path:
             raise RuntimeError("libcupti is not mapped in this process")
         libcupti = ctypes.CDLL(libcupti_path)
-        addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
         subscribe, enable, self._unsubscribe = self.hooks or (
-            addr(libcupti.cuptiSubscribe),
-            addr(libcupti.cuptiEnableCallback),
-            addr(libcupti.cuptiUnsubscribe),
+            address(libcupti.cuptiSubscribe),
+            address(libcupti.cuptiEnableCallback),
+            address(libcupti.cuptiUnsubscribe),
         )
         domains, cbids, flags, missing = [], [], [], []
         for domain, member, fl in CALLS:

@@ -99,11 +99,7 @@ class Tracer:
 
         fields = {k: v for k, v in json.loads(raw).items() if k in BridgeSpec.__dataclass_fields__}
         cupti_src = self.sources.get("cupti")
-        hooks = None
-        if getattr(cupti_src, "api_hub", False):  # it holds CUPTI's one callback subscription
-            from cctrace.native import chain_hooks
-
-            hooks = chain_hooks(cupti_src._shim)  # type: ignore[union-attr]
+        hooks = cupti_src.callback_hooks() if cupti_src is not None else None  # type: ignore[attr-defined]
         emu = BridgeEmulator(BridgeSpec(**fields), hooks=hooks)
         self.sources["bridge"] = emu
         try:

@@ -95,11 +95,15 @@ def api_stats(lib: ctypes.CDLL) -> dict:
     return {"api_records": out[0], "api_records_lost": out[1]}
 
 
+def address(fn) -> int:
+    """A C function's address, for handing one library's function to another (CUPTI's to the shim)."""
+    return ctypes.cast(fn, ctypes.c_void_p).value
+
+
 def chain_hooks(lib: ctypes.CDLL) -> tuple[int, int, int]:
     """Addresses of the shim's stand-ins for cuptiSubscribe/EnableCallback/Unsubscribe, for a
     second callback user (the bridge emulator) while the shim holds CUPTI's one subscription."""
-    addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
-    return addr(lib.cct_chain_subscribe), addr(lib.cct_chain_enable), addr(lib.cct_chain_unsubscribe)
+    return address(lib.cct_chain_subscribe), address(lib.cct_chain_enable), address(lib.cct_chain_unsubscribe)
 
 
 def shim_stats(lib: ctypes.CDLL) -> dict:

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from cctrace import schema as S
 from cctrace.clock import measure_offset
-from cctrace.native import api_stats, shim_stats
+from cctrace.native import address, api_stats, chain_hooks, shim_stats
 from cctrace.shards import ShardWriter
 
 # runtime calls kept when RUNTIME records are on; everything else is switched off by callback id
@@ -234,16 +234,12 @@ class CuptiSource:
         if libcupti is None:
             self.errors.append("libcupti not found in this process; runtime calls not recorded")
             return
-        addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
-        keep = self._runtime_cbids("kernel" in self.kinds)
-        n = len(keep)
+        selection = self._runtime_selection("kernel" in self.kinds)
         rc = self._shim.cct_api_start(
-            addr(libcupti.cuptiSubscribe),
-            addr(libcupti.cuptiEnableCallback),
-            addr(libcupti.cuptiGetTimestamp),
-            (ctypes.c_int * n)(*[self._runtime_domain] * n),
-            (ctypes.c_uint32 * n)(*keep),
-            n,
+            address(libcupti.cuptiSubscribe),
+            address(libcupti.cuptiEnableCallback),
+            address(libcupti.cuptiGetTimestamp),
+            *selection,
         )
         if rc != 0:
             why = " (another tool holds CUPTI's callback subscription)" if rc == 39 else ""
@@ -251,11 +247,18 @@ class CuptiSource:
             return
         self.api_hub = True
         self.enabled.append("runtime")
-        self.runtime_filter = f"{n} runtime calls recorded through callbacks, all others untouched"
+        self.runtime_filter = f"{selection[2]} runtime calls recorded through callbacks, all others untouched"
 
-    def _runtime_cbids(self, launches: bool) -> list[int]:
-        """Callback ids of the runtime calls cctrace reads (names cached for decoding)."""
-        return [cbid for cbid, name in self._runtime_names() if _kept(name, launches)]
+    def _runtime_selection(self, launches: bool) -> tuple:
+        """(domains, callback ids, count) of the runtime calls cctrace reads, as the shim takes them."""
+        keep = [cbid for cbid, name in self._runtime_names() if _kept(name, launches)]
+        n = len(keep)
+        return (ctypes.c_int * n)(*[self._runtime_domain] * n), (ctypes.c_uint32 * n)(*keep), n
+
+    def callback_hooks(self) -> tuple[int, int, int] | None:
+        """While this source holds CUPTI's one callback subscription, the stand-ins through which a
+        second callback user (the bridge emulator) shares it; else None."""
+        return chain_hooks(self._shim) if self.api_hub else None
 
     def _runtime_names(self) -> list[tuple[int, str]]:
         out, misses = [], 0
@@ -289,10 +292,7 @@ class CuptiSource:
         """Record only the runtime calls that move, allocate, free, sync (and, with `launches`,
         launch)."""
         if self.api_hub:
-            keep = self._runtime_cbids(launches)
-            n = len(keep)
-            doms = (ctypes.c_int * n)(*[self._runtime_domain] * n)
-            rc = self._shim.cct_api_select(doms, (ctypes.c_uint32 * n)(*keep), n)
+            rc = self._shim.cct_api_select(*self._runtime_selection(launches))
             if rc != 0:
                 self.errors.append(f"runtime call selection failed ({rc})")
             return
@@ -338,7 +338,7 @@ class CuptiSource:
                 self.errors.append("libcupti not found in this process; using Python buffer callbacks")
             else:
                 self._shim = load_shim(shim_path)
-                register = ctypes.cast(ctypes.CDLL(lib).cuptiActivityRegisterCallbacks, ctypes.c_void_p).value
+                register = address(ctypes.CDLL(lib).cuptiActivityRegisterCallbacks)
                 path = str(raw_path(self.writer.directory, self.writer.pid)).encode()
                 self._set_string_fields(ctypes.CDLL(lib))
                 rc = self._shim.cct_start(register, path, BUFFER_BYTES)
@@ -362,7 +362,7 @@ class CuptiSource:
         fields = string_fields(self._cupti)
         kinds = (ctypes.c_uint32 * len(fields))(*[k for k, _, _ in fields])
         offsets = (ctypes.c_uint32 * len(fields))(*[o for _, _, o in fields])
-        nxt = ctypes.cast(libcupti.cuptiActivityGetNextRecord, ctypes.c_void_p).value
+        nxt = address(libcupti.cuptiActivityGetNextRecord)
         if self._shim.cct_set_string_fields(nxt, kinds, offsets, len(fields)) != 0:
             self.errors.append("string fields not registered with the shim; kernel/NVTX names will be missing")
 
