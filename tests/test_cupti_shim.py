@@ -166,10 +166,12 @@ def fake_callbacks(tmp_path):
 def _api_records(raw):
     import numpy as np
 
-    from cctrace.sources.cupti_raw import api_blocks
+    from cctrace.sources.cupti_raw import iter_buffers_with_strings
     from cctrace.sources.cupti_source import API_DTYPE
 
-    blocks = list(api_blocks(raw))
+    blocks: list[bytes] = []
+    for _ in iter_buffers_with_strings(raw, blocks.append):
+        pass
     return np.concatenate([np.frombuffer(b, API_DTYPE) for b in blocks]) if blocks else np.empty(0, API_DTYPE)
 
 

@@ -88,8 +88,11 @@ def iter_buffers(path: Path) -> Iterator[tuple[bytes | None, str | None]]:
         yield data, problem
 
 
-def iter_buffers_with_strings(path: Path) -> Iterator[tuple[bytes | None, dict, str | None]]:
-    """Each buffer with the strings (pointer -> text) of its records; the strings follow it."""
+def iter_buffers_with_strings(
+    path: Path, on_api: Callable[[bytes], None] | None = None
+) -> Iterator[tuple[bytes | None, dict, str | None]]:
+    """Each buffer with the strings (pointer -> text) of its records; the strings follow it. The
+    shim's blocks of callback-recorded API calls go to `on_api` on the way (whole ones only)."""
     pending: bytes | None = None
     strings: dict[int, str] = {}
     for magic, data, problem in _blocks(path):
@@ -102,21 +105,14 @@ def iter_buffers_with_strings(path: Path) -> Iterator[tuple[bytes | None, dict, 
             strings = parse_strings(data or b"")
             continue
         if magic == API_MAGIC:
-            continue  # api_blocks() reads these
+            if on_api is not None and data:
+                on_api(data)
+            continue
         if pending is not None:
             yield pending, strings, None
         pending, strings = data, {}
     if pending is not None:
         yield pending, strings, None
-
-
-def api_blocks(path: Path) -> Iterator[bytes]:
-    """The shim's blocks of callback-recorded API calls (whole ones; a damaged tail ends them)."""
-    for magic, data, problem in _blocks(path):
-        if problem:
-            return
-        if magic == API_MAGIC and data:
-            yield data
 
 
 class _Walker:
@@ -256,7 +252,7 @@ def _decode_files(trace_dir: Path, files: list[Path], progress: Callable[[str], 
         src.bind(walker.cupti)
         src._offset = offset
         n_buffers = 0
-        for data, strings, problem in iter_buffers_with_strings(path):
+        for data, strings, problem in iter_buffers_with_strings(path, src.convert_api):
             if problem:
                 problems.append(f"{path.name}: {problem}; kept {n_buffers} whole buffers")
                 break
@@ -268,8 +264,6 @@ def _decode_files(trace_dir: Path, files: list[Path], progress: Callable[[str], 
             if progress and time.monotonic() - last >= PROGRESS_EVERY_S:
                 last = time.monotonic()
                 progress(f"decoding CUPTI records: {done / total:.0%} of {total / 2**20:,.0f} MB ({last - t0:.0f} s)")
-        for data in api_blocks(path):
-            src.convert_api(data)
         writer.close()
         problems.extend(f"{path.name}: {e}" for e in src.errors)
         if proc:
