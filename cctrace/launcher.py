@@ -54,7 +54,7 @@ def start_probes(trace_dir: Path, mode: str, flush_s: float, launches: bool = Fa
     except ProbesUnavailable as e:
         if mode == "on":
             raise RecordError(f"host probes cannot run: {e}") from None
-        sys.stderr.write(f"cctrace: host probes off: {e}\n")
+        _to_stderr(f"host probes off: {e}")
         return None, {"state": f"off: {e}"}
     return probes, {"state": "active"}
 
@@ -158,7 +158,7 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
         if probes:
             probes.stop()
         what = "command not found" if isinstance(e, FileNotFoundError) else "permission denied"
-        sys.stderr.write(f"cctrace: {what}: {cmd[0]}\n")
+        _to_stderr(f"{what}: {cmd[0]}")
         return 127 if isinstance(e, FileNotFoundError) else 126
     if probes:
         probes.trace_pid(child.pid)

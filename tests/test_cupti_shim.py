@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from cctrace.native import build_shim, load_shim, shim_stats
+from cctrace.native import SOURCE, address, build_shim, load_shim, shim_stats
 from cctrace.sources.cupti_raw import iter_buffers
 
 FAKE = r"""
@@ -69,7 +69,7 @@ def fake_cupti(tmp_path):
 def test_shim_appends_completed_buffers_whole(tmp_path, fake_cupti):
     shim = load_shim(build_shim())
     raw = tmp_path / "cupti.1.cuptiraw"
-    reg = ctypes.cast(fake_cupti.cuptiActivityRegisterCallbacks, ctypes.c_void_p).value
+    reg = address(fake_cupti.cuptiActivityRegisterCallbacks)
     assert shim.cct_start(reg, str(raw).encode(), 64 * 1024) == 0
     threads = [threading.Thread(target=fake_cupti.fake_emit, args=(1000 + i, 65 + i)) for i in range(8)]
     for t in threads:
@@ -94,8 +94,8 @@ def test_shim_saves_the_strings_records_point_to(tmp_path, fake_cupti):
 
     shim = load_shim(build_shim())
     raw = tmp_path / "cupti.2.cuptiraw"
-    reg = ctypes.cast(fake_cupti.cuptiActivityRegisterCallbacks, ctypes.c_void_p).value
-    nxt = ctypes.cast(fake_cupti.fake_next, ctypes.c_void_p).value
+    reg = address(fake_cupti.cuptiActivityRegisterCallbacks)
+    nxt = address(fake_cupti.fake_next)
     kinds = (ctypes.c_uint32 * 2)(12, 10)
     offsets = (ctypes.c_uint32 * 2)(8, 8)
     assert shim.cct_set_string_fields(nxt, kinds, offsets, 2) == 0
@@ -111,12 +111,7 @@ FAKE_CALLBACKS = r"""
 #include <stdint.h>
 #include <string.h>
 #include <pthread.h>
-typedef struct {
-    int callbackSite; const char *functionName; const void *functionParams; void *functionReturnValue;
-    const char *symbolName; void *context; uint32_t contextUid; uint64_t *correlationData;
-    uint32_t correlationId;
-} CallbackData;
-typedef void (*callback_fn)(void *, int, uint32_t, const void *);
+#include "cupti_callbacks.h"
 static callback_fn CB; static void *SUB = (void *)0x5;
 static uint64_t clock_ = 100;
 int enabled[3][64];
@@ -159,8 +154,22 @@ def fake_callbacks(tmp_path):
     src = tmp_path / "fakecb.c"
     src.write_text(FAKE_CALLBACKS)
     so = tmp_path / "libfakecb.so"
-    subprocess.run(["cc", "-shared", "-fPIC", "-pthread", "-o", str(so), str(src)], check=True)
+    native = str(SOURCE.parent)  # cctrace/native: the declarations the shim itself is built with
+    subprocess.run(["cc", "-shared", "-fPIC", "-pthread", "-I", native, "-o", str(so), str(src)], check=True)
     return ctypes.CDLL(str(so))
+
+
+def _shim_recording(raw, fake_cupti, fc, cbids: list[int]):
+    """The shim writing to `raw`, recording runtime-domain calls `cbids` through the stand-in CUPTI."""
+    shim = load_shim(build_shim())
+    assert shim.cct_start(address(fake_cupti.cuptiActivityRegisterCallbacks), str(raw).encode(), 64 * 1024) == 0
+    n = len(cbids)
+    doms, ids = (ctypes.c_int * n)(*[2] * n), (ctypes.c_uint32 * n)(*cbids)
+    rc = shim.cct_api_start(
+        address(fc.fake_subscribe), address(fc.fake_enable), address(fc.fake_timestamp), doms, ids, n
+    )
+    assert rc == 0
+    return shim
 
 
 def _api_records(raw):
@@ -179,14 +188,8 @@ def test_shim_records_only_the_selected_calls_through_callbacks(tmp_path, fake_c
     from cctrace.native import api_stats, chain_hooks
 
     fc = fake_callbacks
-    addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
-    shim = load_shim(build_shim())
     raw = tmp_path / "cupti.3.cuptiraw"
-    reg = ctypes.cast(fake_cupti.cuptiActivityRegisterCallbacks, ctypes.c_void_p).value
-    assert shim.cct_start(reg, str(raw).encode(), 64 * 1024) == 0
-    doms, cbids = (ctypes.c_int * 2)(2, 2), (ctypes.c_uint32 * 2)(7, 9)
-    rc = shim.cct_api_start(addr(fc.fake_subscribe), addr(fc.fake_enable), addr(fc.fake_timestamp), doms, cbids, 2)
-    assert rc == 0
+    shim = _shim_recording(raw, fake_cupti, fc, [7, 9])
     assert [fc.is_enabled(2, c) for c in (7, 9, 11)] == [1, 1, 0]  # CUPTI wraps only these
     fc.fake_call(2, 7, 41, 0)
     fc.fake_call(2, 9, 42, 3)
@@ -198,7 +201,7 @@ def test_shim_records_only_the_selected_calls_through_callbacks(tmp_path, fake_c
     sub_fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)(subscribe)
     en_fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32)(enable)
     unsub_fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(unsubscribe)
-    assert sub_fn(ctypes.byref(chain_sub), addr(fc.chained), None) == 0
+    assert sub_fn(ctypes.byref(chain_sub), address(fc.chained), None) == 0
     assert en_fn(1, chain_sub, 2, 9) == 0 and en_fn(1, chain_sub, 1, 20) == 0
     fc.fake_call(2, 9, 44, 0)
     chain_enter, chain_exit = (ctypes.c_uint64 * 2).in_dll(fc, "chain_seen")
@@ -227,15 +230,8 @@ def test_shim_records_only_the_selected_calls_through_callbacks(tmp_path, fake_c
 
 def test_shim_callback_records_from_many_threads_stay_whole(tmp_path, fake_callbacks, fake_cupti):
     fc = fake_callbacks
-    addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
-    shim = load_shim(build_shim())
     raw = tmp_path / "cupti.4.cuptiraw"
-    reg = ctypes.cast(fake_cupti.cuptiActivityRegisterCallbacks, ctypes.c_void_p).value
-    assert shim.cct_start(reg, str(raw).encode(), 64 * 1024) == 0
-    doms, cbids = (ctypes.c_int * 1)(2), (ctypes.c_uint32 * 1)(7)
-    assert (
-        shim.cct_api_start(addr(fc.fake_subscribe), addr(fc.fake_enable), addr(fc.fake_timestamp), doms, cbids, 1) == 0
-    )
+    shim = _shim_recording(raw, fake_cupti, fc, [7])
     # 40,000 records from 8 threads while another thread flushes as the tracer's flusher does:
     # the 8,192-record buffer fills and is written out several times, concurrently with the flushes
     stop = threading.Event()
