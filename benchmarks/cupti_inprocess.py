@@ -105,7 +105,7 @@ class Switch:
         self.cupti = src._cupti
         self.kind = activity_kinds(self.cupti)
         self.on = set(src.enabled)
-        self.launches: bool | None = True  # started with every kind, kernel included
+        self.launches = True  # started with every kind, kernel included
         missing = set(ALL) - self.on
         if missing:
             raise SystemExit(f"kinds not enabled at start: {sorted(missing)}")
@@ -144,7 +144,7 @@ def inner(a: argparse.Namespace) -> None:
 
     step = _workload(a.workload, a.serve_args)
     switch = Switch()
-    configs = [c for c in a.configs.split(",")]
+    configs = a.configs.split(",")
     i = 0
     for _ in range(a.warmup):
         step(i)
@@ -225,10 +225,11 @@ def _summary_line(cmd: list[str], env: dict | None) -> tuple[str | None, int | N
 
 
 def outer(a: argparse.Namespace) -> int:
-    unknown = [c for c in a.configs.split(",") if c.removesuffix(BRIDGED) not in CONFIGS]
-    if not a.bridge and any(c.endswith(BRIDGED) for c in a.configs.split(",")):
+    configs = a.configs.split(",")
+    unknown = [c for c in configs if c.removesuffix(BRIDGED) not in CONFIGS]
+    if not a.bridge and any(c.endswith(BRIDGED) for c in configs):
         sys.exit(f"configs ending in {BRIDGED} need --bridge SPEC")
-    if unknown or "off" not in a.configs.split(","):
+    if unknown or "off" not in configs:
         sys.exit(f"--configs must name 'off' and only known configs ({', '.join(CONFIGS)}); unknown: {unknown}")
     with tempfile.TemporaryDirectory(prefix="cct-inproc-") as tmp:
         cmd = [
