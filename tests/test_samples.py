@@ -125,13 +125,13 @@ def test_diff_explains_the_bridge_gap(samples):
     gap = d["gap_ms_per_step"]
     explained = sum(r["delta_ms_per_step"] for r in d["categories"])
     assert gap > 1.0 and explained >= 0.90 * gap, (explained, gap)
-    # against the plain run, run-to-run variance of the host and the emulator's own cost (see
-    # sample_traces/README.md: +0.43 ms per median step with recording in these samples) are
-    # also in the mean step's gap: a weaker floor there (issue 6 asks for 90%; see the closing note).
-    # The median step, which the steps another tenant slowed do not move, is held to 90%.
+    # against the plain run the gap also holds the host's run-to-run variance, which on the lent
+    # machines is as large as the bridge's toll (sample_traces/record.sh keeps each sample's median
+    # run of three for that reason): issue 6's floor, 90% of the mean step's gap, and the same for
+    # the median step, which the steps another tenant slowed do not move
     d = diff(dirs["serve-baseline"], dirs["serve-bridge"])
     explained = sum(r["delta_ms_per_step"] for r in d["categories"])
-    assert explained >= 0.85 * d["gap_ms_per_step"]
+    assert explained >= 0.90 * d["gap_ms_per_step"], (explained, d["gap_ms_per_step"])
     assert explained >= 0.90 * d["gap_median_ms_per_step"], (explained, d["gap_median_ms_per_step"])
     top = max(d["categories"], key=lambda r: r["delta_ms_per_step"])
     assert top["category"] == "small_crossings"
