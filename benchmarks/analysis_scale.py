@@ -4,8 +4,10 @@ Each generated step has the serve.py pattern: 5 small H2D copies and a D2H readb
 runtime calls), a stream sync, 6 kernels and an NVTX range: 20 events per step, all written through
 the real shard writer. Each size is generated in one process, loaded in a fresh one (as `cctrace load`) and
 reported in another fresh one (as `cctrace report` on a loaded trace), so each max RSS printed is that step's alone.
+With --repeat N each load and report runs N times (each in a fresh process, load rebuilding the DuckDB
+file): the median is printed with the min-max range, since one run on a shared VM moves by about 10%.
 
-    python benchmarks/analysis_scale.py --events 1e6 1e7 3e7
+    python benchmarks/analysis_scale.py --events 1e6 1e7 3e7 --repeat 3
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -137,6 +140,7 @@ def measure(d: Path, step: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=float, nargs="+", default=[1e6, 1e7, 3e7])
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each load and report (fresh processes)")
     ap.add_argument("--gen", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -147,30 +151,35 @@ def main() -> None:
         print(json.dumps(measure(Path(a.measure[0]), a.measure[1])))
         return
     print(
-        f"{'events':>12s} {'load s':>8s} {'events/s':>12s} {'load RSS MB':>12s} {'report s':>9s} {'report RSS MB':>14s}"
+        f"{'events':>12s} {'load s':>18s} {'events/s':>12s} {'load RSS MB':>12s} {'report s':>18s} {'report RSS MB':>14s}"
     )
     for n in a.events:
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp) / "t"
             g = subprocess.run([sys.executable, __file__, "--gen", str(d), str(n)], capture_output=True, text=True)
-            events = g.stdout.strip()
-            m = {}
-            for step in ("load", "report"):
-                r = subprocess.run(
-                    [sys.executable, __file__, "--measure", str(d), step], capture_output=True, text=True
-                )
-                if r.returncode != 0:
-                    print(f"{int(n):>12,d} {step} failed: {r.stderr[-800:]}")
-                    break
-                m[step] = json.loads(r.stdout.strip().splitlines()[-1])
-        if len(m) < 2:
-            continue
-        ld, rp = m["load"], m["report"]
+            events = int(g.stdout.strip())
+            m: dict[str, list[dict]] = {"load": [], "report": []}
+            for _ in range(a.repeat):
+                for step in ("load", "report"):
+                    r = subprocess.run(
+                        [sys.executable, __file__, "--measure", str(d), step], capture_output=True, text=True
+                    )
+                    if r.returncode != 0:
+                        sys.exit(f"{events:,d} events: {step} failed: {r.stderr[-800:]}")
+                    m[step].append(json.loads(r.stdout.strip().splitlines()[-1]))
+        ld, rp = ([x["seconds"] for x in m[k]] for k in ("load", "report"))
         print(
-            f"{int(events):>12,d} {ld['seconds']:>8.2f} {round(int(events) / ld['seconds']):>12,d} "
-            f"{ld['max_rss_mb']:>12,d} {rp['seconds']:>9.2f} {rp['max_rss_mb']:>14,d}",
+            f"{events:>12,d} {_spread(ld):>18s} {round(events / statistics.median(ld)):>12,d} "
+            f"{max(x['max_rss_mb'] for x in m['load']):>12,d} {_spread(rp):>18s} "
+            f"{max(x['max_rss_mb'] for x in m['report']):>14,d}",
             flush=True,
         )
+
+
+def _spread(xs: list[float]) -> str:
+    """median, and the min-max range when there is more than one run"""
+    med = statistics.median(xs)
+    return f"{med:.2f}" if len(xs) == 1 else f"{med:.2f} ({min(xs):.2f}-{max(xs):.2f})"
 
 
 if __name__ == "__main__":
