@@ -5,7 +5,7 @@ emulation only, no recording cost) with no remedy, each remedy alone and all of 
 over --reps repetitions, plus plain serve.py without the bridge; prints steps/s (median, min-max)
 and the share of the bridge's loss that each configuration recovers.
 
-    python benchmarks/remedies.py --reps 3 --steps 300 --bridge b300-tdx
+    python benchmarks/remedies.py --reps 3 --steps 300 --bridge b300-tdx --cpus 2-5
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ CONFIGS = {
 }
 
 
-def run(bridge: str | None, flags: list[str], steps: int) -> float:
+def run(bridge: str | None, flags: list[str], steps: int, cpus: str | None = None) -> float:
     opts = None
     if bridge:  # the emulation alone: no CUPTI activity, no probes
         opts = ["--kinds", "none", "--host-probes", "off", "--emulate-bridge", bridge]
-    return run_serve(["--no-nvtx", "--steps", str(steps), *flags], opts)["steps_per_s"]
+    return run_serve(["--no-nvtx", "--steps", str(steps), *flags], opts, cpus)["steps_per_s"]
 
 
 def main() -> None:
@@ -41,11 +41,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--bridge", default="b300-tdx", help="bridge spec (see cctrace record --help)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--cpus", help="pin every run to these CPUs (taskset -c)")
     a = ap.parse_args()
     res: dict[str, list[float]] = {k: [] for k in CONFIGS}
     for rep in range(a.reps):
         for name, (b, flags) in CONFIGS.items():
-            res[name].append(run(a.bridge if b else None, flags, a.steps))
+            res[name].append(run(a.bridge if b else None, flags, a.steps, a.cpus))
             print(f"rep {rep + 1}/{a.reps} {name}: {res[name][-1]:.1f} steps/s", file=sys.stderr, flush=True)
     plain = statistics.median(res["no bridge"])
     bridged = statistics.median(res["bridge"])
