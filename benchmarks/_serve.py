@@ -50,10 +50,21 @@ def pinned(cmd: list[str], cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus, *cmd] if cpus else cmd
 
 
+def summary_line(stdout: str, tag: str) -> dict | None:
+    """The JSON after the last line starting with TAG (e.g. SERVE_SUMMARY), or None without one."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith(tag + " ")]
+    return json.loads(lines[-1].split(" ", 1)[1]) if lines else None
+
+
 def serve_summary(stdout: str) -> dict | None:
     """serve.py's own account of the run (last SERVE_SUMMARY line), or None when it printed none."""
-    lines = [ln for ln in stdout.splitlines() if ln.startswith("SERVE_SUMMARY ")]
-    return json.loads(lines[-1].split(" ", 1)[1]) if lines else None
+    return summary_line(stdout, "SERVE_SUMMARY")
+
+
+def recorded(cmd: list[str], out: str | Path, opts: list[str]) -> list[str]:
+    """cmd run under `cctrace record OPTS` into OUT (replaced if there), not loaded into DuckDB:
+    the benchmarks time the traced program, not the analysis."""
+    return [sys.executable, "-m", "cctrace", "record", "-q", "--no-load", "--force", "-o", str(out), *opts, "--", *cmd]
 
 
 def run_serve(serve_args: list[str], record_opts: list[str] | None = None, cpus: str | None = None) -> dict:
@@ -61,21 +72,7 @@ def run_serve(serve_args: list[str], record_opts: list[str] | None = None, cpus:
     when given); its summary."""
     cmd = [sys.executable, SERVE, *serve_args]
     if record_opts is not None:
-        out = tempfile.mkdtemp(prefix="cct-bench-")
-        cmd = [
-            sys.executable,
-            "-m",
-            "cctrace",
-            "record",
-            "-q",
-            "--no-load",
-            "--force",
-            "-o",
-            out,
-            *record_opts,
-            "--",
-            *cmd,
-        ]
+        cmd = recorded(cmd, tempfile.mkdtemp(prefix="cct-bench-"), record_opts)
     r = subprocess.run(pinned(cmd, cpus), capture_output=True, text=True, cwd=ROOT)
     s = serve_summary(r.stdout)
     if s is None:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _serve import Speed, pinned, serve_summary
+from _serve import Speed, pinned, recorded, serve_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = str(ROOT / "examples" / "serve.py")
@@ -54,25 +54,7 @@ def run(
     else:
         kinds, extra = cfg
         env.update(extra)
-        cmd = [
-            sys.executable,
-            "-m",
-            "cctrace",
-            "record",
-            "--no-load",
-            "-q",
-            "--force",
-            "-o",
-            str(out),
-            "--kinds",
-            kinds,
-            "--",
-            sys.executable,
-            SERVE,
-            "--steps",
-            str(steps),
-            *serve_args,
-        ]
+        cmd = recorded([sys.executable, SERVE, "--steps", str(steps), *serve_args], out, ["--kinds", kinds])
     r = subprocess.run(pinned(cmd, cpus), capture_output=True, text=True, env=env, cwd=ROOT)
     summary = serve_summary(r.stdout)
     if summary is None:

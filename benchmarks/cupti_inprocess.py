@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _serve import pinned
+from _serve import pinned, recorded
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL = ("memcpy", "memcpy2", "memset", "memory", "runtime", "overhead", "sync", "kernel", "nvtx")
@@ -232,13 +232,13 @@ def outer(a: argparse.Namespace) -> int:
     if unknown or "off" not in configs:
         sys.exit(f"--configs must name 'off' and only known configs ({', '.join(CONFIGS)}); unknown: {unknown}")
     with tempfile.TemporaryDirectory(prefix="cct-inproc-") as tmp:
-        cmd = [
-            sys.executable, "-m", "cctrace", "record", "--no-load", "-q", "--force", "-o", f"{tmp}/t",
-            "--kinds", ",".join(ALL), *(["--emulate-bridge", a.bridge] if a.bridge else []), "--",
+        inner_cmd = [
             sys.executable, __file__, "--inner", "--workload", a.workload, "--rounds", str(a.rounds),
             "--block", str(a.block), "--settle", str(a.settle), "--warmup", str(a.warmup),
             "--configs", a.configs, "--seed", str(a.seed), "--", *a.serve_args,
         ]  # fmt: skip
+        opts = ["--kinds", ",".join(ALL), *(["--emulate-bridge", a.bridge] if a.bridge else [])]
+        cmd = recorded(inner_cmd, f"{tmp}/t", opts)
         env = dict(os.environ, CCTRACE_RUNTIME_ACTIVITY="1") if a.runtime_activity else None
         line, rc, tail = _summary_line(pinned(cmd, a.cpus), env)
     if line is None:

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 
-from _serve import ROOT, pinned
+from _serve import ROOT, pinned, recorded, summary_line
 
 
 def _late_while(work) -> tuple[list[float], float]:
@@ -111,33 +111,15 @@ def main() -> None:
         (f"toll {a.toll_us:g} us", f"toll_us={a.toll_us:g},bw_ratio=1,serialize=off,async_block=off"),
     ):
         cmd = [sys.executable, __file__, "--inner", "--toll-us", str(a.toll_us), "--copies", str(a.copies)]
-        if spec:
-            with tempfile.TemporaryDirectory() as tmp:
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "cctrace",
-                    "record",
-                    "--no-load",
-                    "--force",
-                    "-o",
-                    f"{tmp}/t",
-                    "--kinds",
-                    "none",
-                    "--host-probes",
-                    "off",
-                    "--emulate-bridge",
-                    spec,
-                    "--",
-                    *cmd,
-                ]
-                r = subprocess.run(pinned(cmd, a.cpus), capture_output=True, text=True, cwd=ROOT)
-        else:
+        with tempfile.TemporaryDirectory() as tmp:
+            if spec:  # the emulation only: no CUPTI activity, no probes
+                opts = ["--kinds", "none", "--host-probes", "off", "--emulate-bridge", spec]
+                cmd = recorded(cmd, f"{tmp}/t", opts)
             r = subprocess.run(pinned(cmd, a.cpus), capture_output=True, text=True, cwd=ROOT)
-        line = [ln for ln in r.stdout.splitlines() if ln.startswith("GIL_SUMMARY ")]
-        if not line:
+        summary = summary_line(r.stdout, "GIL_SUMMARY")
+        if summary is None:
             sys.exit(f"{label}: no summary\n{r.stdout[-1500:]}\n{r.stderr[-1500:]}")
-        rows[label] = json.loads(line[-1].split(" ", 1)[1])
+        rows[label] = summary
     print(
         f"{'bridge':<16}{'worker does':<16}{'worker s':>9}{'wakeups':>9}  main thread woke late by, µs: p50 / p90 / p99 / max"
     )

@@ -176,11 +176,12 @@ def limit_memory(con) -> None:
 
     import duckdb
 
-    limit = _checked_size(os.environ.get("CCTRACE_MEMORY_LIMIT", "3GB"))
-    con.execute(f"SET memory_limit = '{limit}'").fetchall()
+    text = os.environ.get("CCTRACE_MEMORY_LIMIT", "3GB")
+    limit = _size_bytes(text)
+    con.execute(f"SET memory_limit = '{text.strip()}'").fetchall()
     spill = os.path.join(tempfile.gettempdir(), "cctrace-spill").replace("'", "''")
     con.execute(f"SET temp_directory = '{spill}'").fetchall()  # SET takes no bound parameters
-    pool = min(BLOCK_POOL_MAX, size_bytes(limit) // 3)
+    pool = min(BLOCK_POOL_MAX, limit // 3)
     try:
         con.execute(f"SET block_allocator_memory = '{pool}B'").fetchall()
     except duckdb.Error:  # DuckDB before 1.3 has no such setting; a shared instance's pool cannot shrink
@@ -190,22 +191,14 @@ def limit_memory(con) -> None:
 _UNITS = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def size_bytes(text: str) -> int:
-    """'3GB', '2500 MiB' -> bytes (the forms _checked_size accepts)."""
+def _size_bytes(text: str) -> int:
+    """CCTRACE_MEMORY_LIMIT's value ('3GB', '2500 MiB') in bytes; anything else is refused."""
     import re
 
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]+)", text.strip(), re.I)
     if not m or m.group(2).lower() not in _UNITS:
-        raise LoadError(f"{text!r} is not a size like 3GB or 2500MB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def _checked_size(text: str) -> str:
-    import re
-
-    if not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", text.strip(), re.I):
         raise LoadError(f"CCTRACE_MEMORY_LIMIT={text!r} is not a size like 3GB or 2500MB")
-    return text.strip()
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 def connect(trace: Path, read_only: bool = True):
