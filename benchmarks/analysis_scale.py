@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cctrace import schema as S  # noqa: E402
-from cctrace.shards import ShardWriter  # noqa: E402
+from cctrace.trace import schema as S  # noqa: E402
+from cctrace.trace.shards import ShardWriter  # noqa: E402
 
 EVENTS_PER_STEP = 20
 CHUNK_STEPS = 50_000
@@ -128,8 +128,8 @@ def measure(d: Path, step: str) -> dict:
     imported before the clock starts (duckdb's import is ~0.06 s, a fixed cost, not throughput)."""
     import duckdb  # noqa: F401
 
-    from cctrace.analysis import report
-    from cctrace.store import load
+    from cctrace.analyze.analysis import report
+    from cctrace.analyze.store import load
 
     t0 = time.perf_counter()
     r = load(d) if step == "load" else report(d)

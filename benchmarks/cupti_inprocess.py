@@ -95,7 +95,7 @@ class Switch:
 
     def __init__(self) -> None:
         from cctrace import tracer
-        from cctrace.sources.cupti_source import activity_kinds
+        from cctrace.record.sources.cupti_source import activity_kinds
 
         t = tracer._active
         src = t.sources.get("cupti") if t else None

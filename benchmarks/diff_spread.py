@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cctrace.analysis import diff, report  # noqa: E402
-from cctrace.store import load  # noqa: E402
+from cctrace.analyze.analysis import diff, report  # noqa: E402
+from cctrace.analyze.store import load  # noqa: E402
 
 
 def _runs(runs: Path, name: str) -> list[Path]:

@@ -57,7 +57,7 @@ def _build(d: Path) -> None:
 
 
 def per_call(calls: int, reps: int) -> dict:
-    from cctrace.sources.host_probes import HostProbes
+    from cctrace.record.sources.host_probes import HostProbes
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -88,7 +88,7 @@ def per_call(calls: int, reps: int) -> dict:
 
 def empty_probe_cost(calls: int) -> float:
     """Added ns/call with empty uprobe+uretprobe programs: the platform's trap cost, cctrace's floor."""
-    from cctrace.sources.host_probes import check_ready, import_bcc
+    from cctrace.record.sources.host_probes import check_ready, import_bcc
 
     check_ready()
     bcc = import_bcc()

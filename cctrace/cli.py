@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from cctrace import __version__
-from cctrace import tracer as T
+from cctrace.record import tracer as T
 
 EXIT_USAGE = 2
 EXIT_BAD_TRACE = 3
@@ -30,6 +30,16 @@ def cli() -> None:
       cctrace record -o run1 -- python serve.py     # trace a server
       cctrace report run1                           # where did the time go
     """
+    from cctrace.analyze import store
+
+    store.raw_decoder = _decode_raw
+
+
+def _decode_raw(trace_dir: Path, progress) -> list[str]:
+    """What a killed recording left as raw CUPTI buffers, decoded (the record side's decoder)."""
+    from cctrace.record.sources.cupti_raw import decode_pending
+
+    return decode_pending(trace_dir, progress)
 
 
 _probe_launches_option = click.option(
@@ -104,7 +114,7 @@ def record(
     The exit status is COMMAND's (127 if it cannot be found). The trace directory holds
     Arrow shards, manifest.json and, when duckdb is installed, trace.duckdb.
     """
-    from cctrace.launcher import RecordError, RecordOptions, run_traced
+    from cctrace.record.launcher import RecordError, RecordOptions, run_traced
 
     if not command:
         _err("no command given; usage: cctrace record [OPTIONS] -- COMMAND [ARGS]...")
@@ -122,7 +132,7 @@ def record(
         sys.exit(EXIT_USAGE)
     spec = None
     if bridge:
-        from cctrace.bridge import BridgeSpecError, parse_spec
+        from cctrace.record.bridge import BridgeSpecError, parse_spec
 
         try:
             spec = parse_spec(bridge)
@@ -162,7 +172,7 @@ def _output_dir(output: Path | None, default: str, force: bool) -> Path:
         if not force:
             _err(f"{out} exists and is not empty; choose another -o or pass --force")
             sys.exit(EXIT_USAGE)
-        from cctrace.launcher import clear_trace_dir
+        from cctrace.record.launcher import clear_trace_dir
 
         clear_trace_dir(out)
     return out
@@ -173,7 +183,7 @@ def _load_quietly(out: Path) -> dict:
         import duckdb  # noqa: F401
     except ImportError:
         return {"skipped": "duckdb is not installed here; run `cctrace load` where it is"}
-    from cctrace.store import LoadError, load
+    from cctrace.analyze.store import LoadError, load
 
     try:
         return load(out).to_json()
@@ -182,7 +192,7 @@ def _load_quietly(out: Path) -> dict:
 
 
 def _print_record_summary(out: Path, summary: dict) -> None:
-    from cctrace.manifest import read_manifest
+    from cctrace.trace.manifest import read_manifest
 
     m = read_manifest(out)
     procs = m.get("processes") or []
@@ -208,7 +218,8 @@ def _print_record_summary(out: Path, summary: dict) -> None:
         b = (p.get("sources") or {}).get("bridge")
         if b and str(b.get("status", "")).startswith("off"):
             _err(f"  pid {p.get('pid')}: bridge emulation {b['status']}")
-    from cctrace.bridge import describe_injected, injected_summary
+    from cctrace.trace.injections import injected_summary
+    from cctrace.ui.render import describe_injected
 
     injected = injected_summary(m.get("bridge_emulation"))
     if injected:
@@ -226,7 +237,7 @@ def _print_record_summary(out: Path, summary: dict) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print what was loaded as JSON.")
 def load_cmd(trace_dirs, as_json) -> None:
     """Build TRACE_DIR/trace.duckdb from the Arrow shards of each TRACE_DIR."""
-    from cctrace.store import LoadError, load
+    from cctrace.analyze.store import LoadError, load
 
     results, failed = [], False
     for d in trace_dirs:
@@ -263,7 +274,7 @@ def attach(pid, output, duration, libcuda, probe_launches, force) -> None:
     Needs root and bcc. The trace has api_calls (with byte counts and directions from the probed
     arguments), host_waits and ioctls; `cctrace report` works on it.
     """
-    from cctrace.attach import AttachError, attach_pid
+    from cctrace.record.attach import AttachError, attach_pid
 
     out = _output_dir(output, "cctrace-attach-%Y%m%d-%H%M%S", force)
     try:
@@ -284,7 +295,7 @@ def doctor(as_json) -> None:
 
     Exit status 0 when `cctrace record` would use CUPTI and host probes, 1 when it would fall back.
     """
-    from cctrace.doctor import run_checks
+    from cctrace.record.doctor import run_checks
 
     checks = run_checks()
     if as_json:
@@ -322,8 +333,9 @@ def calibrate(output, plot, quick, replot, as_json) -> None:
     CC state the numbers came from. Run it under `cctrace record --emulate-bridge SPEC --` to
     see the emulated bridge the same way.
     """
-    from cctrace.calibrate import CalibrateError, load_profile, plot_profile
-    from cctrace.calibrate import calibrate as run
+    from cctrace.record.calibrate import calibrate as run
+    from cctrace.trace.profile import ProfileError, load_profile
+    from cctrace.ui.plot import plot_profile
 
     try:
         if replot:
@@ -348,15 +360,15 @@ def calibrate(output, plot, quick, replot, as_json) -> None:
             _err(f"plot written to {plot}")
         if as_json:
             click.echo(json.dumps(profile, indent=2))
-    except CalibrateError as e:
+    except ProfileError as e:  # CalibrateError included
         _err(str(e))
         sys.exit(1)
 
 
 def _params(pairs, profile: Path | None = None) -> dict:
     """--param pairs over the profile's reference parameters (when --profile is given)."""
-    from cctrace.analysis import QueryError, parse_params
-    from cctrace.calibrate import CalibrateError, load_profile, params_from_profile
+    from cctrace.analyze.analysis import QueryError, parse_params
+    from cctrace.trace.profile import ProfileError, load_profile, params_from_profile
 
     try:
         explicit = parse_params(pairs)
@@ -367,8 +379,8 @@ def _params(pairs, profile: Path | None = None) -> dict:
         return explicit
     try:
         ref = params_from_profile(load_profile(profile))
-    except (CalibrateError, AttributeError) as e:
-        _err(str(e) if isinstance(e, CalibrateError) else f"{profile} is not a bridge profile: {e}")
+    except (ProfileError, AttributeError) as e:
+        _err(str(e) if isinstance(e, ProfileError) else f"{profile} is not a bridge profile: {e}")
         sys.exit(EXIT_USAGE)
     return {**ref, **explicit}
 
@@ -379,8 +391,8 @@ def _analysis_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
-        from cctrace.analysis import QueryError
-        from cctrace.store import LoadError
+        from cctrace.analyze.analysis import QueryError
+        from cctrace.analyze.store import LoadError
 
         try:
             return fn(*a, **kw)
@@ -419,8 +431,8 @@ def report(trace, as_json, markdown, params, profile) -> None:
     gpu_idle_overlap_ms, advice}], explained_ms, unexplained_ms, gpu_idle_ms, cost_model, top, params,
     bridge_emulation (null unless recorded with --emulate-bridge: the injected ms per kind).
     """
-    from cctrace.analysis import report as build
-    from cctrace.views import print_report, report_markdown
+    from cctrace.analyze.analysis import report as build
+    from cctrace.ui.render import print_report, report_markdown
 
     r = build(trace, _params(params, profile))
     if as_json:
@@ -448,7 +460,7 @@ def query(name, trace, list_, params, fmt, output, profile) -> None:
     Your SQL sees the tables (copies, api_calls, ...) and the analysis views (steps, win, xfers,
     cost_model, xfer_costs, async_calls, sync_calls, gpu_idle, bridge_waits, ...).
     """
-    from cctrace.analysis import PARAMS, Analysis, default_params, list_queries
+    from cctrace.analyze.analysis import PARAMS, Analysis, default_params, list_queries
 
     if list_:
         for q in list_queries():
@@ -477,7 +489,7 @@ def query(name, trace, list_, params, fmt, output, profile) -> None:
     if fmt == "table":
         from rich.console import Console
 
-        from cctrace.views import arrow_table
+        from cctrace.ui.render import arrow_table
 
         Console().print(arrow_table(t, title=name))
         return
@@ -515,7 +527,7 @@ def diff_cmd(base, trace, as_json, params, profile) -> None:
     unexplained_ms_per_step, explained_share, bridge_injected_ms_per_step (traces recorded with
     --emulate-bridge: what the emulator injected per step more in TRACE than in BASE, else null).
     """
-    from cctrace.analysis import diff
+    from cctrace.analyze.analysis import diff
 
     d = diff(base, trace, _params(params, profile))
     if as_json:
@@ -523,7 +535,7 @@ def diff_cmd(base, trace, as_json, params, profile) -> None:
     else:
         from rich.console import Console
 
-        from cctrace.views import print_diff
+        from cctrace.ui.render import print_diff
 
         print_diff(d, Console())
 
@@ -543,7 +555,7 @@ def diff_cmd(base, trace, as_json, params, profile) -> None:
 @_analysis_errors
 def export(trace, fmt, output, window, steps) -> None:
     """Hand TRACE to the tools people already use: Perfetto/chrome://tracing JSON, or Parquet."""
-    from cctrace.export import export_parquet, export_perfetto
+    from cctrace.analyze.export import export_parquet, export_perfetto
 
     def span(text, cast):
         if not text:
@@ -569,7 +581,7 @@ def export(trace, fmt, output, window, steps) -> None:
 @_analysis_errors
 def explore(trace, base) -> None:
     """The terminal UI over TRACE (with BASE: diff mode). Press ? inside for the keys."""
-    from cctrace.explore import run
+    from cctrace.ui.explore import run
 
     run(trace, base)
 

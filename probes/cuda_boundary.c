@@ -1,4 +1,4 @@
-// Host-side probes at the CUDA driver boundary (bcc). Loaded by cctrace/sources/host_probes.py,
+// Host-side probes at the CUDA driver boundary (bcc). Loaded by cctrace/record/sources/host_probes.py,
 // which appends one entry/return handler pair per probed function (see FUNCS there).
 //
 // For threads of traced processes it records every probed call (enter/exit time, return value,

@@ -8,8 +8,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cctrace.shards import ShardWriter
-from cctrace.store import load
+from cctrace.analyze.store import load
+from cctrace.trace.shards import ShardWriter
 
 US = 1000
 PID, TID = 4242, 4243

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from cctrace.analysis import Analysis, QueryError, diff, list_queries, report
-from cctrace.shards import ShardWriter
-from cctrace.store import load
+from cctrace.analyze.analysis import Analysis, QueryError, diff, list_queries, report
+from cctrace.analyze.store import load
+from cctrace.trace.shards import ShardWriter
 from tests.conftest import cctrace
 from tests.synth import API, Spec, generate
 

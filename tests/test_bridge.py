@@ -8,9 +8,12 @@ import time
 
 import pytest
 
-from cctrace.bridge import BridgeSpecError, load_lib, parse_spec, read_stats, sum_injected
-from cctrace.calibrate import DEFAULT_PROFILE, fit_model, params_from_profile, plot_profile
-from cctrace.native import BRIDGE_SOURCE, build_native
+from cctrace.record.bridge import BridgeSpecError, load_lib, parse_spec, read_stats
+from cctrace.record.calibrate import fit_model
+from cctrace.record.native import BRIDGE_SOURCE, build_native
+from cctrace.trace.injections import sum_injected
+from cctrace.trace.profile import DEFAULT_PROFILE, params_from_profile
+from cctrace.ui.plot import plot_profile
 from tests.conftest import cctrace
 from tests.synth import Spec, generate
 

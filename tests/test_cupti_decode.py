@@ -8,8 +8,8 @@ cctrace's conversion: kind grouping, clock offset, enum names, flags, NVTX pairi
 import enum
 from types import SimpleNamespace as NS
 
-from cctrace.shards import ShardWriter, read_shard
-from cctrace.sources.cupti_source import CuptiSource
+from cctrace.record.sources.cupti_source import CuptiSource
+from cctrace.trace.shards import ShardWriter, read_shard
 
 
 class ActivityKind(enum.IntEnum):
@@ -240,7 +240,7 @@ def test_callback_recorded_api_calls_become_api_call_rows(tmp_path):
     give the same api_calls rows a RUNTIME record would: name, thread, mapped times, correlation."""
     import numpy as np
 
-    from cctrace.sources.cupti_source import API_DTYPE
+    from cctrace.record.sources.cupti_source import API_DTYPE
 
     recs = np.zeros(3, API_DTYPE)
     recs["start"] = [100, 200, 300]
@@ -275,9 +275,9 @@ def test_raw_file_decodes_buffers_and_callback_records_with_progress(tmp_path, m
 
     import numpy as np
 
-    from cctrace.manifest import proc_record_path
-    from cctrace.sources import cupti_raw
-    from cctrace.sources.cupti_source import API_DTYPE
+    from cctrace.record.sources import cupti_raw
+    from cctrace.record.sources.cupti_source import API_DTYPE
+    from cctrace.trace.manifest import proc_record_path
 
     def memcpy(i):
         return NS(kind=1, copy_kind=1, src_kind=2, dst_kind=3, bytes=64, start=10 * i, end=10 * i + 5,

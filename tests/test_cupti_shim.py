@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from cctrace.native import SOURCE, address, build_shim, load_shim, shim_stats
-from cctrace.sources.cupti_raw import iter_buffers
+from cctrace.record.native import SOURCE, address, build_shim, load_shim, shim_stats
+from cctrace.record.sources.cupti_raw import iter_buffers
 
 FAKE = r"""
 #include <stdint.h>
@@ -90,7 +90,7 @@ def test_shim_appends_completed_buffers_whole(tmp_path, fake_cupti):
 
 
 def test_shim_saves_the_strings_records_point_to(tmp_path, fake_cupti):
-    from cctrace.sources.cupti_raw import iter_buffers_with_strings
+    from cctrace.record.sources.cupti_raw import iter_buffers_with_strings
 
     shim = load_shim(build_shim())
     raw = tmp_path / "cupti.2.cuptiraw"
@@ -175,8 +175,8 @@ def _shim_recording(raw, fake_cupti, fc, cbids: list[int]):
 def _api_records(raw):
     import numpy as np
 
-    from cctrace.sources.cupti_raw import iter_buffers_with_strings
-    from cctrace.sources.cupti_source import API_DTYPE
+    from cctrace.record.sources.cupti_raw import iter_buffers_with_strings
+    from cctrace.record.sources.cupti_source import API_DTYPE
 
     blocks: list[bytes] = []
     for _ in iter_buffers_with_strings(raw, blocks.append):
@@ -185,7 +185,7 @@ def _api_records(raw):
 
 
 def test_shim_records_only_the_selected_calls_through_callbacks(tmp_path, fake_callbacks, fake_cupti):
-    from cctrace.native import api_stats, chain_hooks
+    from cctrace.record.native import api_stats, chain_hooks
 
     fc = fake_callbacks
     raw = tmp_path / "cupti.3.cuptiraw"

@@ -1,4 +1,4 @@
-from cctrace.environment import REDACTED, allowed_environment
+from cctrace.trace.environment import REDACTED, allowed_environment
 
 
 def test_allow_list_keeps_gpu_settings_and_drops_the_rest():

@@ -5,7 +5,7 @@ import shutil
 import pytest
 from textual.widgets import DataTable, Input, Label, OptionList, Static, TabbedContent
 
-from cctrace.explore import Explorer, Timeline
+from cctrace.ui.explore import Explorer, Timeline
 from tests.conftest import ROOT
 from tests.synth import Spec, generate
 

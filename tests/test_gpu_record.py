@@ -223,8 +223,8 @@ def test_emulated_bridge_puts_its_toll_inside_the_copy_calls(tmp_path):
 def test_host_probes_see_every_copy_cupti_sees(tmp_path):
     """CUPTI and the eBPF probes, recorded together on serve.py: one probed driver copy call per
     CUPTI H2D/D2H copy, with the same bytes (read from the shards: no duckdb needed)."""
-    from cctrace.shards import read_shard
-    from cctrace.sources.host_probes import ProbesUnavailable, check_ready
+    from cctrace.record.sources.host_probes import ProbesUnavailable, check_ready
+    from cctrace.trace.shards import read_shard
 
     try:
         check_ready()

@@ -13,8 +13,8 @@ import textwrap
 import duckdb
 import pytest
 
-from cctrace.sources.host_probes import HostProbes, ProbesUnavailable, check_ready
-from cctrace.store import load
+from cctrace.analyze.store import load
+from cctrace.record.sources.host_probes import HostProbes, ProbesUnavailable, check_ready
 
 LIB = r"""
 #include <stdint.h>
@@ -219,7 +219,7 @@ def test_attach_to_a_running_process(tmp_path, fake_cuda):
 
 
 def test_host_probes_on_without_root_or_bcc_is_a_clear_error(tmp_path, monkeypatch):
-    from cctrace.launcher import RecordError, start_probes
+    from cctrace.record.launcher import RecordError, start_probes
 
     monkeypatch.setenv("CCTRACE_LIBCUDA", str(tmp_path / "missing.so"))
     with pytest.raises(RecordError, match="host probes cannot run"):

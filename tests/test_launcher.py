@@ -1,7 +1,7 @@
 """The launcher end to end with real processes: injection, exit codes, signals, children.
 
 No GPU here, so each traced program proves the bootstrap ran by writing a row through the
-tracer that the injected sitecustomize started (`cctrace.tracer._active`).
+tracer that the injected sitecustomize started (`cctrace.record.tracer._active`).
 """
 
 import json
@@ -20,7 +20,7 @@ PROVE = textwrap.dedent(
     """
     import os, sys, time
     def prove(tag):
-        import cctrace.tracer as T
+        import cctrace.record.tracer as T
         t = T._active
         assert t is not None, "tracer not started"
         t.writer.extend("markers", ("pid", "tid", "name", "domain", "start_ns", "end_ns", "source"),
@@ -85,7 +85,7 @@ def test_children_of_subprocess_and_multiprocessing_are_traced(tmp_path):
             prove(tag)
         if __name__ == "__main__":
             prove("parent")
-            subprocess.run([sys.executable, "-c", "import sys, cctrace.tracer as T; assert T._active; "
+            subprocess.run([sys.executable, "-c", "import sys, cctrace.record.tracer as T; assert T._active; "
                             "exec(open(sys.argv[1]).read().split('if __name__')[0]); prove('subprocess')",
                             __file__], check=True)
             for method in ("fork", "spawn", "forkserver"):

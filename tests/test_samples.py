@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from cctrace.analysis import Analysis, diff, report
+from cctrace.analyze.analysis import Analysis, diff, report
 from tests.conftest import ROOT
 
 SAMPLES = ROOT / "sample_traces"

@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from cctrace import schema as S
+from cctrace.trace import schema as S
 
 
 def test_every_table_has_pid_and_source_and_ns_times():
@@ -34,7 +34,7 @@ def test_unknown_table_names_the_known_ones():
 def test_shard_names_round_trip():
     from pathlib import Path
 
-    from cctrace.shards import parse_shard_name
+    from cctrace.trace.shards import parse_shard_name
 
     assert parse_shard_name(Path(S.shard_name("api_calls", 42))) == ("api_calls", 42)
     assert parse_shard_name(Path("manifest.json")) is None

@@ -9,7 +9,7 @@ import time
 
 import pyarrow as pa
 
-from cctrace.shards import ShardWriter, read_shard
+from cctrace.trace.shards import ShardWriter, read_shard
 from tests.conftest import ROOT
 
 COLS = ("pid", "op", "copy_kind", "bytes", "start_ns", "end_ns", "source")
@@ -65,7 +65,7 @@ def test_sigkilled_writer_leaves_readable_shards(tmp_path):
         f"""
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        from cctrace.shards import ShardWriter
+        from cctrace.trace.shards import ShardWriter
         w = ShardWriter({str(tmp_path)!r}, 99)
         cols = ("pid", "op", "bytes", "start_ns", "end_ns", "source")
         i = 0

@@ -14,27 +14,15 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cctrace.native import address
+from cctrace.record.native import address
+from cctrace.trace.profile import native_gbps
 
 ENV_SPEC = "CCTRACE_BRIDGE_SPEC"  # the resolved spec as JSON, set by the launcher
 ENV_LIB = "CCTRACE_BRIDGE_LIB"  # the compiled emulator
 ENV_LIB_ERROR = "CCTRACE_BRIDGE_LIB_ERROR"
 
 
-def _native_gbps() -> dict[str, float]:
-    """Native bandwidth (GB/s) the bandwidth ratio applies to, per direction: the pinned-copy
-    bandwidth that `cctrace calibrate` measured on the H100 (the bundled profile)."""
-    out = {"h2d": 55.0, "d2h": 55.0}
-    try:
-        fit = json.loads((Path(__file__).resolve().parent / "profiles" / "h100.json").read_text())["fit"]
-        for d in out:
-            out[d] = float(fit[f"{d}/pinned"]["gbps"]) or out[d]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return out
-
-
-NATIVE_GBPS = _native_gbps()
+NATIVE_GBPS = native_gbps()
 
 PRESETS: dict[str, dict] = {
     # Blackwell B300 under Intel TDX, as reported (DESIGN.md): hundreds of us per crossing, about
@@ -246,7 +234,7 @@ class BridgeEmulator:
             import cupti.cupti as cupti  # cupti-python
         except ImportError as e:
             raise RuntimeError(f"cupti-python is not importable ({e})") from None
-        from cctrace.sources.cupti_source import loaded_libcupti
+        from cctrace.record.sources.cupti_source import loaded_libcupti
 
         libcupti_path = loaded_libcupti(cupti)
         if not libcupti_path:
@@ -315,50 +303,3 @@ class BridgeEmulator:
             "records": {},
             "dropped": 0,
         }
-
-
-def sum_injected(processes: list[dict]) -> dict | None:
-    """The whole run's ground truth: every process's injected counters added up."""
-    total: dict = {}
-    spec = None
-    for p in processes:
-        b = (p.get("sources") or {}).get("bridge") or {}
-        inj = b.get("injected")
-        if not inj:
-            continue
-        spec = spec or b.get("spec")
-        for k, v in inj.items():
-            if isinstance(v, int):
-                total[k] = total.get(k, 0) + v
-            elif k == "toll_by_log2_bytes":
-                hist = total.setdefault(k, {"h2d": {}, "d2h": {}})
-                for d, buckets in v.items():
-                    for bk, c in buckets.items():
-                        hist[d][bk] = hist[d].get(bk, 0) + c
-    if spec is None:
-        return None
-    return {"spec": spec, "injected": total}
-
-
-def injected_summary(block: dict | None) -> dict | None:
-    """A manifest's `bridge_emulation` in brief (preset, counts and ms per kind), for the views."""
-    if not block:
-        return None
-    inj = block.get("injected") or {}
-    kinds = ("toll", "bandwidth", "serialize", "async_block")
-    return {
-        "spec": (block.get("spec") or {}).get("name"),
-        "tolls": inj.get("toll_count", 0),
-        "counts": {k: inj.get(k + "_count", 0) for k in kinds},
-        "injected_ms": {k: round(inj.get(k + "_ns", 0) / 1e6, 3) for k in kinds},
-    }
-
-
-def describe_injected(summary: dict) -> str:
-    """One line saying what the emulator injected over the whole run (warm-up included)."""
-    ms, n = summary["injected_ms"], summary["counts"]
-    return (
-        f"emulated bridge {summary['spec']} (whole run, warm-up included): {summary['tolls']:,} tolls "
-        f"{ms['toll']} ms, bandwidth {ms['bandwidth']} ms, serialization {n['serialize']:,} ({ms['serialize']} ms), "
-        f"async blocking {n['async_block']:,} ({ms['async_block']} ms)"
-    )

@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import json
 import statistics
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-FORMAT = "cctrace-bridge-profile/1"
+from cctrace.trace.profile import FORMAT, ProfileError, params_from_profile
+
 KiB, MiB = 1024, 1024 * 1024
 SIZES = [4 * 4**i for i in range(14)]  # 4 B .. 256 MiB
 SMALL_FIT, LARGE_FIT = 64 * KiB, 16 * MiB
-DEFAULT_PROFILE = Path(__file__).resolve().parent / "profiles" / "h100.json"
 
 
-class CalibrateError(RuntimeError):
+class CalibrateError(ProfileError):
     pass
 
 
@@ -52,32 +50,6 @@ def fit_model(points: list[tuple[int, float]]) -> dict:
         "toll_us": round(toll, 3),
         "gbps": round(bpus / 1000, 3) if bpus else None,  # bytes/µs / 1000 = GB/s
     }
-
-
-def load_profile(path: Path) -> dict:
-    """A bridge profile written by `cctrace calibrate`; CalibrateError says why a file is not one."""
-    try:
-        profile = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise CalibrateError(f"cannot read the bridge profile {path}: {e}") from None
-    if not isinstance(profile, dict):
-        raise CalibrateError(f"{path} is not a bridge profile (a JSON object from `cctrace calibrate`)")
-    return profile
-
-
-def params_from_profile(profile: dict) -> dict:
-    """The analysis parameters a profile sets: what a normal async call and a crossing cost here."""
-    out: dict = {}
-    blocking = profile.get("blocking") or {}
-    alone = (blocking.get("alone") or {}).get("call", {})
-    if alone.get("p90_us"):
-        # an async call that takes twice the normal slow end of its cost here is stalled
-        out["normal_call_us"] = round(max(2 * alone["p90_us"], 5.0), 1)
-    fit = profile.get("fit") or {}
-    bw = [v.get("gbps") for k, v in fit.items() if k.endswith("/pinned") and v.get("gbps")]
-    if bw:
-        out["default_gbps"] = round(min(bw), 2)
-    return out
 
 
 def _torch():
@@ -323,7 +295,7 @@ def _allocation(torch, quick: bool) -> list[dict]:
 
 
 def _machine(torch) -> dict:
-    from cctrace.manifest import gpu_facts
+    from cctrace.trace.manifest import gpu_facts
 
     facts = gpu_facts()
     facts["device_name"] = torch.cuda.get_device_name()
@@ -331,43 +303,3 @@ def _machine(torch) -> dict:
     facts["torch_cuda"] = torch.version.cuda
     facts["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return facts
-
-
-def plot_profile(profile: dict, path: Path) -> None:
-    """Latency over size per direction and memory kind (median, p10-p90 band, fitted model)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise CalibrateError("plotting needs matplotlib: pip install 'cctrace[plot]'") from None
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    groups: dict[str, list[dict]] = {}
-    for r in profile.get("latency", []):
-        groups.setdefault(f"{r['direction']}/{r['host_kind']}", []).append(r)
-    for key, rows in groups.items():
-        xs = [r["bytes"] for r in rows]
-        line = ax.plot(xs, [r["host"]["p50_us"] for r in rows], marker="o", ms=3, label=key)[0]
-        ax.fill_between(
-            xs,
-            [r["host"]["p10_us"] for r in rows],
-            [r["host"]["p90_us"] for r in rows],
-            alpha=0.2,
-            color=line.get_color(),
-        )
-        f = (profile.get("fit") or {}).get(key) or {}
-        if f.get("gbps"):
-            ax.plot(xs, [f["toll_us"] + b / (f["gbps"] * 1000) for b in xs], ls=":", color=line.get_color(), lw=1)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("bytes per copy")
-    ax.set_ylabel("host-visible time per copy (µs)")
-    m = profile.get("machine") or {}
-    cc = (m.get("confidential_computing") or {}).get("ccFeature", "unknown")
-    ax.set_title(f"cctrace calibrate — {m.get('device_name', '?')}, driver {m.get('driver_version', '?')}, CC {cc}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(title="dotted: toll + bytes/bandwidth")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from cctrace import schema as S
-from cctrace.manifest import read_manifest
-from cctrace.shards import parse_shard_name, read_shard
+from cctrace.trace import schema as S
+from cctrace.trace.manifest import read_manifest
+from cctrace.trace.shards import parse_shard_name, read_shard
 
 DB_NAME = "trace.duckdb"
 
@@ -138,16 +138,14 @@ def load(
     return result
 
 
-def _decode_pending_raw(trace_dir: Path, progress: Callable[[str], None] | None = None) -> list[str]:
-    """CUPTI buffers a killed recording left undecoded are decoded now, where cupti-python exists."""
-    from cctrace.sources.cupti_raw import RawDecodeUnavailable, decode_trace, raw_files
+# Raw CUPTI buffers that a killed recording left are decoded by the record side (it needs cupti-python);
+# the CLI, which composes both sides, sets this. The analysis side never imports the record side.
+RawDecoder = Callable[[Path, "Callable[[str], None] | None"], list[str]]
+raw_decoder: RawDecoder | None = None
 
-    if not raw_files(trace_dir):
-        return []
-    try:
-        return decode_trace(trace_dir, progress)
-    except RawDecodeUnavailable as e:
-        return [f"{len(raw_files(trace_dir))} raw CUPTI file(s) left undecoded: {e}"]
+
+def _decode_pending_raw(trace_dir: Path, progress: Callable[[str], None] | None = None) -> list[str]:
+    return raw_decoder(trace_dir, progress) if raw_decoder else []
 
 
 def resolve_db(trace: Path) -> Path:

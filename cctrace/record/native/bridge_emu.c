@@ -55,7 +55,7 @@ static CUstream g_last_stream;
 static void *g_ev_ctx;
 static int g_have_last;
 
-/* counters: see STAT_NAMES in cctrace/bridge.py (same order) */
+/* counters: see STAT_NAMES in cctrace/record/bridge.py (same order) */
 enum {
     S_COPIES, S_TOLL_N, S_TOLL_NS, S_BW_N, S_BW_NS, S_SERIAL_N, S_SERIAL_NS, S_BLOCK_N, S_BLOCK_NS,
     S_H2D_N, S_H2D_TOLL_NS, S_D2H_N, S_D2H_TOLL_NS, S_SKIPPED, S_ERRORS, S_FIXED

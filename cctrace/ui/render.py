@@ -6,8 +6,6 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
-from cctrace.bridge import describe_injected
-
 LABELS = {
     "small_crossings": "small crossings",
     "stream_concurrency": "lost stream concurrency",
@@ -135,3 +133,13 @@ def print_diff(d: dict, console: Console) -> None:
                 else "[/dim]"
             )
         )
+
+
+def describe_injected(summary: dict) -> str:
+    """One line saying what the emulator injected over the whole run (warm-up included)."""
+    ms, n = summary["injected_ms"], summary["counts"]
+    return (
+        f"emulated bridge {summary['spec']} (whole run, warm-up included): {summary['tolls']:,} tolls "
+        f"{ms['toll']} ms, bandwidth {ms['bandwidth']} ms, serialization {n['serialize']:,} ({ms['serialize']} ms), "
+        f"async blocking {n['async_block']:,} ({ms['async_block']} ms)"
+    )

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cctrace.manifest import MANIFEST, build_manifest, proc_record_path, write_json_atomic
+from cctrace.trace.manifest import MANIFEST, build_manifest, proc_record_path, write_json_atomic
 
 
 class AttachError(Exception):
@@ -31,7 +31,7 @@ def attach_pid(
     progress: Callable[[str], None] | None = None,
     launches: bool = False,
 ) -> dict:
-    from cctrace.sources.host_probes import HostProbes, ProbesUnavailable, find_libcuda
+    from cctrace.record.sources.host_probes import HostProbes, ProbesUnavailable, find_libcuda
 
     if not _alive(pid):
         raise AttachError(f"no process {pid}")
@@ -79,7 +79,7 @@ def attach_pid(
         out / MANIFEST, build_manifest(out, ["attach", str(pid)], started_wall, started_ns, None, options)
     )
     try:
-        from cctrace.store import load
+        from cctrace.analyze.store import load
 
         load(out)
     except ImportError:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cctrace.manifest import proc_record_path
-from cctrace.shards import ShardWriter
-from cctrace.sources.cupti_source import RAW_SUFFIX, CuptiSource
+from cctrace.record.sources.cupti_source import RAW_SUFFIX, CuptiSource
+from cctrace.trace.manifest import proc_record_path
+from cctrace.trace.shards import ShardWriter
 
 MAGIC = 0x3130425554504343
 STR_MAGIC = 0x3130525453544343
@@ -125,7 +125,7 @@ class _Walker:
             raise RawDecodeUnavailable(f"cupti-python is needed to decode CUPTI buffers ({e})") from None
         self.cupti = cupti
         cupti.get_timestamp()
-        from cctrace.sources.cupti_source import _mapped_library
+        from cctrace.record.sources.cupti_source import _mapped_library
 
         lib = _mapped_library("libcupti")
         if lib is None:
@@ -133,7 +133,7 @@ class _Walker:
         self.next_record = ctypes.CDLL(lib).cuptiActivityGetNextRecord
         self.next_record.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]
         self.next_record.restype = ctypes.c_int
-        from cctrace.sources.cupti_source import string_fields
+        from cctrace.record.sources.cupti_source import string_fields
 
         self.string_fields: dict[int, list[tuple[str, int]]] = {}
         for kind, field, offset in string_fields(cupti):
@@ -272,8 +272,18 @@ def _decode_files(trace_dir: Path, files: list[Path], progress: Callable[[str], 
             health["decoded_buffers"] = n_buffers
             health["incomplete_dropped"] = dict(src.incomplete)
             proc["rows_written"] = {**(proc.get("rows_written") or {}), **writer.rows_written}
-            from cctrace.manifest import write_json_atomic
+            from cctrace.trace.manifest import write_json_atomic
 
             write_json_atomic(rec_path, proc)
         path.unlink()
     return problems
+
+
+def decode_pending(trace_dir: Path, progress: Callable[[str], None] | None = None) -> list[str]:
+    """CUPTI buffers a killed recording left undecoded are decoded now, where cupti-python exists."""
+    if not raw_files(trace_dir):
+        return []
+    try:
+        return decode_trace(trace_dir, progress)
+    except RawDecodeUnavailable as e:
+        return [f"{len(raw_files(trace_dir))} raw CUPTI file(s) left undecoded: {e}"]

@@ -17,7 +17,7 @@ def run_checks() -> list[dict]:
         have_driver = True
     except OSError:
         have_driver = False
-    from cctrace.manifest import gpu_facts
+    from cctrace.trace.manifest import gpu_facts
 
     facts = gpu_facts() if have_driver else {"available": False, "reason": "libcuda.so.1 not found"}
     if facts.get("available"):
@@ -78,7 +78,7 @@ def run_checks() -> list[dict]:
         )
     except OSError as e:
         out.append(_check("cupti-python", "fail", f"libcupti did not load ({e})", "install the CUPTI library"))
-    from cctrace.native import BRIDGE_SOURCE, NativeUnavailable, build_native, build_shim
+    from cctrace.record.native import BRIDGE_SOURCE, NativeUnavailable, build_native, build_shim
 
     try:
         build_shim()
@@ -95,7 +95,7 @@ def run_checks() -> list[dict]:
                 "--emulate-bridge cannot run",
             )
         )
-    from cctrace.sources import host_probes as hp
+    from cctrace.record.sources import host_probes as hp
 
     try:
         hp.import_bcc()

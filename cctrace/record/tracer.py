@@ -18,8 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from cctrace.manifest import proc_record_path, write_json_atomic
-from cctrace.shards import ShardWriter
+from cctrace.trace.manifest import proc_record_path, write_json_atomic
+from cctrace.trace.shards import ShardWriter
 
 ENV_DIR = "CCTRACE_DIR"
 ENV_KINDS = "CCTRACE_KINDS"
@@ -27,7 +27,7 @@ ENV_FLUSH = "CCTRACE_FLUSH_S"
 ENV_QUIET = "CCTRACE_QUIET"
 ENV_HOME = "CCTRACE_HOME"
 ENV_INJECT = "CCTRACE_INJECT_DIR"
-ENV_BRIDGE = "CCTRACE_BRIDGE_SPEC"  # cctrace.bridge.ENV_SPEC (not imported: keeps start-up light)
+ENV_BRIDGE = "CCTRACE_BRIDGE_SPEC"  # cctrace.record.bridge.ENV_SPEC (not imported: keeps start-up light)
 
 # "sync" (SYNCHRONIZATION records) is not a default: on the H100 it alone slowed serve.py by ~17%
 # (benchmarks/cupti_cost.py), and the RUNTIME records of the sync calls carry what the analysis needs.
@@ -72,7 +72,7 @@ class Tracer:
         )
 
     def _start_cupti(self) -> None:
-        from cctrace.sources.cupti_source import CuptiSource, CuptiUnavailable
+        from cctrace.record.sources.cupti_source import CuptiSource, CuptiUnavailable
 
         cupti_kinds = tuple(k for k in self.kinds if k != "none")
         if not cupti_kinds:
@@ -95,7 +95,7 @@ class Tracer:
         raw = os.environ.get(ENV_BRIDGE)
         if not raw:
             return
-        from cctrace.bridge import BridgeEmulator, BridgeSpec
+        from cctrace.record.bridge import BridgeEmulator, BridgeSpec
 
         fields = {k: v for k, v in json.loads(raw).items() if k in BridgeSpec.__dataclass_fields__}
         cupti_src = self.sources.get("cupti")

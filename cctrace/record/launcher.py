@@ -18,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cctrace import tracer as T
-from cctrace.bridge import BridgeSpec
-from cctrace.manifest import MANIFEST, build_manifest, write_json_atomic
+from cctrace.record import tracer as T
+from cctrace.record.bridge import BridgeSpec
+from cctrace.resources import PACKAGE
+from cctrace.trace.manifest import MANIFEST, build_manifest, write_json_atomic
 
-INJECT_DIR = Path(__file__).resolve().parent / "_inject"
-PACKAGE_HOME = Path(__file__).resolve().parent.parent
+INJECT_DIR = Path(__file__).resolve().parent / "inject"
+PACKAGE_HOME = PACKAGE.parent
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -46,7 +47,7 @@ def start_probes(trace_dir: Path, mode: str, flush_s: float, launches: bool = Fa
     """Host probes per --host-probes; returns (probes or None, health for the manifest)."""
     if mode == "off":
         return None, {"state": "off (--host-probes off)"}
-    from cctrace.sources.host_probes import HostProbes, ProbesUnavailable
+    from cctrace.record.sources.host_probes import HostProbes, ProbesUnavailable
 
     probes = HostProbes(trace_dir, flush_s=flush_s, launches=launches)
     try:
@@ -86,8 +87,8 @@ def child_environment(trace_dir: Path, opts: RecordOptions, base: dict[str, str]
 
 def _shim_env() -> dict[str, str]:
     """Build the C buffer shim once, here, so every traced process can load it."""
-    from cctrace.native import NativeUnavailable, build_shim
-    from cctrace.sources.cupti_source import ENV_SHIM, ENV_SHIM_ERROR
+    from cctrace.record.native import NativeUnavailable, build_shim
+    from cctrace.record.sources.cupti_source import ENV_SHIM, ENV_SHIM_ERROR
 
     try:
         return {ENV_SHIM: str(build_shim())}
@@ -96,8 +97,8 @@ def _shim_env() -> dict[str, str]:
 
 
 def _bridge_env(spec: BridgeSpec) -> dict[str, str]:
-    from cctrace.bridge import ENV_LIB, ENV_LIB_ERROR, ENV_SPEC
-    from cctrace.native import BRIDGE_SOURCE, NativeUnavailable, build_native
+    from cctrace.record.bridge import ENV_LIB, ENV_LIB_ERROR, ENV_SPEC
+    from cctrace.record.native import BRIDGE_SOURCE, NativeUnavailable, build_native
 
     env = {ENV_SPEC: json.dumps(spec.to_json())}
     try:
@@ -113,7 +114,7 @@ def _to_stderr(msg: str) -> None:
 
 def decode_raw(trace_dir: Path, progress: Callable[[str], None] | None = None) -> dict:
     """Turn the CUPTI buffers the shim wrote into shards; returns what happened, for the manifest."""
-    from cctrace.sources.cupti_raw import RawDecodeUnavailable, decode_trace, raw_files
+    from cctrace.record.sources.cupti_raw import RawDecodeUnavailable, decode_trace, raw_files
 
     n = len(raw_files(trace_dir))
     if not n:

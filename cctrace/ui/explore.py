@@ -12,8 +12,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Input, Label, OptionList, Static, TabbedContent, TabPane
 
-from cctrace.analysis import Analysis, QueryError, diff, list_queries, report
-from cctrace.views import LABELS, diff_rows
+from cctrace.analyze.analysis import Analysis, QueryError, diff, list_queries, report
+from cctrace.ui.render import LABELS, diff_rows
 
 HELP = """\
 [b]cctrace explore[/b] — keys

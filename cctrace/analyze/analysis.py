@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from cctrace.store import VIEWS as STORE_VIEWS
-from cctrace.store import connect
+from cctrace.analyze.store import VIEWS as STORE_VIEWS
+from cctrace.analyze.store import connect
+from cctrace.resources import data_dir
 
-QUERY_DIR = Path(__file__).resolve().parent.parent / "queries"
+QUERY_DIR = data_dir("queries")
 VIEWS = QUERY_DIR / "_views.sql"
 CATEGORIES = ("small_crossings", "stream_concurrency", "async_stalls", "alloc_and_copy", "sync_waits")
 
@@ -125,11 +126,11 @@ def _statements(sql: str) -> list[str]:
 @functools.cache
 def reference_params() -> dict[str, object]:
     """The built-in reference: parameters from the bridge profile measured on the H100 (bundled)."""
-    from cctrace.calibrate import DEFAULT_PROFILE, CalibrateError, load_profile, params_from_profile
+    from cctrace.trace.profile import DEFAULT_PROFILE, ProfileError, load_profile, params_from_profile
 
     try:
         return params_from_profile(load_profile(DEFAULT_PROFILE))
-    except CalibrateError:
+    except ProfileError:
         return {}
 
 
@@ -176,8 +177,8 @@ class Analysis:
 
 def report(trace: Path, params: dict[str, object] | None = None) -> dict:
     """The attribution report as plain data: the same keys feed the terminal, JSON and Markdown views."""
-    from cctrace.bridge import injected_summary
-    from cctrace.manifest import read_manifest
+    from cctrace.trace.injections import injected_summary
+    from cctrace.trace.manifest import read_manifest
 
     a = Analysis(trace, params)
     try:

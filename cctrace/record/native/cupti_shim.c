@@ -185,7 +185,7 @@ void cct_stats(uint64_t out[5]) {
 
 typedef int (*timestamp_fn)(uint64_t *ts);
 
-struct api_rec { /* 40 bytes; API_DTYPE in cctrace/sources/cupti_source.py reads it */
+struct api_rec { /* 40 bytes; API_DTYPE in cctrace/record/sources/cupti_source.py reads it */
     uint64_t start, end;
     uint32_t domain, cbid, correlation_id, tid;
     int32_t ret;

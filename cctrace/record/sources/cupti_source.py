@@ -2,7 +2,7 @@
 
 Only the kinds that describe crossings are on by default (copies, memsets, allocations, the runtime
 calls that move/allocate/free/synchronize, and CUPTI's overhead records). With the C shim
-(cctrace/native/cupti_shim.c, the normal case) CUPTI's buffers go to a raw file without touching
+(cctrace/record/native/cupti_shim.c, the normal case) CUPTI's buffers go to a raw file without touching
 Python, and the runtime calls come from CUPTI callbacks on just those calls rather than from the
 RUNTIME activity kind, which wraps every runtime call; both are decoded here after the run. Without
 the shim, cupti-python's Python buffer callbacks only queue the records and the flusher thread
@@ -23,10 +23,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cctrace import schema as S
-from cctrace.clock import measure_offset
-from cctrace.native import address, api_stats, chain_hooks, shim_stats
-from cctrace.shards import ShardWriter
+from cctrace.record.native import address, api_stats, chain_hooks, shim_stats
+from cctrace.trace import schema as S
+from cctrace.trace.clock import measure_offset
+from cctrace.trace.shards import ShardWriter
 
 # runtime calls kept when RUNTIME records are on; everything else is switched off by callback id
 RUNTIME_KEEP = re.compile(
@@ -331,7 +331,7 @@ class CuptiSource:
         cupti = self._cupti
         shim_path = os.environ.get(ENV_SHIM)
         if shim_path:
-            from cctrace.native import load_shim
+            from cctrace.record.native import load_shim
 
             lib = loaded_libcupti(cupti)
             if lib is None:

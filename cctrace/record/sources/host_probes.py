@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from cctrace import schema as S
-from cctrace.shards import ShardWriter
+from cctrace.resources import data_dir
+from cctrace.trace import schema as S
+from cctrace.trace.shards import ShardWriter
 
-PROBE_SOURCE = Path(__file__).resolve().parent.parent.parent / "probes" / "cuda_boundary.c"
+PROBE_SOURCE = data_dir("probes") / "cuda_boundary.c"
 DIST_PACKAGES = ("/usr/lib/python3/dist-packages",)
 HEADER_TREES = ("/opt/cctrace/kheaders/build", "/opt/kheaders/build")
 

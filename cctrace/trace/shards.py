@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from cctrace import schema as S
+from cctrace.trace import schema as S
 
 _WRITE_OPTIONS = ipc.IpcWriteOptions(compression="zstd")
 

@@ -11,8 +11,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from cctrace import schema as S
-from cctrace.store import connect
+from cctrace.analyze.store import connect
+from cctrace.trace import schema as S
 
 STREAM_TID_BASE = 1_000_000_000  # GPU streams become pseudo-threads above every real tid
 CHUNK = 50_000

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from cctrace import __version__
-from cctrace.environment import allowed_environment
+from cctrace.trace.environment import allowed_environment
 
 MANIFEST = "manifest.json"
 PROC_PREFIX = "proc."
@@ -107,7 +107,7 @@ def build_manifest(
                 agg["records"][k] = agg["records"].get(k, 0) + v
             agg["dropped"] += int(health.get("dropped") or 0)
             agg["errors"].extend(f"pid {p.get('pid')}: {e}" for e in health.get("errors") or [])
-    from cctrace.bridge import sum_injected
+    from cctrace.trace.injections import sum_injected
 
     out = {
         "format": "cctrace-trace/1",

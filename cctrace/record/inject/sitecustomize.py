@@ -16,7 +16,7 @@ def _cctrace_boot() -> None:
     if home and home not in sys.path:
         sys.path.append(home)  # last, so cctrace's folder never shadows the program's modules
     try:
-        from cctrace.tracer import boot_from_env
+        from cctrace.record.tracer import boot_from_env
 
         boot_from_env()
     except Exception as e:  # noqa: BLE001 - tracing must never stop the program
