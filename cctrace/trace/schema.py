@@ -79,7 +79,8 @@ TABLES: dict[str, pa.Schema] = {
             ("on_cpu_ns", I64),  # host probes only
             ("off_cpu_ns", I64),
             ("ioctl_ns", I64),
-            ("source", STR),  # cupti | ebpf | synthetic
+            ("source", STR),  # cupti | ebpf | interposer | synthetic
+            ("stack_id", I64),  # the calling thread's Python stack (`stacks`), null when none was captured
         ]
     ),
     # CUPTI synchronization records (stream/event/context syncs, stream waits).
@@ -152,6 +153,35 @@ TABLES: dict[str, pa.Schema] = {
             ("kind", STR),
             ("start_ns", I64),
             ("end_ns", I64),
+            ("source", STR),
+        ]
+    ),
+    # the bridge emulator's ground truth: one row per injection it made (what, where, how long).
+    "bridge_injections": pa.schema(
+        [
+            ("pid", I64),
+            ("tid", I64),
+            ("ts_ns", I64),  # when the injected wait began
+            ("ns", I64),  # how long it lasted
+            ("kind", STR),  # toll | bandwidth | serialize | async_block
+            ("direction", STR),  # h2d | d2h | none
+            ("bytes", I64),
+            ("call", STR),  # the CUDA call it was injected into (driver API name), or graph_launch
+            ("correlation_id", I64),
+            ("source", STR),  # emulator
+        ]
+    ),
+    # interned Python stacks of recorded calls: one row per frame, depth 0 innermost; the frame that is
+    # the call site (innermost outside the frameworks) is marked.
+    "stacks": pa.schema(
+        [
+            ("pid", I64),
+            ("stack_id", I64),
+            ("depth", I64),
+            ("file", STR),
+            ("line", I64),
+            ("function", STR),
+            ("is_callsite", pa.bool_()),
             ("source", STR),
         ]
     ),
