@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from cctrace.trace import handoff as H
 from cctrace.trace import schema as S
 from cctrace.trace.manifest import read_manifest
 from cctrace.trace.shards import parse_shard_name, read_shard
@@ -169,12 +170,12 @@ BLOCK_POOL_MAX = 1 << 30
 
 
 def limit_memory(con) -> None:
-    """Keep DuckDB under CCTRACE_MEMORY_LIMIT (default 3GB), spilling to a temporary directory beyond it."""
+    """Keep DuckDB under handoff.MEMORY_LIMIT (default 3GB), spilling to a temporary directory beyond it."""
     import tempfile
 
     import duckdb
 
-    text = os.environ.get("CCTRACE_MEMORY_LIMIT", "3GB")
+    text = H.MEMORY_LIMIT.get()
     limit = _size_bytes(text)
     con.execute(f"SET memory_limit = '{text.strip()}'").fetchall()
     spill = os.path.join(tempfile.gettempdir(), "cctrace-spill").replace("'", "''")
@@ -190,12 +191,12 @@ _UNITS = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mi
 
 
 def _size_bytes(text: str) -> int:
-    """CCTRACE_MEMORY_LIMIT's value ('3GB', '2500 MiB') in bytes; anything else is refused."""
+    """handoff.MEMORY_LIMIT's value ('3GB', '2500 MiB') in bytes; anything else is refused."""
     import re
 
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]+)", text.strip(), re.I)
     if not m or m.group(2).lower() not in _UNITS:
-        raise LoadError(f"CCTRACE_MEMORY_LIMIT={text!r} is not a size like 3GB or 2500MB")
+        raise LoadError(f"{H.MEMORY_LIMIT.name}={text!r} is not a size like 3GB or 2500MB")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 

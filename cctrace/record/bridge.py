@@ -15,12 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cctrace.record.native import address
+from cctrace.trace import handoff as H
 from cctrace.trace.profile import native_gbps
-
-ENV_SPEC = "CCTRACE_BRIDGE_SPEC"  # the resolved spec as JSON, set by the launcher
-ENV_LIB = "CCTRACE_BRIDGE_LIB"  # the compiled emulator
-ENV_LIB_ERROR = "CCTRACE_BRIDGE_LIB_ERROR"
-
 
 NATIVE_GBPS = native_gbps()
 
@@ -77,6 +73,11 @@ class BridgeSpec:
             emu = self.bw_gbps if self.bw_gbps else native * self.bw_ratio
             out.append(max(1.0 / emu - 1.0 / native, 0.0))  # GB/s == bytes/ns
         return out[0], out[1]
+
+    @classmethod
+    def from_json(cls, d: dict) -> BridgeSpec:
+        """The spec from its to_json() form (derived keys are dropped)."""
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -227,9 +228,9 @@ class BridgeEmulator:
         self._unsubscribe: int | None = None
 
     def start(self) -> None:
-        lib_path = os.environ.get(ENV_LIB)
+        lib_path = H.BRIDGE_LIB.get()
         if not lib_path:
-            raise RuntimeError(os.environ.get(ENV_LIB_ERROR, "the bridge emulator was not built"))
+            raise RuntimeError(H.BRIDGE_LIB_ERROR.get() or "the bridge emulator was not built")
         try:
             import cupti.cupti as cupti  # cupti-python
         except ImportError as e:

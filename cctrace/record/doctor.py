@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+from cctrace.trace import handoff as H
+
 
 def _check(name: str, status: str, detail: str, fix: str | None = None) -> dict:
     return {"check": name, "status": status, "detail": detail, "fix": fix}
@@ -137,7 +139,10 @@ def run_checks() -> list[dict]:
     lib = hp.find_libcuda()
     out.append(
         _check(
-            "libcuda to probe", "ok" if lib else "fail", lib or "not found", "set CCTRACE_LIBCUDA=/path/to/libcuda.so.1"
+            "libcuda to probe",
+            "ok" if lib else "fail",
+            lib or "not found",
+            f"set {H.LIBCUDA.name}=/path/to/libcuda.so.1",
         )
     )
     return out

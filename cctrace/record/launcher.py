@@ -8,7 +8,6 @@ per-process records into manifest.json and returns the child's exit status.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 from cctrace.record import tracer as T
 from cctrace.record.bridge import BridgeSpec
 from cctrace.resources import PACKAGE
+from cctrace.trace import handoff as H
 from cctrace.trace.manifest import MANIFEST, build_manifest, write_json_atomic
 
 INJECT_DIR = Path(__file__).resolve().parent / "inject"
@@ -71,41 +71,33 @@ def child_environment(trace_dir: Path, opts: RecordOptions, base: dict[str, str]
     env = dict(os.environ if base is None else base)
     old = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(INJECT_DIR) + (os.pathsep + old if old else "")
-    env[T.ENV_DIR] = str(Path(trace_dir).resolve())
-    env[T.ENV_KINDS] = ",".join(opts.kinds) if opts.kinds else "none"
-    env[T.ENV_FLUSH] = str(opts.flush_s)
-    env[T.ENV_HOME] = str(PACKAGE_HOME)
-    if opts.quiet:
-        env[T.ENV_QUIET] = "1"
-    if opts.kinds and not env.get("CCTRACE_NO_SHIM"):  # CCTRACE_NO_SHIM: diagnostics only
-        env.update(_shim_env())
+    native = {}
+    if opts.kinds and not H.NO_SHIM.on(env):
+        native.update(_built(H.CUPTI_SHIM, H.CUPTI_SHIM_ERROR, "SOURCE"))
     if opts.bridge is not None:
-        env.update(_bridge_env(opts.bridge))
+        native.update(_built(H.BRIDGE_LIB, H.BRIDGE_LIB_ERROR, "BRIDGE_SOURCE"))
+    handed = H.Handoff(
+        trace_dir=str(Path(trace_dir).resolve()),
+        kinds=tuple(opts.kinds),
+        flush_s=opts.flush_s,
+        quiet=opts.quiet,
+        home=str(PACKAGE_HOME),
+        bridge=opts.bridge.to_json() if opts.bridge is not None else None,
+        native=native,
+    )
+    env.update(handed.to_env())
     env.update(opts.extra_env)
     return env
 
 
-def _shim_env() -> dict[str, str]:
-    """Build the C buffer shim once, here, so every traced process can load it."""
-    from cctrace.record.native import NativeUnavailable, build_shim
-    from cctrace.record.sources.cupti_source import ENV_SHIM, ENV_SHIM_ERROR
+def _built(path_var: H.Var, error_var: H.Var, source: str) -> dict[str, str]:
+    """Build a C helper once, here, so every traced process can load it; its path, or why not."""
+    from cctrace.record import native as N
 
     try:
-        return {ENV_SHIM: str(build_shim())}
-    except (NativeUnavailable, OSError) as e:
-        return {ENV_SHIM_ERROR: str(e)}
-
-
-def _bridge_env(spec: BridgeSpec) -> dict[str, str]:
-    from cctrace.record.bridge import ENV_LIB, ENV_LIB_ERROR, ENV_SPEC
-    from cctrace.record.native import BRIDGE_SOURCE, NativeUnavailable, build_native
-
-    env = {ENV_SPEC: json.dumps(spec.to_json())}
-    try:
-        env[ENV_LIB] = str(build_native(BRIDGE_SOURCE))
-    except (NativeUnavailable, OSError) as e:
-        env[ENV_LIB_ERROR] = str(e)
-    return env
+        return {path_var.name: str(N.build_native(getattr(N, source)))}
+    except (N.NativeUnavailable, OSError) as e:
+        return {error_var.name: str(e)}
 
 
 def _to_stderr(msg: str) -> None:

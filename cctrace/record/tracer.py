@@ -10,7 +10,6 @@ own shards) and multiprocessing's os._exit (a Finalize hook).
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import signal
 import sys
@@ -18,16 +17,9 @@ import threading
 import time
 from pathlib import Path
 
+from cctrace.trace import handoff as H
 from cctrace.trace.manifest import proc_record_path, write_json_atomic
 from cctrace.trace.shards import ShardWriter
-
-ENV_DIR = "CCTRACE_DIR"
-ENV_KINDS = "CCTRACE_KINDS"
-ENV_FLUSH = "CCTRACE_FLUSH_S"
-ENV_QUIET = "CCTRACE_QUIET"
-ENV_HOME = "CCTRACE_HOME"
-ENV_INJECT = "CCTRACE_INJECT_DIR"
-ENV_BRIDGE = "CCTRACE_BRIDGE_SPEC"  # cctrace.record.bridge.ENV_SPEC (not imported: keeps start-up light)
 
 # "sync" (SYNCHRONIZATION records) is not a default: on the H100 it alone slowed serve.py by ~17%
 # (benchmarks/cupti_cost.py), and the RUNTIME records of the sync calls carry what the analysis needs.
@@ -39,11 +31,19 @@ _active: Tracer | None = None
 
 
 class Tracer:
-    def __init__(self, trace_dir: Path, kinds: tuple[str, ...], flush_s: float = 1.0, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        trace_dir: Path,
+        kinds: tuple[str, ...],
+        flush_s: float = 1.0,
+        quiet: bool = False,
+        bridge: dict | None = None,
+    ) -> None:
         self.trace_dir = Path(trace_dir)
         self.kinds = kinds
         self.flush_s = flush_s
         self.quiet = quiet
+        self.bridge = bridge  # the launcher's resolved --emulate-bridge spec
         self.pid = os.getpid()
         self.writer = ShardWriter(self.trace_dir, self.pid)
         self.sources: dict[str, object] = {}
@@ -83,7 +83,7 @@ class Tracer:
             src.start()
         except CuptiUnavailable as e:
             self.cupti_status = f"off: {e}"
-            if os.environ.get("CCTRACE_VERBOSE"):
+            if H.VERBOSE.on():
                 self._say(f"CUPTI is off in pid {self.pid} ({e}); the program runs untraced by CUPTI")
             self.sources["cupti"] = src
             return
@@ -92,15 +92,13 @@ class Tracer:
 
     def _start_bridge(self) -> None:
         """--emulate-bridge: act out a CC bridge inside this process's copy calls."""
-        raw = os.environ.get(ENV_BRIDGE)
-        if not raw:
+        if self.bridge is None:
             return
         from cctrace.record.bridge import BridgeEmulator, BridgeSpec
 
-        fields = {k: v for k, v in json.loads(raw).items() if k in BridgeSpec.__dataclass_fields__}
         cupti_src = self.sources.get("cupti")
         hooks = cupti_src.callback_hooks() if cupti_src is not None else None  # type: ignore[attr-defined]
-        emu = BridgeEmulator(BridgeSpec(**fields), hooks=hooks)
+        emu = BridgeEmulator(BridgeSpec.from_json(self.bridge), hooks=hooks)
         self.sources["bridge"] = emu
         try:
             emu.start()
@@ -248,11 +246,15 @@ class Tracer:
 def boot_from_env() -> Tracer | None:
     """Start tracing this process if `cctrace record` asked for it through the environment."""
     global _active
-    trace_dir = os.environ.get(ENV_DIR)
-    if not trace_dir or _active is not None:
+    handed = H.Handoff.from_env()
+    if handed is None or _active is not None:
         return _active
-    kinds = tuple(k for k in os.environ.get(ENV_KINDS, ",".join(DEFAULT_KINDS)).split(",") if k)
-    flush_s = float(os.environ.get(ENV_FLUSH, "1.0"))
-    _active = Tracer(Path(trace_dir), kinds, flush_s=flush_s, quiet=bool(os.environ.get(ENV_QUIET)))
+    _active = Tracer(
+        Path(handed.trace_dir),
+        handed.kinds or DEFAULT_KINDS,
+        flush_s=handed.flush_s,
+        quiet=handed.quiet,
+        bridge=handed.bridge,
+    )
     _active.start()
     return _active

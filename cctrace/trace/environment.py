@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from cctrace.trace.handoff import PREFIX
+
 # Prefixes that say something about how a GPU server ran; everything else is left out.
 ALLOWED_PREFIXES = (
     "CUDA_",
@@ -21,7 +23,7 @@ ALLOWED_PREFIXES = (
     "HF_",
     "TRANSFORMERS_",
     "TOKENIZERS_",
-    "CCTRACE_",
+    PREFIX,
     "LD_",
     "PYTHON",
 )

@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from cctrace.trace import handoff as H
+
 SOURCE = Path(__file__).with_name("cupti_shim.c")
 BRIDGE_SOURCE = Path(__file__).with_name("bridge_emu.c")
 
@@ -24,9 +26,7 @@ class NativeUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("CCTRACE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cctrace"
-    )
+    base = H.CACHE.get() or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cctrace")
     return Path(base)
 
 

@@ -24,31 +24,30 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cctrace.record.native import address, api_stats, chain_hooks, shim_stats
+from cctrace.trace import handoff as H
 from cctrace.trace import schema as S
 from cctrace.trace.clock import measure_offset
 from cctrace.trace.shards import ShardWriter
 
 # runtime calls kept when RUNTIME records are on; everything else is switched off by callback id
 RUNTIME_KEEP = re.compile(
-    os.environ.get("CCTRACE_RUNTIME_KEEP")  # a diagnostic knob for benchmarks/cupti_cost.py
+    H.RUNTIME_KEEP.get()  # a diagnostic knob for benchmarks/cupti_cost.py
     or r"^cuda(Memcpy|Memset|Malloc|Free|HostAlloc|HostRegister|HostUnregister|MemPrefetch|"
     r"StreamSynchronize|DeviceSynchronize|EventSynchronize|StreamWaitEvent|MemcpyBatch)"
 )
 # launches are many per step; their records come with the 'kernel' kind, where they pair with kernels
 RUNTIME_LAUNCH = re.compile(r"^cuda(LaunchKernel|LaunchCooperativeKernel|LaunchKernelExC|GraphLaunch)")
 # cupti-python builds one Python object per record while holding the GIL, so buffers stay modest
-BUFFER_BYTES = int(os.environ.get("CCTRACE_CUPTI_BUFFER_KB", "4096")) * 1024
+BUFFER_BYTES = int(H.CUPTI_BUFFER_KB.get() or H.CUPTI_BUFFER_KB.default) * 1024
 # How records reach us between full buffers: 'period' (CUPTI's worker flushes every interval),
 # 'manual' (our flusher calls activity_flush_all(0) every interval) or 'none' (full buffers and exit only).
-FLUSH_MODE = os.environ.get("CCTRACE_CUPTI_FLUSH", "period")
-ENV_SHIM = "CCTRACE_CUPTI_SHIM"  # path of the compiled buffer shim, set by the launcher
-ENV_SHIM_ERROR = "CCTRACE_CUPTI_SHIM_ERROR"  # why there is none
+FLUSH_MODE = H.CUPTI_FLUSH.get()
 RAW_SUFFIX = ".cuptiraw"
 # diagnostics only (benchmarks/cupti_cost.py): drop delivered buffers unconverted
-DISCARD = bool(os.environ.get("CCTRACE_CUPTI_DISCARD"))
+DISCARD = H.CUPTI_DISCARD.on()
 # With the C shim, runtime calls are recorded through CUPTI's callback API for the kept calls only;
 # this diagnostic knob (benchmarks) asks for CUPTI's RUNTIME activity kind instead.
-RUNTIME_ACTIVITY = bool(os.environ.get("CCTRACE_RUNTIME_ACTIVITY"))
+RUNTIME_ACTIVITY = H.RUNTIME_ACTIVITY.on()
 
 # one record of the shim's callback-recorded API calls (struct api_rec in native/cupti_shim.c)
 API_DTYPE = np.dtype(
@@ -329,7 +328,7 @@ class CuptiSource:
     def _register_callbacks(self) -> None:
         """C callbacks through the shim when it is available; else cupti-python's Python callbacks."""
         cupti = self._cupti
-        shim_path = os.environ.get(ENV_SHIM)
+        shim_path = H.CUPTI_SHIM.get()
         if shim_path:
             from cctrace.record.native import load_shim
 
@@ -353,7 +352,7 @@ class CuptiSource:
                 self.delivery = "c-shim"
                 return
         else:
-            self.errors.append(os.environ.get(ENV_SHIM_ERROR, "no buffer shim") + "; using Python buffer callbacks")
+            self.errors.append((H.CUPTI_SHIM_ERROR.get() or "no buffer shim") + "; using Python buffer callbacks")
         cupti.activity_register_callbacks(self._buffer_requested, self._buffer_completed)
         self.delivery = "python-callbacks"
 

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from cctrace.resources import data_dir
+from cctrace.trace import handoff as H
 from cctrace.trace import schema as S
 from cctrace.trace.shards import ShardWriter
 
@@ -155,7 +156,7 @@ def check_ready() -> None:
 
 def find_libcuda(pid: int | None = None) -> str | None:
     """The libcuda a process mapped (attach), else the one the dynamic loader would find."""
-    if env := os.environ.get("CCTRACE_LIBCUDA"):
+    if env := H.LIBCUDA.get():
         return env
     if pid:
         try:
@@ -221,7 +222,7 @@ class HostProbes:
         bcc = import_bcc()
         lib = self.libcuda or find_libcuda(pids[0] if pids else None)
         if lib is None or not os.path.exists(lib):
-            raise ProbesUnavailable("no libcuda found to probe (set CCTRACE_LIBCUDA=/path/to/libcuda.so.1)")
+            raise ProbesUnavailable(f"no libcuda found to probe (set {H.LIBCUDA.name}=/path/to/libcuda.so.1)")
         self.libcuda = lib
         names = [n + v for n in FUNCS if self.launches or n not in LAUNCHES for v in VARIANTS]
         symbols = _exported_symbols(lib)
