@@ -478,6 +478,11 @@ def query(name, trace, list_, params, fmt, output, profile) -> None:
         t = a.run(name)
     finally:
         a.close()
+    if t.num_rows == 0 and fmt == "table":
+        click.echo("no rows")
+        return
+    if t.num_rows == 0:
+        _err("no rows")
     if fmt == "parquet":
         if not output:
             _err("--format parquet needs -o FILE")
@@ -542,36 +547,64 @@ def diff_cmd(base, trace, as_json, params, profile) -> None:
 
 @cli.command()
 @click.argument("trace", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["perfetto", "parquet"]), required=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["perfetto", "perfetto-proto", "parquet"]),
+    required=True,
+    help="perfetto: trace-event JSON; perfetto-proto: Perfetto's native protobuf (smaller, faster to open); "
+    "parquet: one file per table.",
+)
 @click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
     required=True,
-    help="perfetto: a .json file; parquet: a directory (one file per table).",
+    help="perfetto: a .json file; perfetto-proto: a .pftrace file; parquet: a directory (one file per table).",
 )
-@click.option("--window", help="START:END in ms from the trace's first event (perfetto).")
-@click.option("--steps", help="A:B, the steps to export (perfetto), 0-based and inclusive.")
+@click.option(
+    "--window", metavar="A:B", help="Only events starting A to B ms after the analysis window's start (perfetto)."
+)
+@click.option(
+    "--steps", metavar="A:B", help="Only steps A to B, numbered from 1 as `report` numbers them, inclusive (perfetto)."
+)
 @_analysis_errors
 def export(trace, fmt, output, window, steps) -> None:
-    """Hand TRACE to the tools people already use: Perfetto/chrome://tracing JSON, or Parquet."""
-    from cctrace.analyze.export import export_parquet, export_perfetto
+    """Hand TRACE to the tools people already use: Perfetto (ui.perfetto.dev, chrome://tracing) or Parquet.
 
-    def span(text, cast):
-        if not text:
-            return None
-        try:
-            a, b = text.split(":")
-            return cast(a), cast(b)
-        except ValueError:
-            _err(f"expected A:B, got {text!r}")
-            sys.exit(EXIT_USAGE)
+    \b
+    --steps and --window use the report's steps and analysis window (first step's start to last
+    step's end); without them the whole trace is exported, warm-up included.
+    Exit status: 0 written; 2 a bad option, a step range or window outside the trace, or --steps on
+    a trace without steps (one line on stderr says which); 3 TRACE is not a trace.
+    """
+    from cctrace.analyze.export import ExportError, export_parquet, export_perfetto
+    from cctrace.analyze.span import SpanError, resolve
 
     if fmt == "parquet":
+        if window or steps:
+            _err("--window and --steps select Perfetto events; parquet exports whole tables")
+            sys.exit(EXIT_USAGE)
         rows = export_parquet(trace, output)
         _err(f"wrote {len(rows)} tables to {output}")
         return
-    counts = export_perfetto(trace, output, span(window, float), span(steps, int), progress=_err)
+    bounds = None
+    if window or steps:
+        from cctrace.analyze.analysis import Analysis
+
+        a = Analysis(trace)
+        try:
+            bounds = resolve(a.con, window, steps)
+        except SpanError as e:
+            _err(str(e))
+            sys.exit(EXIT_USAGE)
+        finally:
+            a.close()
+    try:
+        counts = export_perfetto(trace, output, bounds, fmt, progress=_err)
+    except ExportError as e:
+        _err(str(e))
+        sys.exit(EXIT_USAGE)
     _err(f"wrote {output}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()) + " (open in ui.perfetto.dev)")
 
 

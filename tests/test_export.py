@@ -60,11 +60,135 @@ def test_perfetto_export_is_valid_and_bound(trace, tmp_path):
 
 
 def test_perfetto_steps_limit_the_range(trace, tmp_path):
+    """--steps counts as the report does: from 1 within the analysis window (NVTX "step 5" is step 1)."""
     out = tmp_path / "w.json"
-    r = cctrace("export", str(trace), "--format", "perfetto", "-o", str(out), "--steps", "10:19")
+    r = cctrace("export", str(trace), "--format", "perfetto", "-o", str(out), "--steps", "11:20")
     assert r.returncode == 0, r.stderr
     names = [e["name"] for e in json.loads(out.read_text())["traceEvents"] if e.get("cat") == "nvtx"]
-    assert sorted(names) == sorted(f"step {i}" for i in range(15, 25))  # steps 0-4 were warm-up: names start at 5
+    assert sorted(names) == sorted(f"step {i}" for i in range(15, 25))  # NVTX steps 0-4 were warm-up
+    timeline = json.loads(cctrace("query", "step_timeline", str(trace), "--format", "json").stdout)
+    assert [r["name"] for r in timeline if 11 <= r["step"] <= 20] == [f"step {i}" for i in range(15, 25)]
+
+
+def test_perfetto_window_counts_from_the_analysis_window(trace, tmp_path):
+    """--window A:B is ms from the report's window start (the first step's start), not the first event."""
+    con = duckdb.connect(str(trace / "trace.duckdb"), read_only=True)
+    (s1, _), (s2, _) = con.execute(
+        "SELECT start_ns, end_ns FROM markers WHERE name IN ('step 5', 'step 6') ORDER BY start_ns"
+    ).fetchall()
+    out = tmp_path / "w.json"
+    r = cctrace("export", str(trace), "--format", "perfetto", "-o", str(out), "--window", f"0:{(s2 - s1 - 1) / 1e6}")
+    assert r.returncode == 0, r.stderr
+    events = json.loads(out.read_text())["traceEvents"]
+    assert [e["name"] for e in events if e.get("cat") == "nvtx"] == ["step 5"]
+    api = [e["ts"] * 1e3 for e in events if e.get("cat") == "api"]
+    n = con.execute("SELECT count(*) FROM api_calls WHERE start_ns BETWEEN ? AND ?", [s1, s2 - 1]).fetchone()[0]
+    assert len(api) == n > 0 and min(api) >= s1 - 1
+
+
+EDGES = [
+    (["--steps", "0:5"], "out of range: this trace has steps 1 to 300"),
+    (["--steps", "290:301"], "out of range"),
+    (["--steps", "5:3"], "reversed"),
+    (["--steps", "a:b"], "expects A:B"),
+    (["--steps", "1.5:3"], "expects A:B"),
+    (["--window", "5:1"], "reversed"),
+    (["--window", "0:inf"], "finite"),
+    (["--window", "nan:5"], "finite"),
+    (["--window", "-1:5"], "outside the analysis window"),
+    (["--window", "5000:5010"], "outside the analysis window"),
+    (["--window", "3:3"], "empty"),
+    (["--window", "1:2", "--steps", "1:2"], "not both"),
+]
+
+
+@pytest.mark.parametrize(("args", "says"), EDGES, ids=[" ".join(a) for a, _ in EDGES])
+def test_export_says_no_in_one_line(trace, tmp_path, args, says):
+    out = tmp_path / "no.json"
+    r = cctrace("export", str(trace), "--format", "perfetto", "-o", str(out), *args)
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_export_steps_on_a_trace_without_steps(tmp_path):
+    from cctrace.analyze.store import load
+    from cctrace.trace.shards import ShardWriter
+
+    d = tmp_path / "nosteps"
+    w = ShardWriter(d, 7)
+    w.extend("api_calls", ("pid", "tid", "name", "start_ns", "end_ns", "source"), [(7, 7, "cudaGetDevice", 10, 20, "x")])
+    w.close()
+    (d / "manifest.json").write_text(json.dumps({"command": ["x"], "processes": [{"pid": 7}]}))
+    load(d)
+    r = cctrace("export", str(d), "--format", "perfetto-proto", "-o", str(tmp_path / "o.pftrace"), "--steps", "1:2")
+    assert r.returncode == 2 and "no steps" in r.stderr and "--window" in r.stderr, r.stderr
+    r = cctrace("export", str(d), "--format", "perfetto-proto", "-o", str(tmp_path / "o.pftrace"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_export_refuses_a_link(trace, tmp_path):
+    (tmp_path / "target").write_text("keep")
+    (tmp_path / "link.json").symlink_to(tmp_path / "target")
+    r = cctrace("export", str(trace), "--format", "perfetto", "-o", str(tmp_path / "link.json"), "--steps", "1:1")
+    assert r.returncode == 2 and "symbolic link" in r.stderr
+    assert (tmp_path / "target").read_text() == "keep"
+
+
+def test_perfetto_proto_decodes_with_perfettos_protos(trace, tmp_path):
+    """The protobuf export holds the JSON export's slices, tracks and flows, read back with the `perfetto`
+    package's generated TracePacket classes."""
+    P = pytest.importorskip("perfetto.protos.perfetto.trace.perfetto_trace_pb2")
+    out, js = tmp_path / "t.pftrace", tmp_path / "t.json"
+    for path, fmt in ((out, "perfetto-proto"), (js, "perfetto")):
+        r = cctrace("export", str(trace), "--format", fmt, "-o", str(path), "--steps", "1:50")
+        assert r.returncode == 0, r.stderr
+    t = P.Trace()
+    t.ParseFromString(out.read_bytes())
+    tracks = {p.track_descriptor.uuid: p.track_descriptor for p in t.packet if p.HasField("track_descriptor")}
+    names = {u: d.thread.thread_name or d.name or d.process.process_name for u, d in tracks.items()}
+    assert "GPU stream 7" in names.values() and "host thread 791" in names.values()
+    assert "HtoD bytes in flight" in names.values()
+    te = P.TrackEvent
+    open_: dict = {}
+    slices: list = []
+    flows_out, flows_in = {}, {}
+    for p in t.packet:
+        if not p.HasField("track_event"):
+            continue
+        e = p.track_event
+        assert e.track_uuid in tracks  # every event on a declared track
+        if e.type == te.TYPE_SLICE_BEGIN:
+            open_.setdefault(e.track_uuid, []).append((p.timestamp, e))
+        elif e.type == te.TYPE_SLICE_END:
+            ts, b = open_[e.track_uuid].pop()
+            assert p.timestamp > ts
+            slices.append((names[e.track_uuid], b.categories[0], b.name, ts, p.timestamp))
+            for f in b.flow_ids:
+                flows_out[f] = (names[e.track_uuid], ts)
+            for f in b.terminating_flow_ids:
+                flows_in[f] = (names[e.track_uuid], ts)
+    assert not any(open_.values())
+    events = json.loads(js.read_text())["traceEvents"]
+    jslices = [e for e in events if e["ph"] == "X"]
+    for cat in ("api", "copy", "kernel", "nvtx"):
+        assert sum(s[1] == cat for s in slices) == sum(e["cat"] == cat for e in jslices) > 0
+    assert sum(s[1] == "nvtx" for s in slices) == 50
+    # each flow runs from a host thread's call to the GPU stream's work, never backwards in time
+    assert flows_in and set(flows_in) <= set(flows_out)
+    assert len(flows_in) == sum(e["ph"] == "f" for e in events)
+    for f, (track, ts) in flows_in.items():
+        assert track.startswith("GPU stream") and flows_out[f][0].startswith("host thread")
+        assert ts >= flows_out[f][1]
+
+
+def test_query_with_no_rows_says_so(trace, tmp_path):
+    sql = tmp_path / "none.sql"
+    sql.write_text("SELECT * FROM copies WHERE bytes < 0")
+    r = cctrace("query", str(sql), str(trace))
+    assert r.returncode == 0 and r.stdout.strip() == "no rows", r.stdout
+    r = cctrace("query", str(sql), str(trace), "--format", "json")
+    assert json.loads(r.stdout) == [] and "no rows" in r.stderr
 
 
 def test_parquet_export_round_trips(trace, tmp_path):
