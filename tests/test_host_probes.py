@@ -24,11 +24,12 @@ LIB = r"""
 #include <unistd.h>
 #include <sys/ioctl.h>
 static void sleep_us(long us) { struct timespec ts = {us / 1000000, (us % 1000000) * 1000}; nanosleep(&ts, 0); }
+/* spins for `us` of this thread's CPU time: on-CPU work that a loaded machine stretches but never shortens */
 static void spin_us(long us) {
-    struct timespec a, b; clock_gettime(CLOCK_MONOTONIC, &a);
-    do { clock_gettime(CLOCK_MONOTONIC, &b); } while ((b.tv_sec - a.tv_sec) * 1000000L + (b.tv_nsec - a.tv_nsec) / 1000 < us);
+    struct timespec a, b; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+    do { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b); } while ((b.tv_sec - a.tv_sec) * 1000000L + (b.tv_nsec - a.tv_nsec) / 1000 < us);
 }
-/* H2D: blocks off-CPU for bytes/1000 us; D2H: spins on-CPU for bytes/1000 us */
+/* H2D: blocks off-CPU for bytes/1000 us; D2H: spins for bytes/1000 us of CPU time */
 int cuMemcpyHtoDAsync_v2(uint64_t dst, const void *src, size_t n, void *stream) { sleep_us((long)(n / 1000)); return 0; }
 int cuMemcpyDtoHAsync_v2(void *dst, uint64_t src, size_t n, void *stream) { spin_us((long)(n / 1000)); return 0; }
 int cuStreamSynchronize(void *stream) {
@@ -105,9 +106,9 @@ def test_probes_see_each_call_with_arguments_and_split(tmp_path, fake_cuda):
     assert h2d[:6] == (20, 5_000_000, 5_000_000, "HtoD", 0xAB, app.pid)
     assert d2h[:5] == (10, 3_000_000, 3_000_000, "DtoH", 0xCD)
     assert sync[0] == 5 and sync[4] == 0xEF
-    # durations within tolerance, and the on/off-CPU split: sleeping is off-CPU, spinning is on-CPU
-    assert 5.0e6 <= h2d[6] < 7.5e6 and h2d[7] > 0.8 * h2d[6]
-    assert 3.0e6 <= d2h[6] < 4.5e6 and d2h[8] > 0.8 * d2h[6]
+    # the on/off-CPU split: sleeping is off-CPU, spinning is on-CPU (no upper bound: load stretches both)
+    assert h2d[6] >= 5.0e6 and h2d[7] >= 0.95 * 5.0e6 and h2d[8] < h2d[7]
+    assert d2h[6] >= 3.0e6 and d2h[8] >= 0.95 * 3.0e6
     alloc = con.execute("SELECT bytes, ptr FROM api_calls WHERE name = 'cuMemAlloc_v2'").fetchone()
     assert alloc == (4096, 0x7F0000000000 + 4096)  # the pointer the call wrote, read on return
     launch = con.execute("SELECT stream, return_value FROM api_calls WHERE name = 'cuLaunchKernel'").fetchone()
@@ -185,9 +186,10 @@ def test_record_with_host_probes_and_report_on_it(tmp_path, fake_cuda):
     # the crossing's own work, which the fitted model explains)
     stalls = {r["name"]: r for r in j["top"]["async_stalls"]}
     assert stalls["cuMemcpyHtoDAsync_v2"]["stalled_calls"] == 20
-    assert stalls["cuMemcpyHtoDAsync_v2"]["stall_ms"] == pytest.approx(20 * (5.0 - 0.1), rel=0.05)
-    # a spinning thread may be preempted for a moment: at most a sliver of the D2H time is a stall
-    assert stalls.get("cuMemcpyDtoHAsync_v2", {"stall_ms": 0})["stall_ms"] < 0.05 * 30
+    assert stalls["cuMemcpyHtoDAsync_v2"]["stall_ms"] >= 20 * (5.0 - 0.1) * 0.99  # each sleeps >= 5 ms
+    # the D2H spin is the crossing's own work: only time it was preempted (off-CPU) may be a stall
+    d2h = stalls.get("cuMemcpyDtoHAsync_v2", {"stall_ms": 0, "off_cpu_ms": 0})
+    assert d2h["stall_ms"] <= d2h["off_cpu_ms"]
     assert cats["sync_waits"]["events"] == 5
 
 
