@@ -290,11 +290,18 @@ def attach(pid, output, duration, libcuda, probe_launches, force) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="The checks as JSON.")
-def doctor(as_json) -> None:
+@click.option("--dump-bpf", is_flag=True, hidden=True, help="Print the generated eBPF program and exit.")
+@click.option("--probe-launches", is_flag=True, hidden=True, help="With --dump-bpf: the launch probes too.")
+def doctor(as_json, dump_bpf, probe_launches) -> None:
     """What works on this machine for recording: driver, CUPTI, CC mode, bcc, headers, privileges.
 
     Exit status 0 when `cctrace record` would use CUPTI and host probes, 1 when it would fall back.
     """
+    if dump_bpf:
+        from cctrace.record.sources.host_probes import dump_program
+
+        click.echo(dump_program(launches=probe_launches), nl=False)
+        return
     from cctrace.record.doctor import run_checks
 
     checks = run_checks()

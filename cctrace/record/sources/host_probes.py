@@ -180,7 +180,21 @@ def find_libcuda(pid: int | None = None) -> str | None:
     return None
 
 
-def _program(names: list[str], ringbuf_pages_log2: int) -> str:
+def probe_names(symbols: set[str] | None, launches: bool) -> list[str]:
+    """The entry points probed: each of FUNCS (launches only when asked) in each variant `symbols` has."""
+    names = [n + v for n in FUNCS if launches or n not in LAUNCHES for v in VARIANTS]
+    return [n for n in names if symbols is None or n in symbols]
+
+
+def dump_program(libcuda: str | None = None, launches: bool = False) -> str:
+    """The eBPF program as bcc would compile it (`cctrace doctor --dump-bpf`): for the entry points
+    the libcuda found exports, or for every one cctrace knows when there is none."""
+    lib = libcuda or find_libcuda()
+    symbols = _exported_symbols(lib) if lib and os.path.exists(lib) else None
+    return _program(probe_names(symbols, launches))
+
+
+def _program(names: list[str], ringbuf_pages_log2: int = RINGBUF_PAGES_LOG2) -> str:
     src = PROBE_SOURCE.read_text().replace("RINGBUF_PAGES_LOG2", str(ringbuf_pages_log2))
     parts = [src]
     for i, name in enumerate(names):
@@ -224,18 +238,14 @@ class HostProbes:
         if lib is None or not os.path.exists(lib):
             raise ProbesUnavailable(f"no libcuda found to probe (set {H.LIBCUDA.name}=/path/to/libcuda.so.1)")
         self.libcuda = lib
-        names = [n + v for n in FUNCS if self.launches or n not in LAUNCHES for v in VARIANTS]
-        symbols = _exported_symbols(lib)
-        names = [n for n in names if n in symbols]
+        names = probe_names(_exported_symbols(lib), self.launches)
         if not names:
             raise ProbesUnavailable(f"{lib} exports none of the CUDA driver entry points cctrace probes")
         self.names = names
         self._kinds = np.array([FUNCS[_base(n)][0] for n in names] + [None], dtype=object)
         self._has_bytes = np.array([FUNCS[_base(n)][1] != "0" for n in names] + [False])
         try:
-            self.bpf = bcc.BPF(
-                text=_program(names, 8), cflags=["-Wno-macro-redefined", "-Wno-duplicate-decl-specifier"]
-            )
+            self.bpf = bcc.BPF(text=_program(names), cflags=["-Wno-macro-redefined", "-Wno-duplicate-decl-specifier"])
         except Exception as e:  # noqa: BLE001 - bcc raises plain Exception on compile errors
             raise ProbesUnavailable(f"the eBPF program did not compile/load: {str(e)[:300]}") from None
         for i, name in enumerate(names):
