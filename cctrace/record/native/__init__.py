@@ -86,6 +86,16 @@ def load_shim(path: str | os.PathLike) -> ctypes.CDLL:
     lib.cct_api_flush.restype = None
     lib.cct_api_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 2)]
     lib.cct_api_stats.restype = None
+    lib.cct_stacks_init.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    lib.cct_stacks_init.restype = ctypes.c_int
+    lib.cct_stacks_enable.argtypes = [ctypes.c_int]
+    lib.cct_stacks_enable.restype = ctypes.c_int
+    lib.cct_stacks_probe.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    lib.cct_stacks_probe.restype = ctypes.c_int
+    lib.cct_stacks_layout.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+    lib.cct_stacks_layout.restype = ctypes.c_int
+    lib.cct_stacks_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 4)]
+    lib.cct_stacks_stats.restype = None
     return lib
 
 

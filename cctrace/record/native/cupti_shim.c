@@ -170,6 +170,8 @@ void cct_stats(uint64_t out[5]) {
     out[4] = g_failed_allocs;
 }
 
+#include "py_stacks.h" /* the calling thread's Python stack, for each recorded call */
+
 /* ---- API calls through CUPTI's callback API --------------------------------------------------
  * The RUNTIME activity kind makes CUPTI wrap every runtime call, kernel launches included, even
  * the calls its per-call filter then drops (benchmarks/cupti_inprocess.py). Callbacks enabled for
@@ -189,7 +191,7 @@ struct api_rec { /* 40 bytes; API_DTYPE in cctrace/record/sources/cupti_source.p
     uint64_t start, end;
     uint32_t domain, cbid, correlation_id, tid;
     int32_t ret;
-    uint32_t pad;
+    uint32_t stack_id; /* the interned Python stack of the calling thread (py_stacks.h); 0: none */
 };
 
 struct api_block {
@@ -228,6 +230,7 @@ static void api_flush(void) {
     memcpy(g_out.recs, g_api.recs, n * sizeof(struct api_rec));
     g_api_n = 0;
     pthread_mutex_unlock(&g_api_lock);
+    stk_flush(g_fd); /* the stacks these records name, first */
     if (n > 0) {
         g_out.hdr[0] = CCT_API_MAGIC;
         g_out.hdr[1] = (uint64_t)(n * sizeof(struct api_rec));
@@ -266,7 +269,7 @@ static void on_api(void *ud, int domain, uint32_t cbid, const void *cbdata) {
     r.correlation_id = d->correlationId;
     r.tid = t_tid;
     r.ret = d->functionReturnValue ? *(const int32_t *)d->functionReturnValue : 0;
-    r.pad = 0;
+    r.stack_id = stk_capture(); /* after the end time: the capture is not part of the call */
     for (;;) {
         pthread_mutex_lock(&g_api_lock);
         if (g_api_n < API_CAP) {
@@ -290,6 +293,7 @@ static void api_after_fork_child(void) {
     t_tid = 0;
     pthread_mutex_init(&g_api_lock, NULL);
     pthread_mutex_init(&g_out_lock, NULL);
+    stk_after_fork_child();
 }
 
 /* Record exactly these calls from now on (others switched off, unless the chained tool wants them). */
