@@ -86,6 +86,24 @@ _probe_launches_option = click.option(
     "(b300-tdx, h20-cc, toll-only), key=value pairs (toll_us, h2d_toll_us, d2h_toll_us, bw_ratio, bw_gbps, "
     "native_gbps, serialize=on|off, async_block=on|off) after an optional preset, or a JSON file.",
 )
+@click.option(
+    "--no-stacks",
+    is_flag=True,
+    help="Do not capture the calling thread's Python stack with each recorded call (no call sites).",
+)
+@click.option(
+    "--callsite-skip",
+    multiple=True,
+    metavar="PATTERN",
+    help="Frames to pass over when naming a call site, besides torch, transformers, jax, vllm, sglang, "
+    "site-packages and the standard library: a package name, a path fragment (with '/') or a glob. Repeatable.",
+)
+@click.option(
+    "--callsite-keep",
+    multiple=True,
+    metavar="PATTERN",
+    help="Frames never passed over, e.g. --callsite-keep vllm to name vllm's own lines. Repeatable.",
+)
 @click.option("--no-load", is_flag=True, help="Do not build trace.duckdb after the run.")
 @click.option("--force", is_flag=True, help="Write into an existing, non-empty output directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No messages from the tracer inside the program.")
@@ -101,6 +119,9 @@ def record(
     host_probes,
     probe_launches,
     bridge,
+    no_stacks,
+    callsite_skip,
+    callsite_keep,
     no_load,
     force,
     quiet,
@@ -148,6 +169,9 @@ def record(
         host_probes=host_probes,
         probe_launches=probe_launches,
         bridge=spec,
+        stacks=not no_stacks,
+        callsite_skip=tuple(callsite_skip),
+        callsite_keep=tuple(callsite_keep),
     )
     try:
         status = run_traced(list(command), out, opts)

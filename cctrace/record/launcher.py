@@ -36,6 +36,9 @@ class RecordOptions:
     host_probes: str = "auto"  # on | off | auto
     probe_launches: bool = False  # --probe-launches
     bridge: BridgeSpec | None = None  # --emulate-bridge
+    stacks: bool = True  # --no-stacks turns it off
+    callsite_skip: tuple[str, ...] = ()  # --callsite-skip
+    callsite_keep: tuple[str, ...] = ()  # --callsite-keep
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -84,6 +87,9 @@ def child_environment(trace_dir: Path, opts: RecordOptions, base: dict[str, str]
         home=str(PACKAGE_HOME),
         bridge=opts.bridge.to_json() if opts.bridge is not None else None,
         native=native,
+        stacks=opts.stacks,
+        callsite_skip=tuple(opts.callsite_skip),
+        callsite_keep=tuple(opts.callsite_keep),
     )
     env.update(handed.to_env())
     env.update(opts.extra_env)
@@ -141,7 +147,9 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
     trace_dir = Path(trace_dir)
     trace_dir.mkdir(parents=True, exist_ok=True)
     started_wall, started_ns = time.time(), time.monotonic_ns()
-    options = {"kinds": list(opts.kinds), "flush_s": opts.flush_s}
+    options = {"kinds": list(opts.kinds), "flush_s": opts.flush_s, "stacks": opts.stacks}
+    if opts.callsite_skip or opts.callsite_keep:
+        options["callsite"] = {"skip": list(opts.callsite_skip), "keep": list(opts.callsite_keep)}
     if opts.bridge is not None:
         options["emulate_bridge"] = opts.bridge.to_json()
     probes, options["host_probes"] = start_probes(trace_dir, opts.host_probes, opts.flush_s, opts.probe_launches)

@@ -38,12 +38,14 @@ class Tracer:
         flush_s: float = 1.0,
         quiet: bool = False,
         bridge: dict | None = None,
+        stacks: dict | None = None,
     ) -> None:
         self.trace_dir = Path(trace_dir)
         self.kinds = kinds
         self.flush_s = flush_s
         self.quiet = quiet
         self.bridge = bridge  # the launcher's resolved --emulate-bridge spec
+        self.stacks = stacks  # {"on": bool, "skip": [...], "keep": [...]} for CuptiSource; None: defaults
         self.pid = os.getpid()
         self.writer = ShardWriter(self.trace_dir, self.pid)
         self.sources: dict[str, object] = {}
@@ -78,7 +80,7 @@ class Tracer:
         if not cupti_kinds:
             self.cupti_status = "off: no CUPTI activity kinds asked for"
             return
-        src = CuptiSource(self.writer, cupti_kinds, flush_s=self.flush_s)
+        src = CuptiSource(self.writer, cupti_kinds, flush_s=self.flush_s, stacks=self.stacks)
         try:
             src.start()
         except CuptiUnavailable as e:
@@ -255,6 +257,7 @@ def boot_from_env() -> Tracer | None:
         flush_s=handed.flush_s,
         quiet=handed.quiet,
         bridge=handed.bridge,
+        stacks={"on": handed.stacks, "skip": list(handed.callsite_skip), "keep": list(handed.callsite_keep)},
     )
     _active.start()
     return _active

@@ -54,6 +54,9 @@ BRIDGE_LIB = _var("BRIDGE_LIB", "path of the compiled bridge emulator (native/br
 BRIDGE_LIB_ERROR = _var("BRIDGE_LIB_ERROR", "why the bridge emulator could not be built")
 CUPTI_SHIM = _var("CUPTI_SHIM", "path of the compiled CUPTI buffer shim (native/cupti_shim.c)")
 CUPTI_SHIM_ERROR = _var("CUPTI_SHIM_ERROR", "why the CUPTI buffer shim could not be built")
+STACKS = _var("STACKS", "'off' (--no-stacks): no Python stack captured with each recorded call", "on")
+CALLSITE_SKIP = _var("CALLSITE_SKIP", "--callsite-skip patterns (newline-separated), added to the frameworks")
+CALLSITE_KEEP = _var("CALLSITE_KEEP", "--callsite-keep patterns (newline-separated): never skipped")
 
 # ---- tunables a user or a benchmark sets ------------------------------------------------------------
 MEMORY_LIMIT = _var("MEMORY_LIMIT", "DuckDB's memory limit for load/report/query (e.g. 3GB); spills beyond", "3GB")
@@ -81,6 +84,9 @@ class Handoff:
     home: str | None = None
     bridge: dict | None = None  # the resolved BridgeSpec (BridgeSpec.to_json())
     native: dict[str, str] = field(default_factory=dict)  # built helpers: {Var name: path or error}
+    stacks: bool = True
+    callsite_skip: tuple[str, ...] = ()
+    callsite_keep: tuple[str, ...] = ()
 
     def to_env(self) -> dict[str, str]:
         env = {DIR.name: self.trace_dir, KINDS.name: ",".join(self.kinds) or "none", FLUSH_S.name: str(self.flush_s)}
@@ -91,6 +97,12 @@ class Handoff:
         if self.bridge is not None:
             env[BRIDGE_SPEC.name] = json.dumps(self.bridge)
         env.update(self.native)
+        if not self.stacks:
+            env[STACKS.name] = "off"
+        if self.callsite_skip:
+            env[CALLSITE_SKIP.name] = "\n".join(self.callsite_skip)
+        if self.callsite_keep:
+            env[CALLSITE_KEEP.name] = "\n".join(self.callsite_keep)
         return env
 
     @classmethod
@@ -110,4 +122,7 @@ class Handoff:
             home=HOME.get(env),
             bridge=json.loads(spec) if spec else None,
             native={k: v for k, v in native.items() if v},
+            stacks=STACKS.get(env) != "off",
+            callsite_skip=tuple(p for p in (CALLSITE_SKIP.get(env) or "").split("\n") if p),
+            callsite_keep=tuple(p for p in (CALLSITE_KEEP.get(env) or "").split("\n") if p),
         )

@@ -89,6 +89,19 @@ def _s(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def stacks_summary(procs: list[dict]) -> dict:
+    """Whether Python stacks (call sites) were captured, and in which processes; why not, per process."""
+    states, counts = {}, {"calls_with_stack": 0, "calls_without_python": 0, "calls_dropped": 0}
+    for p in procs:
+        health = ((p.get("sources") or {}).get("cupti") or {}).get("stacks")
+        if not health:
+            continue
+        states[str(p.get("pid"))] = health.get("state", "unknown")
+        for k in counts:
+            counts[k] += int(health.get(k) or 0)
+    return {"captured": any(s == "on" for s in states.values()), "processes": states, **counts}
+
+
 def build_manifest(
     trace_dir: Path,
     command: list[str],
@@ -129,6 +142,7 @@ def build_manifest(
         "sources": sources,
         "environment": allowed_environment(os.environ),
     }
+    out["stacks"] = stacks_summary(procs)
     bridge = sum_injected(procs)
     if bridge is not None:
         out["bridge_emulation"] = bridge  # the ground truth of an emulated-bridge run

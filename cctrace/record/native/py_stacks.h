@@ -220,9 +220,8 @@ static int stk_flush(int fd) {
     return bad ? -1 : 0;
 }
 
-/* A fork child starts a table of its own (its stacks go to its own file). */
-static void stk_after_fork_child(void) {
-    pthread_mutex_init(&g_stk_lock, NULL);
+/* An empty table: a fork child's stacks go to its own file, and so do a new recording's. */
+static void stk_reset(void) {
     for (uint32_t i = 0; i < g_stk_cap; i++) free(g_stk_tab[i].key);
     free(g_stk_tab);
     free(g_stk_out.p);
@@ -232,11 +231,20 @@ static void stk_after_fork_child(void) {
     g_stk_with = g_stk_without = g_stk_dropped = 0;
 }
 
+static void stk_after_fork_child(void) {
+    pthread_mutex_init(&g_stk_lock, NULL);
+    stk_reset();
+}
+
 /* Choose the layout of CPython 3.`minor`; the two functions' addresses come from ctypes.pythonapi.
  * Returns 0, or -1 when this version's layout is not known (stacks stay off). */
 int cct_stacks_init(int minor, void *get_tstate, void *addr2line) {
     for (int i = 0; i < N_PY_LAYOUTS; i++)
         if (PY_LAYOUTS[i].minor == minor) {
+            g_stk_on = 0;
+            pthread_mutex_lock(&g_stk_lock);
+            stk_reset();
+            pthread_mutex_unlock(&g_stk_lock);
             g_py = &PY_LAYOUTS[i];
             g_get_tstate = (get_tstate_fn)get_tstate;
             g_addr2line = (addr2line_fn)addr2line;

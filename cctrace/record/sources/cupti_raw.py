@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cctrace.record.sources.cupti_source import RAW_SUFFIX, CuptiSource
+from cctrace.record.sources.py_stacks import STK_MAGIC
 from cctrace.trace.manifest import proc_record_path
 from cctrace.trace.shards import ShardWriter
 
@@ -62,7 +63,7 @@ def _blocks(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
                 yield 0, None, f"truncated block header at byte {f.tell() - len(head)}"
                 return
             magic, size = HEADER.unpack(head)
-            if magic not in (MAGIC, STR_MAGIC, API_MAGIC):
+            if magic not in (MAGIC, STR_MAGIC, API_MAGIC, STK_MAGIC):
                 yield 0, None, f"bad block marker at byte {f.tell() - HEADER.size}"
                 return
             data = f.read(size)
@@ -89,10 +90,11 @@ def iter_buffers(path: Path) -> Iterator[tuple[bytes | None, str | None]]:
 
 
 def iter_buffers_with_strings(
-    path: Path, on_api: Callable[[bytes], None] | None = None
+    path: Path, on_api: Callable[[bytes], None] | None = None, on_stacks: Callable[[bytes], None] | None = None
 ) -> Iterator[tuple[bytes | None, dict, str | None]]:
     """Each buffer with the strings (pointer -> text) of its records; the strings follow it. The
-    shim's blocks of callback-recorded API calls go to `on_api` on the way (whole ones only)."""
+    shim's blocks of callback-recorded API calls go to `on_api` on the way (whole ones only), its
+    blocks of interned Python stacks to `on_stacks`."""
     pending: bytes | None = None
     strings: dict[int, str] = {}
     for magic, data, problem in _blocks(path):
@@ -107,6 +109,10 @@ def iter_buffers_with_strings(
         if magic == API_MAGIC:
             if on_api is not None and data:
                 on_api(data)
+            continue
+        if magic == STK_MAGIC:
+            if on_stacks is not None and data:
+                on_stacks(data)
             continue
         if pending is not None:
             yield pending, strings, None
@@ -249,10 +255,12 @@ def _decode_files(trace_dir: Path, files: list[Path], progress: Callable[[str], 
             offset = 0
         writer = ShardWriter(trace_dir, pid)
         src = CuptiSource(writer, tuple(proc.get("kinds") or ()))
+        recorded = cupti_health.get("stacks") or {}  # the call-site patterns the traced process used
+        src.stacks.update({k: recorded[k] for k in ("skip", "keep") if k in recorded})
         src.bind(walker.cupti)
         src._offset = offset
         n_buffers = 0
-        for data, strings, problem in iter_buffers_with_strings(path, src.convert_api):
+        for data, strings, problem in iter_buffers_with_strings(path, src.convert_api, src.convert_stacks):
             if problem:
                 problems.append(f"{path.name}: {problem}; kept {n_buffers} whole buffers")
                 break

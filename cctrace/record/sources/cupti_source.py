@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cctrace.record.native import address, api_stats, chain_hooks, shim_stats
+from cctrace.record.sources import py_stacks
 from cctrace.trace import handoff as H
 from cctrace.trace import schema as S
 from cctrace.trace.clock import measure_offset
@@ -59,7 +60,7 @@ API_DTYPE = np.dtype(
         ("correlation_id", "<u4"),
         ("tid", "<u4"),
         ("ret", "<i4"),
-        ("pad", "<u4"),
+        ("stack_id", "<u4"),
     ]
 )
 
@@ -125,7 +126,9 @@ def _enum_map(enum_cls, names: dict[str, str], default: str = "unknown") -> dict
 
 
 class CuptiSource:
-    def __init__(self, writer: ShardWriter, kinds: tuple[str, ...], flush_s: float = 1.0) -> None:
+    def __init__(
+        self, writer: ShardWriter, kinds: tuple[str, ...], flush_s: float = 1.0, stacks: dict | None = None
+    ) -> None:
         self.writer = writer
         self.kinds = kinds
         self.flush_s = flush_s
@@ -147,6 +150,12 @@ class CuptiSource:
         self.delivery = "none"
         self._api_names: dict[tuple[int, int], str] = {}
         self.api_hub = False  # runtime calls come through the shim's callback subscription
+        opts = stacks or {}
+        self.stacks = {  # Python stacks of recorded calls: the manifest's account, and the decoder's patterns
+            "state": "off (--no-stacks)" if opts.get("on") is False else "off: runtime calls not recorded by the shim",
+            "skip": [*py_stacks.default_skip(), *opts.get("skip", ())],
+            "keep": list(opts.get("keep", ())),
+        }
 
     # ---- start / stop ---------------------------------------------------------------------
     def start(self) -> None:
@@ -245,6 +254,8 @@ class CuptiSource:
             self.errors.append(f"runtime calls not recorded: CUPTI callback subscription failed ({rc}){why}")
             return
         self.api_hub = True
+        if not self.stacks["state"].startswith("off (--no-stacks)"):
+            self.stacks.update(py_stacks.start(self._shim))
         self.enabled.append("runtime")
         self.runtime_filter = f"{selection[2]} runtime calls recorded through callbacks, all others untouched"
 
@@ -409,6 +420,7 @@ class CuptiSource:
             "convert_cpu_ns": self.convert_cpu_ns,
             "delivery": self.delivery,
             "shim": {**shim_stats(self._shim), **api_stats(self._shim)} if self._shim is not None else None,
+            "stacks": {**self.stacks, **(py_stacks.stats(self._shim) if self.api_hub else {})},
             "incomplete_dropped": dict(self.incomplete),
             "clock": self.clock,
         }
@@ -507,6 +519,7 @@ class CuptiSource:
                 "end": pa.array(sel["end"]),
                 "correlation_id": pa.array(sel["correlation_id"]),
                 "return_value": pa.array(sel["ret"]),
+                "stack_id": pa.array(sel["stack_id"].astype(np.int64), mask=sel["stack_id"] == 0),
             }
             kind = self._runtime_kind if domain == self._runtime_domain else self._driver_kind
             self._emit("api_calls", self._api(raw, len(sel), kind))
@@ -665,7 +678,18 @@ class CuptiSource:
             "end_ns": self._t(r["end"]),
             "correlation_id": r["correlation_id"],
             "return_value": r["return_value"],
+            "stack_id": r.get("stack_id"),
         }
+
+    def convert_stacks(self, data: bytes) -> None:
+        """A block of the shim's interned stacks -> `stacks` rows, each with its call site marked."""
+        cols = py_stacks.stack_rows(py_stacks.parse_stacks(data), self.stacks["skip"], self.stacks["keep"])
+        self._emit("stacks", cols)
+
+    def stacks_on(self, on: bool) -> None:
+        """Stack capture on or off (benchmarks/cupti_inprocess.py switches it between blocks)."""
+        if self.api_hub and self.stacks.get("state") == "on":
+            self._shim.cct_stacks_enable(1 if on else 0)
 
     def _api_name(self, domain: int, cbid: int) -> str:
         key = (domain, cbid)

@@ -27,9 +27,6 @@ _HEAD = struct.Struct("<II")  # stack id, frames
 _FRAME = struct.Struct("<iHH")  # line, file length, function length
 
 FRAMEWORKS = ("torch", "transformers", "jax", "jaxlib", "vllm", "sglang", "site-packages", "dist-packages")
-ENV_STACKS = "CCTRACE_STACKS"  # "off": --no-stacks
-ENV_SKIP = "CCTRACE_CALLSITE_SKIP"  # extra skip patterns, comma-separated
-ENV_KEEP = "CCTRACE_CALLSITE_KEEP"  # keep patterns, comma-separated
 
 Frame = tuple[str, int, str]  # file, line, function
 
@@ -109,7 +106,7 @@ def check(shim: ctypes.CDLL) -> str | None:
         f = f.f_back
     want[0] = (want[0][0], line, want[0][2])
     if seen != want:
-        diff = next((i for i, (a, b) in enumerate(zip(seen, want)) if a != b), min(len(seen), len(want)))
+        diff = next((i for i, (a, b) in enumerate(zip(seen, want, strict=False)) if a != b), min(len(seen), len(want)))
         got = seen[diff] if diff < len(seen) else None
         exp = want[diff] if diff < len(want) else None
         return f"frame {diff}: the shim read {got}, the interpreter has {exp}"
