@@ -94,7 +94,7 @@ class Switch:
     """Puts the live tracer's CUPTI source into one configuration of kinds."""
 
     def __init__(self) -> None:
-        from cctrace import tracer
+        from cctrace.record import tracer
         from cctrace.record.sources.cupti_source import activity_kinds
 
         t = tracer._active
