@@ -19,6 +19,10 @@ H2D copies and a sync per step: the per-copy price). Needs a GPU.
 With `--bridge SPEC` the run is recorded with `--emulate-bridge SPEC`, and configs named `NAME+bridge`
 have the emulator acting (stopped in the others): `--bridge toll_us=0,bw_ratio=1,serialize=off,async_block=off
 --configs off,off+bridge,default,default+bridge` is the emulator's own cost, in one process.
+
+Configs named `NAME+stacks` capture the calling thread's Python stack with each recorded call (off in
+the others): `--configs off,default,default+stacks,default+kernel,default+kernel+stacks` is what call
+sites cost (with `--workload copy`, per call).
 """
 
 from __future__ import annotations
@@ -53,10 +57,25 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "default": DEFAULT,
     "default-memory": tuple(k for k in DEFAULT if k != "memory"),
     "default-runtime": tuple(k for k in DEFAULT if k != "runtime"),
+    "default+kernel": (*DEFAULT, "kernel"),
     "default+kernel+nvtx": (*DEFAULT, "kernel", "nvtx"),
 }
 # with --bridge SPEC, "NAME+bridge" runs config NAME with the bridge emulator acting (else it is off)
 BRIDGED = "+bridge"
+# "NAME+stacks" runs config NAME with Python stacks captured for each recorded call (else they are off)
+STACKS = "+stacks"
+
+
+def parse_config(c: str) -> tuple[str, bool, bool]:
+    """(kinds config, bridge acting, stacks on) of a config name such as default+kernel+stacks."""
+    bridge = stacks = False
+    while c.endswith((BRIDGED, STACKS)):
+        bridge |= c.endswith(BRIDGED)
+        stacks |= c.endswith(STACKS)
+        c = c.removesuffix(BRIDGED).removesuffix(STACKS)
+    return c, bridge, stacks
+
+
 CALLS_PER_STEP = {"launch": 100, "copy": 10}
 
 
@@ -111,6 +130,12 @@ class Switch:
             raise SystemExit(f"kinds not enabled at start: {sorted(missing)}")
         self.bridge = t.sources.get("bridge")
         self.bridge_on = self.bridge is not None
+        self.stacks_state = src.stacks.get("state")
+
+    def set_stacks(self, on: bool) -> None:
+        if on and self.stacks_state != "on":
+            raise SystemExit(f"stacks cannot be switched on here: {self.stacks_state}")
+        self.src.stacks_on(on)
 
     def set_bridge(self, on: bool) -> None:
         if self.bridge is None or on == self.bridge_on:
@@ -157,8 +182,10 @@ def inner(a: argparse.Namespace) -> None:
         order = configs[:]
         rng.shuffle(order)
         for c in order:
-            switch.set(CONFIGS[c.removesuffix(BRIDGED)])
-            switch.set_bridge(c.endswith(BRIDGED))
+            kinds, bridged, stacks = parse_config(c)
+            switch.set(CONFIGS[kinds])
+            switch.set_bridge(bridged)
+            switch.set_stacks(stacks)
             for _ in range(a.settle):
                 step(i)
                 i += 1
@@ -176,6 +203,7 @@ def inner(a: argparse.Namespace) -> None:
         print(f"round {r + 1}/{a.rounds} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
     switch.set(tuple(ALL))  # leave it as it started
     switch.set_bridge(True)
+    switch.set_stacks(switch.stacks_state == "on")
     print("INPROCESS_SUMMARY " + json.dumps({"workload": a.workload, "block_ms": blocks}), flush=True)
 
 
@@ -226,8 +254,8 @@ def _summary_line(cmd: list[str], env: dict | None) -> tuple[str | None, int | N
 
 def outer(a: argparse.Namespace) -> int:
     configs = a.configs.split(",")
-    unknown = [c for c in configs if c.removesuffix(BRIDGED) not in CONFIGS]
-    if not a.bridge and any(c.endswith(BRIDGED) for c in configs):
+    unknown = [c for c in configs if parse_config(c)[0] not in CONFIGS]
+    if not a.bridge and any(parse_config(c)[1] for c in configs):
         sys.exit(f"configs ending in {BRIDGED} need --bridge SPEC")
     if unknown or "off" not in configs:
         sys.exit(f"--configs must name 'off' and only known configs ({', '.join(CONFIGS)}); unknown: {unknown}")

@@ -129,6 +129,7 @@ void fake_call(int dom, uint32_t cbid, uint32_t corr, int ret) {
     d.callbackSite = 0; CB(0, dom, cbid, &d);
     d.callbackSite = 1; CB(0, dom, cbid, &d);
 }
+void fake_calls(int n) { for (int i = 0; i < n; i++) fake_call(2, 7, (uint32_t)i, 0); } /* on this thread */
 static void *many(void *arg) {
     int n = *(int *)arg;
     for (int i = 0; i < n; i++) fake_call(2, 7, (uint32_t)i, 0);

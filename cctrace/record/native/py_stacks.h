@@ -62,8 +62,9 @@ static volatile uint64_t g_stk_with, g_stk_without, g_stk_dropped;
 
 static inline uintptr_t rd_ptr(const char *base, int off) { return *(const uintptr_t *)(base + off); }
 
-/* The (code, byte offset) pairs of this thread's Python frames, innermost first; returns how many. */
-static int stk_walk(uintptr_t *key) {
+/* The (code, byte offset) pairs of this thread's Python frames, innermost first, and their hash
+ * (mixed in on the way: it overlaps the walk's loads); returns how many. */
+static int stk_walk(uintptr_t *key, uint64_t *hash) {
     const struct py_layout *L = g_py;
     const char *ts = (const char *)g_get_tstate();
     if (!ts) return 0;
@@ -71,6 +72,7 @@ static int stk_walk(uintptr_t *key) {
     if (!cf) return 0;
     const char *f = (const char *)rd_ptr(cf, L->cframe_current);
     int n = 0;
+    uint64_t h = 0;
     for (; f && n < STK_MAX_FRAMES; f = (const char *)rd_ptr(f, L->f_previous)) {
         int owner = *(const signed char *)(f + L->f_owner);
         if (owner == L->owner_cstack) continue; /* 3.12's entry frames: no code of their own */
@@ -81,19 +83,12 @@ static int stk_walk(uintptr_t *key) {
             continue; /* a frame still being set up (CPython's _PyFrame_IsIncomplete) */
         key[2 * n] = (uintptr_t)code;
         key[2 * n + 1] = (uintptr_t)(instr - first);
+        h = ((h << 7) | (h >> 57)) ^ (uint64_t)(uintptr_t)code ^ ((uint64_t)(instr - first) << 40);
         n++;
     }
+    h *= 0x9E3779B97F4A7C15ULL;
+    *hash = (h ^ (h >> 31)) | 1;
     return n;
-}
-
-static uint64_t stk_hash(const uintptr_t *key, int n) {
-    uint64_t h = 1469598103934665603ULL;
-    for (int i = 0; i < 2 * n; i++) {
-        h ^= (uint64_t)key[i];
-        h *= 1099511628211ULL;
-        h ^= h >> 29;
-    }
-    return h ? h : 1;
 }
 
 /* A str's text as UTF-8 (at most STK_STR_MAX bytes) read in place: compact strings only, which
@@ -168,12 +163,12 @@ static int stk_grow(void) {
 static uint32_t stk_capture(void) {
     if (!g_stk_on) return 0;
     uintptr_t key[2 * STK_MAX_FRAMES];
-    int n = stk_walk(key);
+    uint64_t h;
+    int n = stk_walk(key, &h);
     if (n == 0) {
         __sync_fetch_and_add(&g_stk_without, 1);
         return 0;
     }
-    uint64_t h = stk_hash(key, n);
     uint32_t id = 0;
     pthread_mutex_lock(&g_stk_lock);
     if (g_stk_count * 2 >= g_stk_cap && stk_grow()) goto out;
@@ -276,7 +271,8 @@ int cct_stacks_layout(int minor, int *out, int cap) {
 int cct_stacks_probe(uint8_t *out, size_t cap) {
     if (!g_py) return -1;
     uintptr_t key[2 * STK_MAX_FRAMES];
-    int n = stk_walk(key);
+    uint64_t h;
+    int n = stk_walk(key, &h);
     struct sbuf b = {0, 0, 0};
     if (stk_resolve(&b, 0, key, n) || b.n > cap) {
         free(b.p);
