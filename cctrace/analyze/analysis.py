@@ -146,7 +146,6 @@ class Analysis:
     def __init__(self, trace: Path, params: dict[str, object] | None = None) -> None:
         self.trace = Path(trace)
         self.con = connect(self.trace)
-        self.con.execute("SET preserve_insertion_order = false").fetchall()  # every query orders explicitly
         self.params = {**reference_params(), **(params or {})}
         for k, v in self.params.items():
             if k not in PARAMS:

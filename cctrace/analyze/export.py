@@ -11,13 +11,13 @@ window (cctrace.analyze.span).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cctrace.analyze import perfetto_proto as PP
 from cctrace.analyze.store import connect
 from cctrace.trace import schema as S
+from cctrace.trace.safefs import open_output
 
 STREAM_TID_BASE = 1_000_000_000  # GPU streams become pseudo-threads above every real tid (JSON)
 CHUNK = 50_000
@@ -121,15 +121,11 @@ class ExportError(Exception):
 
 
 def _open_out(path: Path, binary: bool):
-    """The output file, created or truncated; a symbolic link there is refused, not followed."""
-    path = Path(path)
-    if path.is_symlink():
-        raise ExportError(f"{path} is a symbolic link; write the export to a plain path")
+    """The output file, created or truncated; a symbolic link, FIFO or device there is refused."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        return open_output(path, binary)
     except OSError as e:
-        raise ExportError(f"cannot write {path}: {e.strerror or e}") from None
-    return os.fdopen(fd, "wb" if binary else "w")
+        raise ExportError(str(e)) from None
 
 
 def _flow_id(flow: tuple[int, int]) -> str:
@@ -237,18 +233,25 @@ def export_perfetto(
 
 
 def export_parquet(trace: Path, out_dir: Path) -> dict[str, int]:
+    """One Parquet file per table, streamed from DuckDB in record batches and written by pyarrow
+    (the connection has no file access: no path ever reaches SQL)."""
+    import pyarrow.parquet as pq
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     con = connect(trace)
     rows = {}
     for table in S.TABLES:
-        path = out_dir / f"{table}.parquet"
         names = S.schema(table).names
         # in time order: the loader does not keep the shards' row order
         order = next((f" ORDER BY {c}" for c in ("start_ns", "ts_ns") if c in names), "")
-        con.execute(
-            f"COPY (SELECT * FROM \"{table}\"{order}) TO '{path}' (FORMAT parquet)"
-        )  # names from the schema module
-        rows[table] = con.execute(f'SELECT count(*) FROM "{table}"').fetchall()[0][0]
+        cur = con.execute(f'SELECT * FROM "{table}"{order}')  # names from the schema module
+        reader = cur.to_arrow_reader(CHUNK) if hasattr(cur, "to_arrow_reader") else cur.fetch_record_batch(CHUNK)
+        n = 0
+        with _open_out(out_dir / f"{table}.parquet", binary=True) as f, pq.ParquetWriter(f, reader.schema) as w:
+            for batch in reader:
+                w.write_batch(batch)
+                n += batch.num_rows
+        rows[table] = n
     con.close()
     return rows

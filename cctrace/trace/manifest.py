@@ -14,30 +14,80 @@ import time
 from pathlib import Path
 
 from cctrace import __version__
-from cctrace.trace.environment import allowed_environment
+from cctrace.trace import safefs
+from cctrace.trace.environment import allowed_environment, redact_argv
 
 MANIFEST = "manifest.json"
 PROC_PREFIX = "proc."
+MAX_JSON_BYTES = 64 << 20  # no manifest or process record of a real run comes near this
+
+# the manifest's keys that readers index into, with the type they must have (others are kept as they are)
+SHAPES: dict[str, type | tuple[type, ...]] = {
+    "command": list,
+    "processes": list,
+    "sources": dict,
+    "options": dict,
+    "gpu": dict,
+    "bridge_emulation": dict,
+    "environment": dict,
+    "exit_code": (int, type(None)),
+    "start_ns": (int, type(None)),
+    "end_ns": (int, type(None)),
+}
+
+
+# keys inside those, and what the items of lists must be
+NESTED = (("gpu", "gpus", list), ("gpu", "confidential_computing", dict), ("options", "host_probes", dict))
+ITEMS: dict[str, type] = {"command": str, "processes": dict}
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a JSON file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    """Write via a fresh, randomly named file and rename, so a crash never leaves half a JSON file
+    and a link planted at either name is never followed."""
+    safefs.write_atomic(Path(path), json.dumps(data, indent=2, sort_keys=True, default=str).encode())
 
 
 def proc_record_path(trace_dir: Path, pid: int) -> Path:
     return Path(trace_dir) / f"{PROC_PREFIX}{pid}.json"
 
 
+def read_json(path: Path) -> dict:
+    """One JSON object from a file cctrace wrote; ValueError/OSError say why it is not one."""
+    data = json.loads(safefs.read_file(path, MAX_JSON_BYTES).decode("utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
 def read_proc_records(trace_dir: Path) -> list[dict]:
     out = []
     for p in sorted(Path(trace_dir).glob(f"{PROC_PREFIX}*.json")):
         try:
-            out.append(json.loads(p.read_text()))
+            rec = read_json(p)
+            if not isinstance(rec.get("pid"), int):
+                raise ValueError("has no integer pid")
+            out.append(rec)
         except (OSError, ValueError) as e:
             out.append({"pid": -1, "file": p.name, "error": f"unreadable process record: {e}"})
+    return out
+
+
+def manifest_files(trace_dir: Path, procs: list[dict]) -> list[str]:
+    """The files of this trace that cctrace wrote (what a later `record --force` may remove)."""
+    from cctrace.trace import schema as S
+
+    pids = {p["pid"] for p in procs if isinstance(p.get("pid"), int) and p["pid"] > 0}
+    out = []
+    for f in sorted(Path(trace_dir).iterdir()):
+        name = f.name
+        stem, _, pid = name.rsplit(".", 1)[0].rpartition(".")
+        owned = (
+            (name.endswith(S.SHARD_SUFFIX) and stem in S.TABLES)
+            or (name.startswith(PROC_PREFIX) and name.endswith(".json"))
+            or (name.startswith("cupti.") and name.endswith(".cuptiraw"))
+        )
+        if owned and pid.isdigit() and int(pid) in pids and safefs.is_regular(f):
+            out.append(name)
     return out
 
 
@@ -111,6 +161,9 @@ def build_manifest(
     options: dict,
 ) -> dict:
     procs = read_proc_records(trace_dir)
+    for p in procs:
+        if isinstance(p.get("argv"), list):
+            p["argv"] = redact_argv(p["argv"])
     sources: dict[str, dict] = {}
     for p in procs:
         for name, health in (p.get("sources") or {}).items():
@@ -125,7 +178,7 @@ def build_manifest(
     out = {
         "format": "cctrace-trace/1",
         "cctrace_version": __version__,
-        "command": command,
+        "command": redact_argv(command),
         "cwd": os.getcwd(),
         "hostname": socket.gethostname(),
         "kernel": platform.release(),
@@ -146,11 +199,40 @@ def build_manifest(
     bridge = sum_injected(procs)
     if bridge is not None:
         out["bridge_emulation"] = bridge  # the ground truth of an emulated-bridge run
+    out["files"] = manifest_files(trace_dir, procs)
     return out
 
 
-def read_manifest(trace_dir: Path) -> dict:
+def load_manifest(trace_dir: Path) -> tuple[dict, str | None]:
+    """The manifest with every indexed key of the right type, and what was wrong with it (None: nothing).
+    A missing or unreadable manifest gives {} and says so; a key of the wrong type is dropped."""
     path = Path(trace_dir) / MANIFEST
-    if not path.exists():
-        return {}
-    return json.loads(path.read_text())
+    if not os.path.lexists(path):
+        return {}, "no manifest.json (the recording did not finish: cctrace was killed or failed)"
+    try:
+        m = read_json(path)
+    except (OSError, ValueError) as e:
+        return {}, f"manifest.json is unreadable ({e}); its command, GPU and processes are unknown"
+    bad = [k for k, t in SHAPES.items() if k in m and not isinstance(m[k], t)]
+    for k in bad:
+        del m[k]
+    for key, sub, typ in NESTED:
+        parent = m.get(key)
+        if isinstance(parent, dict) and sub in parent and not isinstance(parent[sub], typ):
+            del parent[sub]
+            bad.append(f"{key}.{sub}")
+    for key, typ in ITEMS.items():
+        if isinstance(m.get(key), list) and not all(isinstance(v, typ) for v in m[key]):
+            m[key] = [v for v in m[key] if isinstance(v, typ)]
+            bad.append(f"{key}[]")
+    if isinstance(m.get("gpu"), dict) and isinstance(m["gpu"].get("gpus"), list):
+        m["gpu"]["gpus"] = [g for g in m["gpu"]["gpus"] if isinstance(g, dict)]
+    if isinstance(m.get("sources"), dict):
+        m["sources"] = {k: v for k, v in m["sources"].items() if isinstance(v, dict)}
+    m.setdefault("processes", [])
+    return m, (f"manifest.json has wrong types for {', '.join(bad)} (left out)" if bad else None)
+
+
+def read_manifest(trace_dir: Path) -> dict:
+    """The manifest ({} when missing or unreadable; keys of the wrong type left out)."""
+    return load_manifest(trace_dir)[0]
