@@ -184,21 +184,27 @@ def record(
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif status != 127:
-        _print_record_summary(out, summary)
+        try:
+            _print_record_summary(out, summary)
+        except Exception as e:  # noqa: BLE001 - the program's exit status must survive
+            _err(f"trace written to {out}; summary failed: {type(e).__name__}: {e}")
     sys.exit(status)
 
 
-def _output_dir(output: Path | None, default: str, force: bool) -> Path:
-    """The trace directory to write: a non-empty one only with --force, which clears the earlier
-    trace (only cctrace's own files) so that its processes never mix with this run's."""
-    out = output or Path(time.strftime(default))
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            _err(f"{out} exists and is not empty; choose another -o or pass --force")
-            sys.exit(EXIT_USAGE)
-        from cctrace.record.launcher import clear_trace_dir
+_locks: list[int] = []  # the trace directory's lock, held until cctrace exits
 
-        clear_trace_dir(out)
+
+def _output_dir(output: Path | None, default: str, force: bool) -> Path:
+    """The trace directory to write, checked writable and locked before anything runs: a non-empty
+    one only with --force, which removes exactly the files the earlier trace's manifest lists."""
+    from cctrace.record.launcher import RecordError, prepare_trace_dir
+
+    out = output or Path(time.strftime(default))
+    try:
+        _locks.append(prepare_trace_dir(out, force))
+    except RecordError as e:
+        _err(str(e))
+        sys.exit(EXIT_USAGE)
     return out
 
 
@@ -213,6 +219,8 @@ def _load_quietly(out: Path) -> dict:
         return load(out).to_json()
     except LoadError as e:
         return {"error": str(e)}
+    except Exception as e:  # noqa: BLE001 - the program's exit status must survive a failed load
+        return {"error": f"{type(e).__name__}: {e}; run `cctrace load {out}` again"}
 
 
 def _print_record_summary(out: Path, summary: dict) -> None:
@@ -254,6 +262,8 @@ def _print_record_summary(out: Path, summary: dict) -> None:
         _err(f"  load failed: {load['error']}")
     for p in load.get("problems", []):
         _err(f"  {p}")
+    for p in load.get("partial", []):
+        _err(f"  PARTIAL: {p}")
 
 
 @cli.command("load")

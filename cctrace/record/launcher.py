@@ -3,12 +3,21 @@
 Injection is by environment only (PYTHONPATH gains a folder holding cctrace's sitecustomize), so
 children started by subprocess or multiprocessing (fork or spawn) are traced without code
 changes. The launcher forwards termination signals to the child, waits, merges the
-per-process records into manifest.json and returns the child's exit status.
+per-process records into manifest.json and returns the child's exit status, whatever fails in
+cctrace itself after the program ran.
+
+Under sudo, the trace directory is made by the invoking user, and once the host probes are loaded
+(the one thing that needs root) the launcher drops to that user for good: the program, its native
+helpers' build cache, every file of the trace and the load all belong to the user.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import pwd
+import secrets
 import signal
 import subprocess
 import sys
@@ -21,7 +30,8 @@ from cctrace.record import tracer as T
 from cctrace.record.bridge import BridgeSpec
 from cctrace.resources import PACKAGE
 from cctrace.trace import handoff as H
-from cctrace.trace.manifest import MANIFEST, build_manifest, write_json_atomic
+from cctrace.trace import safefs
+from cctrace.trace.manifest import MANIFEST, build_manifest, load_manifest, write_json_atomic
 
 INJECT_DIR = Path(__file__).resolve().parent / "inject"
 PACKAGE_HOME = PACKAGE.parent
@@ -63,11 +73,130 @@ def start_probes(trace_dir: Path, mode: str, flush_s: float, launches: bool = Fa
     return probes, {"state": "active"}
 
 
-def _as_invoking_user() -> dict:
-    """Under sudo, the traced command runs as the user who ran sudo; only the probes keep root."""
-    if os.geteuid() == 0 and os.environ.get("SUDO_UID") and os.environ.get("SUDO_GID"):
-        return {"user": int(os.environ["SUDO_UID"]), "group": int(os.environ["SUDO_GID"]), "extra_groups": []}
-    return {}
+def invoking_user() -> tuple[int, int] | None:
+    """(uid, gid) of the user who ran `sudo cctrace ...`; None when not running as root under sudo."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        uid, gid = int(os.environ["SUDO_UID"]), int(os.environ["SUDO_GID"])
+    except (KeyError, ValueError):
+        return None
+    return (uid, gid) if uid != 0 else None
+
+
+@contextlib.contextmanager
+def as_invoking_user():
+    """Run the block with the invoking user's effective ids (files it makes are the user's).
+    Only while the launcher has no threads: the ids of a Linux process change for all its threads."""
+    who = invoking_user()
+    if who is None:
+        yield
+        return
+    os.setegid(who[1])
+    os.seteuid(who[0])
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def drop_privileges() -> None:
+    """Under sudo: become the invoking user for good (after the probes are loaded), with their HOME,
+    so the program, the native helpers' cache and every later file are theirs."""
+    who = invoking_user()
+    if who is None:
+        return
+    uid, gid = who
+    try:
+        entry = pwd.getpwuid(uid)
+        os.initgroups(entry.pw_name, gid)
+        os.environ.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+    except KeyError:
+        os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+
+
+LOCK = ".cctrace.lock"
+TRACE_FILES = ("manifest.json", "trace.duckdb", "trace.duckdb.wal", "trace.duckdb.cctrace-hmac")
+
+
+def prepare_trace_dir(out: Path, force: bool) -> int:
+    """Make (or check) the trace directory before anything runs: ours, writable, not being recorded
+    into by another cctrace (a lock held until this process exits; returned), and empty -- with
+    --force, emptied of exactly the files the earlier trace's manifest lists."""
+    out = Path(out)
+    with as_invoking_user():
+        try:
+            dfd = safefs.open_dir(out, create=True)
+        except OSError as e:
+            raise RecordError(f"cannot use {out} as the trace directory: {e}") from None
+        try:
+            _check_writable(dfd, out)
+            lock = _lock(dfd, out)
+        finally:
+            os.close(dfd)
+    others = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+    if others:
+        if not force:
+            os.close(lock)
+            raise RecordError(f"{out} exists and is not empty; choose another -o or pass --force")
+        _clear_earlier_trace(out, others, lock)
+    return lock
+
+
+def _check_writable(dfd: int, out: Path) -> None:
+    name = f".cctrace-probe-{secrets.token_hex(4)}"
+    try:
+        os.close(safefs.create_file(dfd, name, 0o600))
+        os.unlink(name, dir_fd=dfd)
+    except OSError as e:
+        raise RecordError(f"cannot write into {out} ({e.strerror}); choose a directory you can write to") from None
+
+
+def _lock(dfd: int, out: Path) -> int:
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise RecordError(f"{out} is being recorded into by another cctrace (pid {holder}); choose another -o") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _clear_earlier_trace(out: Path, present: list[str], lock: int) -> None:
+    """--force: remove the files the earlier manifest lists (and the DuckDB file built from them) and
+    nothing else; refuse when an unlisted file would be loaded as part of the new trace."""
+    manifest, problem = load_manifest(out)
+    listed = set(manifest.get("files") or []) if not problem else set()
+    if problem or not isinstance(manifest.get("files"), list):
+        os.close(lock)
+        raise RecordError(
+            f"{out} holds no complete earlier trace (its manifest.json lists no files); "
+            "--force removes only what one lists: choose another -o"
+        )
+    removable = listed | set(TRACE_FILES)
+    foreign = [n for n in present if n not in removable and _loadable(n)]
+    if foreign:
+        os.close(lock)
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise RecordError(f"{out} holds trace files the earlier manifest does not list ({shown}); choose another -o")
+    with safefs.directory(out) as dfd:
+        for name in present:
+            if name in removable:
+                safefs.remove(dfd, name)
+
+
+def _loadable(name: str) -> bool:
+    """Whether `load` would take this file into the trace (a shard, a process record, raw CUPTI buffers)."""
+    from cctrace.trace.manifest import PROC_PREFIX
+    from cctrace.trace.shards import parse_shard_name
+
+    return bool(parse_shard_name(Path(name))) or name.startswith((PROC_PREFIX, "cupti.")) or name == MANIFEST
 
 
 def child_environment(trace_dir: Path, opts: RecordOptions, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -124,19 +253,6 @@ def decode_raw(trace_dir: Path, progress: Callable[[str], None] | None = None) -
     return {"raw_files": n, "decoded": True, "problems": problems}
 
 
-TRACE_FILES = ("*.arrows", "proc.*.json", "cupti.*.cuptiraw", "manifest.json", "trace.duckdb", "trace.duckdb.wal")
-
-
-def clear_trace_dir(trace_dir: Path) -> int:
-    """--force: remove an earlier trace's files (only cctrace's own) so runs never mix; returns how many."""
-    n = 0
-    for pattern in TRACE_FILES:
-        for f in Path(trace_dir).glob(pattern):
-            f.unlink()
-            n += 1
-    return n
-
-
 def exit_status(returncode: int) -> int:
     """subprocess's negative 'killed by signal N' becomes the shell's 128+N."""
     return 128 - returncode if returncode < 0 else returncode
@@ -145,7 +261,6 @@ def exit_status(returncode: int) -> int:
 def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
     """Run `cmd` traced into `trace_dir`; returns its exit status (127 when it cannot start)."""
     trace_dir = Path(trace_dir)
-    trace_dir.mkdir(parents=True, exist_ok=True)
     started_wall, started_ns = time.time(), time.monotonic_ns()
     options = {"kinds": list(opts.kinds), "flush_s": opts.flush_s, "stacks": opts.stacks}
     if opts.callsite_skip or opts.callsite_keep:
@@ -153,8 +268,9 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
     if opts.bridge is not None:
         options["emulate_bridge"] = opts.bridge.to_json()
     probes, options["host_probes"] = start_probes(trace_dir, opts.host_probes, opts.flush_s, opts.probe_launches)
+    drop_privileges()
     try:
-        child = subprocess.Popen(cmd, env=child_environment(trace_dir, opts), **_as_invoking_user())
+        child = subprocess.Popen(cmd, env=child_environment(trace_dir, opts))
     except (FileNotFoundError, PermissionError) as e:
         if probes:
             probes.stop()
@@ -179,9 +295,19 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
         for s, h in previous.items():
             signal.signal(s, h)
     status = exit_status(rc)
+    try:
+        finish(trace_dir, cmd, probes, options, opts, started_wall, started_ns, status)
+    except Exception as e:  # noqa: BLE001 - the program's exit status must survive any failure of cctrace's
+        _to_stderr(f"the trace in {trace_dir} is incomplete: {type(e).__name__}: {e}; `cctrace load` keeps what was written")
+    return status
+
+
+def finish(trace_dir: Path, cmd: list[str], probes, options: dict, opts: RecordOptions, *when_status) -> None:
+    """After the program: stop the probes, decode CUPTI's raw buffers, write the manifest."""
+    started_wall, started_ns, status = when_status
     if probes:
         options["host_probes"].update(probes.stop())
+        options["host_probes"].update(pid=os.getpid(), rows_written=dict(probes.writer.rows_written))
     options["cupti_decode"] = decode_raw(trace_dir, None if opts.quiet else _to_stderr)
     manifest = build_manifest(trace_dir, list(cmd), started_wall, started_ns, status, options)
     write_json_atomic(trace_dir / MANIFEST, manifest)
-    return status

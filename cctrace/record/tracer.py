@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from cctrace.trace import handoff as H
+from cctrace.trace.environment import redact_argv
 from cctrace.trace.manifest import proc_record_path, write_json_atomic
 from cctrace.trace.shards import ShardWriter
 
@@ -219,7 +220,7 @@ class Tracer:
             "pid": self.pid,
             "ppid": os.getppid(),
             "forked_from": self.forked_from,
-            "argv": list(sys.argv) if hasattr(sys, "argv") else [],
+            "argv": redact_argv(sys.argv) if hasattr(sys, "argv") else [],
             "executable": sys.executable,
             "start_ns": self.start_ns,
             "end_ns": time.monotonic_ns() if final else None,
@@ -228,6 +229,7 @@ class Tracer:
             "kinds": list(self.kinds),
             "sources": health,
             "rows_written": dict(self.writer.rows_written),
+            "rows_lost": dict(self.writer.rows_lost),
         }
         try:
             write_json_atomic(proc_record_path(self.trace_dir, self.pid), rec)
