@@ -101,7 +101,7 @@ class Tracer:
 
         cupti_src = self.sources.get("cupti")
         hooks = cupti_src.callback_hooks() if cupti_src is not None else None  # type: ignore[attr-defined]
-        emu = BridgeEmulator(BridgeSpec.from_json(self.bridge), hooks=hooks)
+        emu = BridgeEmulator(BridgeSpec.from_json(self.bridge), hooks=hooks, writer=self.writer)
         self.sources["bridge"] = emu
         try:
             emu.start()
