@@ -3,17 +3,10 @@ line whose calls lost it, on a synthetic trace where every call's stack is known
 
 import pytest
 
-from cctrace.analyze.analysis import Analysis
-from tests.synth import APP, SITES, Spec, generate
+from tests import test_attribution
+from tests.synth import APP, SITES
 
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    d = tmp_path_factory.mktemp("synth_sites")
-    spec = generate(d, Spec())
-    a = Analysis(d, {"normal_call_us": spec.normal_call_ns / 1000})
-    yield d, spec, a
-    a.close()
+synth = test_attribution.synth  # the synthetic trace, as the attribution tests build it
 
 
 def _row(rows, site: str, category: str) -> dict:
