@@ -11,8 +11,14 @@ What it cannot show: the cost of CUPTI being attached at all (all-off still has 
 `cupti_cost.py --configs plain,none` measures between processes.
 
 Workloads: `serve` (examples/serve.py's decode step; its arguments after `--`), `launch` (100 tiny
-kernel launches and a sync per step: the per-launch price of a kind) and `copy` (10 small pinned async
-H2D copies and a sync per step: the per-copy price). Needs a GPU.
+kernel launches and a sync per step: the per-launch price of a kind), `copy` (10 small pinned async
+H2D copies and a sync per step: the per-copy price) and `driver` (the same through the driver API,
+cuMemcpyHtoDAsync_v2 and cuStreamSynchronize, as JAX/XLA makes them). Needs a GPU.
+
+Configs named `NAME-driver` record runtime calls only, without the kept driver calls (the default
+records both, a driver call inside a recorded runtime call once): `--workload copy --configs
+off,default,default-driver` is what driver coverage adds to a runtime copy (its nested driver call's
+callback), `--workload driver` the same configs what recording a driver call costs.
 
     python benchmarks/cupti_inprocess.py --workload serve --rounds 30 --cpus 2-5
 
@@ -59,7 +65,10 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "default-runtime": tuple(k for k in DEFAULT if k != "runtime"),
     "default+kernel": (*DEFAULT, "kernel"),
     "default+kernel+nvtx": (*DEFAULT, "kernel", "nvtx"),
+    "default-driver": DEFAULT,  # runtime calls without the kept driver calls (NO_DRIVER)
+    "runtime-driver": ("runtime",),
 }
+NO_DRIVER = "-driver"
 # with --bridge SPEC, "NAME+bridge" runs config NAME with the bridge emulator acting (else it is off)
 BRIDGED = "+bridge"
 # "NAME+stacks" runs config NAME with Python stacks captured for each recorded call (else they are off)
@@ -76,7 +85,7 @@ def parse_config(c: str) -> tuple[str, bool, bool]:
     return c, bridge, stacks
 
 
-CALLS_PER_STEP = {"launch": 100, "copy": 10}
+CALLS_PER_STEP = {"launch": 100, "copy": 10, "driver": 10}
 
 
 # ---- inside the traced process ------------------------------------------------------------
@@ -100,6 +109,22 @@ def _workload(name: str, serve_args: list[str]):
         return step
     host = [torch.arange(8, dtype=torch.int64).pin_memory() for _ in range(10)]
     dev = [torch.empty(8, dtype=torch.int64, device="cuda") for _ in range(10)]
+    if name == "driver":
+        import ctypes
+
+        cu = ctypes.CDLL("libcuda.so.1")
+        cu.cuMemcpyHtoDAsync_v2.argtypes = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        cu.cuStreamSynchronize.argtypes = [ctypes.c_void_p]
+        stream = torch.cuda.current_stream().cuda_stream
+        pairs = [(d.data_ptr(), h.data_ptr()) for h, d in zip(host, dev, strict=True)]
+
+        def driver_step(_i: int) -> None:
+            for d, h in pairs:
+                if cu.cuMemcpyHtoDAsync_v2(d, h, 64, stream) != 0:
+                    raise SystemExit("cuMemcpyHtoDAsync_v2 failed")
+            cu.cuStreamSynchronize(stream)
+
+        return driver_step
 
     def copy_step(_i: int) -> None:
         for h, d in zip(host, dev, strict=True):
@@ -125,6 +150,7 @@ class Switch:
         self.kind = activity_kinds(self.cupti)
         self.on = set(src.enabled)
         self.launches = True  # started with every kind, kernel included
+        self.driver = True
         missing = set(ALL) - self.on
         if missing:
             raise SystemExit(f"kinds not enabled at start: {sorted(missing)}")
@@ -146,7 +172,8 @@ class Switch:
             self.bridge.stop()
         self.bridge_on = on
 
-    def set(self, kinds: tuple[str, ...]) -> None:
+    def set(self, kinds: tuple[str, ...], driver: bool = True) -> None:
+        """These kinds on, the others off; `driver`: the kept driver calls recorded with the runtime ones."""
         want = set(kinds)
         for name in ALL:
             if name == "runtime":
@@ -156,9 +183,9 @@ class Switch:
             elif name not in want and name in self.on:
                 self.cupti.activity_disable(self.kind[name])
         launches = "kernel" in want
-        if "runtime" in want and ("runtime" not in self.on or launches != self.launches):
-            self.src.runtime_on(launches)  # launch calls kept with kernels, as `record --kinds ...,kernel` does
-            self.launches = launches
+        if "runtime" in want and ("runtime" not in self.on or (launches, driver) != (self.launches, self.driver)):
+            self.src.runtime_on(launches, driver)  # launch calls kept with kernels, as `record --kinds ...,kernel`
+            self.launches, self.driver = launches, driver
         elif "runtime" not in want and "runtime" in self.on:
             self.src.runtime_off()
         self.on = want
@@ -183,7 +210,7 @@ def inner(a: argparse.Namespace) -> None:
         rng.shuffle(order)
         for c in order:
             kinds, bridged, stacks = parse_config(c)
-            switch.set(CONFIGS[kinds])
+            switch.set(CONFIGS[kinds], driver=not kinds.endswith(NO_DRIVER))
             switch.set_bridge(bridged)
             switch.set_stacks(stacks)
             for _ in range(a.settle):
@@ -293,7 +320,7 @@ def outer(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workload", choices=("serve", "launch", "copy"), default="serve")
+    p.add_argument("--workload", choices=("serve", "launch", "copy", "driver"), default="serve")
     p.add_argument("--rounds", type=int, default=20, help="rounds; each runs every config once")
     p.add_argument("--block", type=int, default=300, help="timed steps per config per round")
     p.add_argument("--settle", type=int, default=20, help="untimed steps after each switch")

@@ -314,3 +314,66 @@ def test_raw_file_decodes_buffers_and_callback_records_with_progress(tmp_path, m
     health = json.loads(proc_record_path(tmp_path, 42).read_text())["sources"]["cupti"]
     assert health["records"] == {"copies": 3, "api_calls": 2} and health["decoded_buffers"] == 2
     assert len(heard) == 2 and heard[-1].startswith("decoding CUPTI records: ")
+
+
+def test_kept_driver_calls_are_selected_and_become_driver_rows(tmp_path):
+    """The shim records the driver calls that copy, set, allocate, free, sync, wait and launch graphs
+    (launches only with kernels); with the DRIVER activity kind on (it records them all) none; the
+    records decode into api_calls rows of domain 'driver' under the driver call's own name."""
+    import numpy as np
+
+    from cctrace.record.sources.cupti_source import API_DTYPE
+
+    rt, drv = CUPTI.CallbackDomain.RUNTIME_API, CUPTI.CallbackDomain.DRIVER_API
+    table = {
+        rt: {1: "cudaMemcpyAsync_v3020", 2: "cudaLaunchKernel_v7000", 3: "cudaGetDevice_v3020"},
+        drv: {
+            1: "cuMemcpyHtoDAsync_v2",
+            2: "cuMemcpyDtoHAsync_v2",
+            3: "cuStreamSynchronize",
+            4: "cuEventSynchronize",
+            5: "cuStreamWaitEvent",
+            6: "cuEventQuery",
+            7: "cuLaunchKernel",
+            8: "cuGraphLaunch",
+            9: "cuMemAlloc_v2",
+            10: "cuMemFreeHost",
+            11: "cuMemGetInfo_v2",
+            12: "cuCtxSynchronize",
+            13: "cuMemsetD32Async",
+            14: "cuMemHostGetDevicePointer_v2",
+        },
+    }
+
+    def name(domain, cbid):
+        return table[domain][cbid]  # KeyError past the last id, as CUPTI raises
+
+    cupti = NS(**{**vars(CUPTI), "get_callback_name": name})
+    w = ShardWriter(tmp_path, 1)
+    src = CuptiSource(w, ("memcpy", "runtime"))
+    src.bind(cupti)
+
+    def selected(launches):
+        doms, ids, n = src._runtime_selection(launches, src.driver_calls)
+        return sorted((table[d][c] for d, c in zip(doms[:n], ids[:n], strict=True)))
+
+    kept = ["cuCtxSynchronize", "cuEventSynchronize", "cuGraphLaunch", "cuMemAlloc_v2", "cuMemFreeHost"]
+    kept += ["cuMemcpyDtoHAsync_v2", "cuMemcpyHtoDAsync_v2", "cuMemsetD32Async", "cuStreamSynchronize"]
+    kept += ["cuStreamWaitEvent", "cudaMemcpyAsync_v3020"]
+    assert selected(False) == sorted(kept)
+    assert selected(True) == sorted([*kept, "cuLaunchKernel", "cudaLaunchKernel_v7000"])
+    src.kinds = ("memcpy", "runtime", "driver")  # every driver call from the DRIVER activity kind instead
+    assert selected(False) == ["cudaMemcpyAsync_v3020"]
+
+    recs = np.zeros(2, API_DTYPE)
+    recs["start"], recs["end"] = [100, 300], [150, 390]
+    recs["domain"], recs["cbid"], recs["correlation_id"], recs["tid"] = drv, [1, 3], [21, 22], 7
+    src._offset = 1000
+    src.convert_api(recs.tobytes())
+    w.close()
+    (shard,) = tmp_path.glob("api_calls.*.arrows")
+    rows = read_shard(shard).data.to_pylist()
+    assert [(r["name"], r["domain"], r["start_ns"], r["correlation_id"]) for r in rows] == [
+        ("cuMemcpyHtoDAsync_v2", "driver", 1100, 21),
+        ("cuStreamSynchronize", "driver", 1300, 22),
+    ]

@@ -140,12 +140,26 @@ void fake_calls_on_threads(int threads, int n) {
     for (int i = 0; i < threads; i++) pthread_create(&t[i], 0, many, &n);
     for (int i = 0; i < threads; i++) pthread_join(t[i], 0);
 }
-/* a chained tool (the bridge emulator's place): notes the clock at its enter and exit */
-uint64_t chain_seen[2]; int chain_calls;
+/* a runtime call with the driver call it makes inside it, as cudart calls libcuda */
+void fake_nested(uint32_t rt_cbid, uint32_t drv_cbid, uint32_t rt_corr, uint32_t drv_corr) {
+    int ret = 0;
+    CallbackData r, d; memset(&r, 0, sizeof r); memset(&d, 0, sizeof d);
+    r.correlationId = rt_corr; r.functionReturnValue = &ret;
+    d.correlationId = drv_corr; d.functionReturnValue = &ret;
+    r.callbackSite = 0; if (enabled[2][rt_cbid]) CB(0, 2, rt_cbid, &r);
+    d.callbackSite = 0; if (enabled[1][drv_cbid]) CB(0, 1, drv_cbid, &d);
+    d.callbackSite = 1; if (enabled[1][drv_cbid]) CB(0, 1, drv_cbid, &d);
+    r.callbackSite = 1; if (enabled[2][rt_cbid]) CB(0, 2, rt_cbid, &r);
+}
+/* a chained tool (the bridge emulator's place): notes the clock at its enter and exit, and the
+ * correlation id it was given */
+uint64_t chain_seen[2]; int chain_calls; uint32_t chain_corr[64];
 void chained(void *ud, int dom, uint32_t cbid, const void *p) {
     (void)ud; (void)dom; (void)cbid;
     const CallbackData *d = (const CallbackData *)p;
-    fake_timestamp(&chain_seen[d->callbackSite]); chain_calls++;
+    fake_timestamp(&chain_seen[d->callbackSite]);
+    if (chain_calls < 64) chain_corr[chain_calls] = d->correlationId;
+    chain_calls++;
 }
 """
 
@@ -160,12 +174,13 @@ def fake_callbacks(tmp_path):
     return ctypes.CDLL(str(so))
 
 
-def _shim_recording(raw, fake_cupti, fc, cbids: list[int]):
-    """The shim writing to `raw`, recording runtime-domain calls `cbids` through the stand-in CUPTI."""
+def _shim_recording(raw, fake_cupti, fc, cbids: list[int], driver: list[int] = ()):
+    """The shim writing to `raw`, recording runtime-domain calls `cbids` (and driver-domain calls
+    `driver`) through the stand-in CUPTI."""
     shim = load_shim(build_shim())
     assert shim.cct_start(address(fake_cupti.cuptiActivityRegisterCallbacks), str(raw).encode(), 64 * 1024) == 0
-    n = len(cbids)
-    doms, ids = (ctypes.c_int * n)(*[2] * n), (ctypes.c_uint32 * n)(*cbids)
+    n = len(cbids) + len(driver)
+    doms, ids = (ctypes.c_int * n)(*[2] * len(cbids), *[1] * len(driver)), (ctypes.c_uint32 * n)(*cbids, *driver)
     rc = shim.cct_api_start(
         address(fc.fake_subscribe), address(fc.fake_enable), address(fc.fake_timestamp), doms, ids, n
     )
@@ -248,3 +263,37 @@ def test_shim_callback_records_from_many_threads_stay_whole(tmp_path, fake_callb
     assert len(recs) == 40000
     assert sorted(recs["correlation_id"].tolist()) == sorted(list(range(5000)) * 8)
     assert len(set(recs["tid"].tolist())) == 8
+
+
+def test_driver_calls_are_recorded_once(tmp_path, fake_callbacks, fake_cupti):
+    """A driver call inside a recorded runtime call is that call (one record, the runtime one); a
+    driver call on its own (as JAX makes them) is recorded with the driver domain; a driver call inside
+    a runtime call that is not recorded stands for it. A chained tool sees the recorded call's
+    correlation id, so what it injects joins that call."""
+    from cctrace.record.native import chain_hooks
+
+    fc = fake_callbacks
+    raw = tmp_path / "cupti.5.cuptiraw"
+    shim = _shim_recording(raw, fake_cupti, fc, [7], driver=[30, 31])
+    subscribe, enable, _ = chain_hooks(shim)
+    sub = ctypes.c_void_p()
+    ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)(subscribe)(
+        ctypes.byref(sub), address(fc.chained), None
+    )
+    ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32)(enable)(
+        1, sub, 1, 30
+    )
+    fc.fake_nested(7, 30, 100, 900)  # cudaMemcpyAsync -> cuMemcpyHtoDAsync_v2: one record
+    fc.fake_call(1, 30, 901, 0)  # cuMemcpyHtoDAsync_v2 on its own (JAX)
+    fc.fake_call(1, 31, 902, 0)  # cuStreamSynchronize on its own
+    fc.fake_nested(8, 31, 101, 903)  # a runtime call not recorded: its driver call stands for it
+    fc.fake_nested(7, 30, 102, 904)
+    shim.cct_api_flush(1)
+    recs = _api_records(raw)
+    got = list(zip(recs["domain"].tolist(), recs["cbid"].tolist(), recs["correlation_id"].tolist(), strict=True))
+    assert got == [(2, 7, 100), (1, 30, 901), (1, 31, 902), (1, 31, 903), (2, 7, 102)]
+    n = ctypes.c_int.in_dll(fc, "chain_calls").value
+    corr = list((ctypes.c_uint32 * 64).in_dll(fc, "chain_corr"))[:n]
+    # the chained tool hears every call (enter and exit); the driver call inside a recorded runtime
+    # call carries that call's id (100, not 900), the others their own
+    assert corr == [100] * 4 + [901, 901, 902, 902, 903, 903] + [102] * 4

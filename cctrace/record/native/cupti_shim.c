@@ -184,6 +184,8 @@ void cct_stats(uint64_t out[5]) {
 #define API_CAP 8192
 #define MAX_CBID 4096
 #define MAX_DEPTH 8
+#define DOMAIN_DRIVER 1 /* CUPTI_CB_DOMAIN_DRIVER_API */
+#define DOMAIN_RUNTIME 2
 
 typedef int (*timestamp_fn)(uint64_t *ts);
 
@@ -218,6 +220,8 @@ static int g_atfork;
 static __thread uint64_t t_start[MAX_DEPTH];
 static __thread int t_depth;
 static __thread uint32_t t_tid;
+static __thread int t_rt_open;         /* recorded runtime calls open on this thread */
+static __thread uint32_t t_outer_corr; /* the outermost recorded call open on this thread (0: none) */
 
 static inline int wanted(int domain, uint32_t cbid) {
     return domain > 0 && domain < 3 && cbid < MAX_CBID && g_want[domain][cbid];
@@ -240,24 +244,45 @@ static void api_flush(void) {
     pthread_mutex_unlock(&g_out_lock);
 }
 
+/* A driver call made inside a runtime call this thread is recording (cudaMemcpyAsync ->
+ * cuMemcpyHtoDAsync_v2) is the same call: recorded once, as the runtime call. A driver call made on
+ * its own (JAX/XLA, CuPy, Triton, custom C++) is recorded with domain 'driver'. */
+static inline int nested_driver(int domain) { return domain == DOMAIN_DRIVER && t_rt_open > 0; }
+
+/* The chained tool sees the correlation id of the recorded call its work lands in (the runtime call
+ * around a nested driver call), so its records join the api_calls row of that call. */
+static inline void call_chain(callback_fn chain, int domain, uint32_t cbid, const CallbackData *d) {
+    if (t_outer_corr && t_outer_corr != d->correlationId) {
+        CallbackData c = *d;
+        c.correlationId = t_outer_corr;
+        chain(g_chain_ud, domain, cbid, &c);
+    } else {
+        chain(g_chain_ud, domain, cbid, d);
+    }
+}
+
 static void on_api(void *ud, int domain, uint32_t cbid, const void *cbdata) {
     (void)ud;
     const CallbackData *d = (const CallbackData *)cbdata;
-    int mine = g_api_on && wanted(domain, cbid);
+    int mine = g_api_on && wanted(domain, cbid) && !nested_driver(domain);
     callback_fn chain = g_chain;
     if (d->callbackSite == 0) {
         if (mine) {
             uint64_t t = 0;
             g_ts(&t);
             if (t_depth < MAX_DEPTH) t_start[t_depth] = t;
+            if (t_depth == 0) t_outer_corr = d->correlationId;
             t_depth++;
+            if (domain == DOMAIN_RUNTIME) t_rt_open++;
         }
-        if (chain) chain(g_chain_ud, domain, cbid, cbdata); /* the bridge's toll lands inside the call */
+        if (chain) call_chain(chain, domain, cbid, d); /* the bridge's toll lands inside the call */
         return;
     }
-    if (chain) chain(g_chain_ud, domain, cbid, cbdata);
+    if (chain) call_chain(chain, domain, cbid, d);
     if (!mine || t_depth <= 0) return;
     t_depth--;
+    if (domain == DOMAIN_RUNTIME && t_rt_open > 0) t_rt_open--;
+    if (t_depth == 0) t_outer_corr = 0;
     if (t_depth >= MAX_DEPTH) return;
     struct api_rec r;
     r.start = t_start[t_depth];
@@ -291,6 +316,8 @@ static void api_after_fork_child(void) {
     g_api_n = 0;
     t_depth = 0;
     t_tid = 0;
+    t_rt_open = 0;
+    t_outer_corr = 0;
     pthread_mutex_init(&g_api_lock, NULL);
     pthread_mutex_init(&g_out_lock, NULL);
     stk_after_fork_child();

@@ -38,6 +38,14 @@ RUNTIME_KEEP = re.compile(
 )
 # launches are many per step; their records come with the 'kernel' kind, where they pair with kernels
 RUNTIME_LAUNCH = re.compile(r"^cuda(LaunchKernel|LaunchCooperativeKernel|LaunchKernelExC|GraphLaunch)")
+# driver calls kept (frameworks that bypass the runtime: JAX/XLA, CuPy paths, Triton, custom C++): the
+# same copies, memsets, allocations, frees, syncs and stream waits, and graph launches (a replayed
+# step: one call each). A driver call inside a recorded runtime call is that call: recorded once.
+DRIVER_KEEP = re.compile(
+    r"^cu(Memcpy|Memset|MemAlloc|MemFree|MemHostAlloc|MemHostRegister|MemHostUnregister|MemPrefetch|"
+    r"StreamSynchronize|EventSynchronize|CtxSynchronize|StreamWaitEvent|GraphLaunch)"
+)
+DRIVER_LAUNCH = re.compile(r"^cu(LaunchKernel|LaunchCooperativeKernel|LaunchKernelEx)")
 # cupti-python builds one Python object per record while holding the GIL, so buffers stay modest
 BUFFER_BYTES = int(H.CUPTI_BUFFER_KB.get() or H.CUPTI_BUFFER_KB.default) * 1024
 # How records reach us between full buffers: 'period' (CUPTI's worker flushes every interval),
@@ -94,7 +102,13 @@ SYNC_TYPE = {
 
 
 def _kept(name: str, launches: bool) -> bool:
+    """A runtime call cctrace records."""
     return bool(RUNTIME_KEEP.match(name) or (launches and RUNTIME_LAUNCH.match(name)))
+
+
+def kept_driver(name: str, launches: bool) -> bool:
+    """A driver call cctrace records (when the runtime call around it, if any, is not recorded)."""
+    return bool(DRIVER_KEEP.match(name) or (launches and DRIVER_LAUNCH.match(name)))
 
 
 def activity_kinds(cupti) -> dict[str, object]:
@@ -242,7 +256,7 @@ class CuptiSource:
         if libcupti is None:
             self.errors.append("libcupti not found in this process; runtime calls not recorded")
             return
-        selection = self._runtime_selection("kernel" in self.kinds)
+        selection = self._runtime_selection("kernel" in self.kinds, self.driver_calls)
         rc = self._shim.cct_api_start(
             address(libcupti.cuptiSubscribe),
             address(libcupti.cuptiEnableCallback),
@@ -257,13 +271,20 @@ class CuptiSource:
         if not self.stacks["state"].startswith("off (--no-stacks)"):
             self.stacks.update(py_stacks.start(self._shim))
         self.enabled.append("runtime")
-        self.runtime_filter = f"{selection[2]} runtime calls recorded through callbacks, all others untouched"
+        self.runtime_filter = (
+            f"{selection[2]} runtime and driver calls recorded through callbacks (a driver call inside a "
+            "recorded runtime call once, as that call), all others untouched"
+        )
 
-    def _runtime_selection(self, launches: bool) -> tuple:
-        """(domains, callback ids, count) of the runtime calls cctrace reads, as the shim takes them."""
-        keep = [cbid for cbid, name in self._runtime_names() if _kept(name, launches)]
+    def _runtime_selection(self, launches: bool, driver: bool = True) -> tuple:
+        """(domains, callback ids, count) of the runtime calls cctrace reads, and with `driver` the
+        driver calls, as the shim takes them."""
+        keep = [(self._runtime_domain, cbid) for cbid, name in self._runtime_names() if _kept(name, launches)]
+        if driver:
+            dom = self._driver_domain
+            keep += [(dom, cbid) for cbid, name in self._callback_names(dom) if kept_driver(name, launches)]
         n = len(keep)
-        return (ctypes.c_int * n)(*[self._runtime_domain] * n), (ctypes.c_uint32 * n)(*keep), n
+        return (ctypes.c_int * n)(*[d for d, _ in keep]), (ctypes.c_uint32 * n)(*[c for _, c in keep]), n
 
     def callback_hooks(self) -> tuple[int, int, int] | None:
         """While this source holds CUPTI's one callback subscription, the stand-ins through which a
@@ -271,10 +292,14 @@ class CuptiSource:
         return chain_hooks(self._shim) if self.api_hub else None
 
     def _runtime_names(self) -> list[tuple[int, str]]:
+        return self._callback_names(self._runtime_domain)
+
+    def _callback_names(self, domain: int) -> list[tuple[int, str]]:
+        """(callback id, name) of every call of a CUPTI callback domain."""
         out, misses = [], 0
         for cbid in range(1, 2000):
             try:
-                name = self._cupti.get_callback_name(self._runtime_domain, cbid)
+                name = self._cupti.get_callback_name(domain, cbid)
             except Exception:  # noqa: BLE001 - past the last id, or a retired id
                 misses += 1
                 if misses > 50:
@@ -282,7 +307,7 @@ class CuptiSource:
                 continue
             misses = 0
             name = name.decode() if isinstance(name, bytes) else str(name)
-            self._api_names[(self._runtime_domain, cbid)] = _clean_name(name)
+            self._api_names[(domain, cbid)] = _clean_name(name)
             out.append((cbid, name))
         return out
 
@@ -293,16 +318,21 @@ class CuptiSource:
         else:
             self._cupti.activity_disable(self._cupti.ActivityKind.RUNTIME)
 
-    def runtime_on(self, launches: bool) -> None:
+    @property
+    def driver_calls(self) -> bool:
+        """Kept driver calls through the shim's callbacks, unless the DRIVER activity kind records all."""
+        return "driver" not in self.kinds
+
+    def runtime_on(self, launches: bool, driver: bool = True) -> None:
         if not self.api_hub:
             self._cupti.activity_enable(self._cupti.ActivityKind.RUNTIME)
-        self.restrict_runtime(launches)
+        self.restrict_runtime(launches, driver)
 
-    def restrict_runtime(self, launches: bool) -> None:
+    def restrict_runtime(self, launches: bool, driver: bool = True) -> None:
         """Record only the runtime calls that move, allocate, free, sync (and, with `launches`,
-        launch)."""
+        launch); with the shim and `driver`, also the driver calls made outside them."""
         if self.api_hub:
-            rc = self._shim.cct_api_select(*self._runtime_selection(launches))
+            rc = self._shim.cct_api_select(*self._runtime_selection(launches, driver and self.driver_calls))
             if rc != 0:
                 self.errors.append(f"runtime call selection failed ({rc})")
             return
