@@ -13,6 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = str(ROOT / "examples" / "serve.py")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # the benchmarks import cctrace from this checkout
 
 
 @dataclass

@@ -5,8 +5,8 @@
    attached to its library; prints ns/call for each and the difference, over --reps alternating runs.
    The same loop with empty uprobe+uretprobe programs gives the kernel's own trap cost (cctrace's floor);
    what cctrace's programs add is the difference.
-2. On a GPU machine (libcuda present), also examples/serve.py steps/s: plain, host probes only
-   (--kinds none), host probes with --probe-launches, CUPTI + host probes; alternating, --reps each.
+2. On a GPU machine (libcuda present), also examples/serve.py steps/s: `run_serve.py probes` (plain,
+   host probes only, with --probe-launches, CUPTI + host probes; alternating, --reps each).
 
     sudo python benchmarks/probe_overhead.py --reps 5 --calls 200000
 """
@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _serve import Speed, serve_summary
+import run_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -111,29 +111,6 @@ def empty_probe_cost(calls: int) -> float:
     return probed - plain
 
 
-def serve(reps: int, steps: int) -> dict:
-    py = sys.executable
-    serve_py = str(ROOT / "examples" / "serve.py")
-    rec = [py, "-m", "cctrace", "record", "--no-load", "-q", "--force", "--host-probes", "on", "-o"]
-    modes = {
-        "plain": [py, serve_py],
-        "host probes only": [*rec, "{out}", "--kinds", "none", "--", py, serve_py],
-        "probes + launches": [*rec, "{out}", "--kinds", "none", "--probe-launches", "--", py, serve_py],
-        "cupti + host probes": [*rec, "{out}", "--", py, serve_py],
-    }
-    res: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}  # (steps/s, median step ms)
-    with tempfile.TemporaryDirectory() as tmp:
-        for rep in range(reps):
-            for m, cmd in modes.items():
-                full = [c.replace("{out}", f"{tmp}/{rep}-{len(res[m])}-{m[:4]}") for c in cmd] + ["--steps", str(steps)]
-                r = subprocess.run(full, capture_output=True, text=True)
-                summary = serve_summary(r.stdout)
-                if summary is None:
-                    raise SystemExit(f"{m} failed: {r.stderr[-1500:]}")
-                res[m].append((summary["steps_per_s"], summary["step_ms_median"]))
-    return res
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=5)
@@ -155,15 +132,7 @@ def main() -> None:
     except OSError:
         print("no GPU here: serve.py comparison skipped")
         return
-    res = serve(a.reps, a.steps)
-    speeds = {m: Speed([s for s, _ in runs], [t for _, t in runs]) for m, runs in res.items()}
-    for m, sp in speeds.items():
-        by_median, _, by_step = sp.slowdowns(speeds["plain"])
-        v = sp.steps_per_s
-        print(
-            f"{m:22s} {sp.median:9.1f} steps/s (min {min(v):.1f}, max {max(v):.1f}) {by_median:6.1f}% slower;"
-            f" median step {sp.median_step_ms:.3f} ms, {by_step:6.1f}% longer"
-        )
+    run_serve.main(["probes", "--reps", str(a.reps), "--steps", str(a.steps)])
 
 
 if __name__ == "__main__":

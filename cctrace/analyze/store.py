@@ -324,9 +324,9 @@ def fingerprint_ok(db: Path) -> bool:
 # ---- locked connections ----------------------------------------------------------------------------
 
 # DuckDB's block allocator keeps freed buffer blocks for reuse instead of handing them back to the
-# OS after each statement and faulting them in again for the next: the 10M-event report went from
-# 4.9 to 4.5 s on the 2-core CI machine (benchmarks/analysis_scale.py), load was unchanged. What it
-# holds is kept until the database closes, so it is a third of the memory limit, at most 1 GB.
+# OS after each statement and faulting them in again for the next (a faster report: benchmarks/README.md,
+# analysis_scale). What it holds is kept until the database closes, so it is a third of the memory
+# limit, at most 1 GB.
 BLOCK_POOL_MAX = 1 << 30
 
 _spill_dirs: list[str] = []
@@ -344,8 +344,8 @@ def locked_config(spill: Path | str | None = None, external_access: bool = False
     """Settings of every connection: handoff.MEMORY_LIMIT (default 3GB) with a private spill
     directory, and nothing outside the database: no file access, no extensions, settings locked.
     Rows keep no meaning in their storage order (every query orders by time), and without it DuckDB
-    appends and compresses row groups in parallel instead of in a final single-threaded checkpoint:
-    the 10M-event load went from 4.7-6.1 to 3.6-3.9 s here (benchmarks/analysis_scale.py)."""
+    appends and compresses row groups in parallel instead of in a final single-threaded checkpoint
+    (a faster load: benchmarks/README.md, analysis_scale)."""
     text = H.MEMORY_LIMIT.get()
     limit = _size_bytes(text)
     return {  # enable_external_access first: DuckDB 1.4/2.0 refuse temp_directory given before it

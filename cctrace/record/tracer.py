@@ -22,8 +22,8 @@ from cctrace.trace.environment import redact_argv
 from cctrace.trace.manifest import proc_record_path, write_json_atomic
 from cctrace.trace.shards import ShardWriter
 
-# "sync" (SYNCHRONIZATION records) is not a default: on the H100 it alone slowed serve.py by ~17%
-# (benchmarks/cupti_cost.py), and the RUNTIME records of the sync calls carry what the analysis needs.
+# "sync" (SYNCHRONIZATION records) is not a default: it alone slows serve.py markedly (benchmarks/README.md,
+# the cupti suite), and the RUNTIME records of the sync calls carry what the analysis needs.
 DEFAULT_KINDS = ("memcpy", "memcpy2", "memset", "memory", "runtime", "overhead")
 # "kernel" also records the runtime launch calls that pair with the kernels
 OPTIONAL_KINDS = ("kernel", "driver", "nvtx", "sync")

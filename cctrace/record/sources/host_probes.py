@@ -68,7 +68,7 @@ FUNCS: dict[str, tuple[str | None, str, str, str, str]] = {
 }
 VARIANTS = ("", "_ptsz", "_ptds")
 # Kernel launches are most of a decode step's driver calls (serve.py: ~24 of ~34 per step), and every
-# probed call pays the kernel's uprobe trap (measured ~10 us on KVM guests): probed only when asked.
+# probed call pays the kernel's uprobe trap (its cost: benchmarks/README.md): probed only when asked.
 LAUNCHES = ("cuLaunchKernel", "cuLaunchKernelEx", "cuGraphLaunch")
 EV_CALL, EV_OFFCPU, EV_IOCTL = 1, 2, 3
 EVENT_COUNTS = {"api_calls": "calls", "host_waits": "offcpu", "ioctls": "ioctls"}  # table -> health key
