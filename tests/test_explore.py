@@ -1,27 +1,38 @@
-"""The explorer driven through textual's pilot on a real (H100) sample trace."""
+"""The explorer driven through textual's pilot on real (H100) sample traces."""
 
+import os
 import shutil
 
 import pytest
 from textual.widgets import DataTable, Input, Label, OptionList, Static, TabbedContent
 
-from cctrace.ui.explore import Explorer, Timeline
+from cctrace.ui.explore import HELP, SCREENS, Explorer, Timeline
+from cctrace.ui.timeline import paint_levels
 from tests.conftest import ROOT
 from tests.synth import Spec, generate
 
 
+def _copy(tmp_path_factory, name):
+    d = tmp_path_factory.mktemp("ex") / name
+    shutil.copytree(ROOT / "sample_traces" / name, d)
+    return d
+
+
 @pytest.fixture(scope="module")
 def trace(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ex") / "serve-bridge"
-    shutil.copytree(ROOT / "sample_traces" / "serve-bridge", d)
-    return d
+    return _copy(tmp_path_factory, "serve-bridge")
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    return _copy(tmp_path_factory, "serve-baseline")
 
 
 async def test_overview_timeline_tables_sql(trace):
     app = Explorer(trace)
     async with app.run_test(size=(120, 40)) as pilot:
         overview = str(app.query_one("#overview-text", Static).render())
-        assert "300 steps (nvtx)" in overview and "sync waits / readbacks" in overview
+        assert "300 steps (nvtx)" in overview and "sync waits / readbacks" in overview and "unexplained" in overview
         findings = app.query_one("#findings", DataTable)
         assert findings.row_count >= 2  # small crossings and sync waits have advice
         # timeline: zoom, pan, jump to a step
@@ -34,28 +45,29 @@ async def test_overview_timeline_tables_sql(trace):
         start = tl.start
         await pilot.press("right_square_bracket")
         assert tl.start > start
-        await pilot.press("n")
-        step_lo, step_hi = tl.a.con.execute("SELECT start_ns, end_ns FROM steps ORDER BY start_ns LIMIT 1").fetchall()[
-            0
-        ]
-        assert (tl.start, tl.span) == (step_lo, step_hi - step_lo)
+        await pilot.press("n")  # the first step: step 1, as the report numbers it
+        step_lo, step_hi = tl.a.con.execute("SELECT start_ns, end_ns FROM steps WHERE step = 1").fetchall()[0]
+        assert (tl.start, tl.span, tl.step) == (step_lo, step_hi - step_lo, 1)
         text = str(tl.render())
-        assert "stream 7" in text and "thread" in text
+        assert "stream 7" in text and "thread" in text and "step 1 of 300" in text
         await pilot.press("g")
         await pilot.pause()
         step_box = app.screen.query_one("#step-input", Input)
         step_box.value = "42"
         await pilot.press("enter")
         await pilot.pause()
-        lo42 = tl.a.con.execute("SELECT start_ns FROM steps ORDER BY start_ns LIMIT 1 OFFSET 42").fetchall()[0][0]
-        assert tl.start == lo42
+        name42, lo42 = tl.a.con.execute("SELECT name, start_ns FROM steps WHERE step = 42").fetchall()[0]
+        assert tl.start == lo42 and name42 == "step 46"  # NVTX "step 5" is step 1
+        await pilot.press("w")
+        assert (tl.start, tl.span) == (tl.lo, tl.hi - tl.lo)
         await pilot.press("e")
         detail = str(app.query_one("#event-detail", Static).render())
         assert ("issued by cudaMemcpyAsync" in detail and "HtoD" in detail) or "DtoH" in detail
         # crossing-cost plot
         await pilot.press("3")
+        await pilot.pause()
         plot = str(app.query_one("#cost-plot", Static).render())
-        assert "HtoD pinned: toll" in plot and "the fitted model" in plot
+        assert "HtoD pinned: toll" in plot and "fitted model" in plot
         # tables: run a canned query
         await pilot.press("4")
         ol = app.query_one("#queries", OptionList)
@@ -72,6 +84,7 @@ async def test_overview_timeline_tables_sql(trace):
         await pilot.press("enter")
         assert table.row_count == 1
         # SQL console
+        await pilot.press("escape")
         await pilot.press("5")
         box = app.query_one("#sql-input", Input)
         box.focus()
@@ -79,14 +92,128 @@ async def test_overview_timeline_tables_sql(trace):
         await pilot.press("enter")
         sql = app.query_one("#sql-table", DataTable)
         assert sql.row_count == 2
+        box.value = "SELECT * FROM copies WHERE bytes < 0"
+        await pilot.press("enter")
+        assert "0 rows" in str(app.query_one("#sql-status", Label).render())
+        assert [str(c.label) for c in sql.columns.values()] == ["no rows"]
         box.value = "SELECT nope FROM nowhere"
         await pilot.press("enter")
         assert "error" in str(app.query_one("#sql-status", Label).render())
         # help screen
-        app.set_focus(None)
+        await pilot.press("escape")
         await pilot.press("question_mark")
         assert "zoom in" in str(app.screen.query_one("#help", Static).render())
         await pilot.press("escape")
+
+
+async def test_escape_leaves_any_input_and_keys_stay_visible(trace):
+    app = Explorer(trace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("5")
+        box = app.query_one("#sql-input", Input)
+        box.focus()
+        await pilot.press("q", "1")
+        assert box.value == "q1" and app.query_one(TabbedContent).active == "sql"  # typed into the box
+        shown = {b.binding.description for b in app.active_bindings.values() if b.binding.show and b.enabled}
+        assert "leave box" in shown  # typing keys are the box's until escape, and the footer says so
+        await pilot.press("escape")
+        assert app.focused is None
+        await pilot.press("1")
+        assert app.query_one(TabbedContent).active == "overview" and box.value == "q1"
+        for tab, filt in (("tables", "#query-filter"), ("sql", "#sql-input")):
+            app.query_one(TabbedContent).active = tab
+            app.query_one(filt, Input).focus()
+            await pilot.press("escape", "2")
+            assert app.query_one(TabbedContent).active == "timeline"
+        # the go-to box: escape cancels
+        await pilot.press("g")
+        await pilot.pause()
+        assert app.screen.query_one("#step-input", Input)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is app.screen_stack[0]
+        # timeline keys show on the timeline only
+        shown = {b.binding.description for b in app.active_bindings.values() if b.binding.show and b.enabled}
+        assert {"zoom", "pan", "step", "go to", "copy", "finding"} <= shown
+        await pilot.press("1")
+        shown = {b.binding.description for b in app.active_bindings.values() if b.binding.show and b.enabled}
+        assert "zoom" not in shown and {"quit", "keys", "screens"} <= shown
+
+
+def test_help_lists_every_screen_and_key():
+    for key, _, name in SCREENS:
+        assert f"{key} {name}" in HELP
+    for key in ("+ -", "[ ]", " w ", " n ", " g ", " f ", " e ", "escape", "tab", "enter", "q "):
+        assert key in HELP, key
+    assert all(len(line) <= 70 for line in HELP.replace("[b]", "").replace("[/b]", "").splitlines())
+
+
+def _union_ns(intervals, lo, hi):
+    """Busy time of a set of intervals inside [lo, hi), overlaps counted once (plain Python)."""
+    total, cur_s, cur_e = 0, None, None
+    for s, e in sorted((max(s, lo), min(e, hi)) for s, e in intervals if e > lo and s < hi):
+        if cur_e is None or s > cur_e:
+            total += 0 if cur_e is None else cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    return total + (0 if cur_e is None else cur_e - cur_s)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)])
+async def test_timeline_paints_the_busy_fraction(trace, size):
+    """Each track's painted busy time (eighths per cell x cell width) is within one cell of SQL's
+    busy time for it; no row is wider than the terminal."""
+    app = Explorer(trace)
+    async with app.run_test(size=size) as pilot:
+        await pilot.press("2")
+        await pilot.pause()
+        tl = app.query_one(Timeline)
+        con = tl.a.con
+        for view in ("whole", "step"):
+            if view == "step":
+                await pilot.press("g")
+                await pilot.pause()
+                app.screen.query_one("#step-input", Input).value = "81"  # the slowest step
+                await pilot.press("enter")
+                await pilot.pause()
+            lo, hi = tl.window()
+            lines = str(tl.render()).splitlines()
+            assert all(len(line) <= tl.size.width <= size[0] for line in lines), max(map(len, lines))
+            cells = len(tl.rows[0].frac)
+            cell_ns = (hi - lo) / cells
+            assert cells > size[0] - 20
+            tracks = {r.label(False): r for r in tl.rows}
+            assert set(tracks) == {"stream 7", "thread 791"}
+            gpu = con.execute(
+                "SELECT start_ns, end_ns FROM copies WHERE stream_id = 7 UNION ALL "
+                "SELECT start_ns, end_ns FROM kernels WHERE stream_id = 7"
+            ).fetchall()
+            host = con.execute("SELECT start_ns, end_ns FROM api_calls WHERE tid = 791").fetchall()
+            for label, intervals in (("stream 7", gpu), ("thread 791", host)):
+                painted = sum(paint_levels(tracks[label].frac)) / 8 * cell_ns
+                truth = _union_ns(intervals, lo, hi)
+                assert abs(painted - truth) <= cell_ns, (view, label, painted, truth, cell_ns)
+            if view == "whole":  # the GPU is busy about 5% of the window: no cell is painted full
+                assert _union_ns(gpu, lo, hi) / (hi - lo) < 0.1
+                assert max(paint_levels(tracks["stream 7"].frac)) <= 2
+
+
+def test_paint_levels_carry_the_rounding():
+    fr = [0.03] * 40 + [0.0] * 5 + [0.5, 1.0]
+    lv = paint_levels(fr)
+    assert lv[40:45] == [0] * 5  # idle cells are never painted
+    assert abs(sum(lv) / 8 - sum(fr)) <= 1 / 16
+    assert all(abs(level / 8 - f) <= 1 / 8 for level, f in zip(lv, fr, strict=True))
+
+
+async def test_hostonly_trace_selects_probed_copy_calls(tmp_path_factory):
+    app = Explorer(_copy(tmp_path_factory, "serve-hostonly"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("2", "n", "e")
+        detail = str(app.query_one("#event-detail", Static).render())
+        assert "no GPU times" in detail and "cuMemcpy" in detail
+        assert "thread" in str(app.query_one(Timeline).render())
 
 
 async def test_diff_mode(tmp_path):
@@ -99,33 +226,63 @@ async def test_diff_mode(tmp_path):
         rows = [t.get_row_at(i) for i in range(t.row_count)]
         stalls = next(r for r in rows if r[0] == "async stalls")
         assert stalls[3].startswith("+0.5")  # 2 x 300 us per step, beyond the 20 us normal cost each
+        unexplained = next(r for r in rows if r[0] == "unexplained")
+        step = next(r for r in rows if r[0] == "step time")
+        explained = sum(float(r[3]) for r in rows[:5])
+        assert abs(explained + float(unexplained[3]) - float(step[3])) < 2e-4
+        assert not any(r[0].startswith("ground truth") for r in rows)  # no emulated bridge here
         slow = app.query_one("#slow-steps", DataTable)
         assert slow.row_count == 10
+        cols = [str(c.label) for c in slow.columns.values()]
+        assert cols[4:] == [
+            "small crossings",
+            "lost stream concurrency",
+            "async stalls",
+            "alloc-and-copy",
+            "sync waits / readbacks",
+        ]
         assert all(float(slow.get_row_at(i)[3]) > 500 for i in range(10))  # each step ~600 us slower than base
-        svg = app.export_screenshot()
-        assert "<svg" in svg
+        # async stalls: 2 x (300 + 5 - 20) us per step, plus the alloc-copy call beyond its normal cost
+        assert all(float(slow.get_row_at(i)[6]) == pytest.approx(574.4, abs=0.1) for i in range(10))
+
+
+async def test_diff_mode_shows_the_ground_truth(trace, baseline):
+    app = Explorer(trace, baseline)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("6")
+        t = app.query_one("#diff-table", DataTable)
+        rows = {t.get_row_at(i)[0]: t.get_row_at(i) for i in range(t.row_count)}
+        assert float(rows["ground truth: injected"][3]) > 1.5  # the b300-tdx bridge injected ~1.9 ms/step
 
 
 SNAPSHOTS = ROOT / "tests" / "snapshots"
 
 
-async def test_main_screens_at_80x24_match_their_snapshots(trace):
-    """SVG snapshots of the main screens on an 80x24 terminal, committed so changes show in review.
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)])
+async def test_screens_match_their_snapshots(trace, baseline, size):
+    """SVG snapshots of every screen at 80x24 and 200x50, committed so changes show in review.
     CCTRACE_UPDATE_SNAPSHOTS=1 rewrites them."""
-    import os
-
-    app = Explorer(trace)
+    app = Explorer(trace, baseline)
     app.animation_level = "none"  # the tab underline must not be caught mid-slide
-    async with app.run_test(size=(80, 24)) as pilot:
-        shots = {}
-        for key, name in (("1", "overview"), ("2", "timeline"), ("3", "cost"), ("4", "tables")):
+    shots = {}
+    async with app.run_test(size=size) as pilot:
+        for key, name, _ in SCREENS:
             await pilot.press(key)
             await pilot.pause()
             shots[name] = app.export_screenshot()
-        assert "Overview" in shots["overview"] and "stream" in shots["timeline"].replace("&#160;", " ")
+        await pilot.press("2", "g")
+        await pilot.pause()
+        app.screen.query_one("#step-input", Input).value = "81"
+        await pilot.press("enter")
+        await pilot.pause()
+        shots["timeline-step"] = app.export_screenshot()
+        await pilot.press("question_mark")
+        await pilot.pause()
+        shots["help"] = app.export_screenshot()
+    assert "stream" in shots["timeline"].replace("&#160;", " ")
     SNAPSHOTS.mkdir(exist_ok=True)
     for name, svg in shots.items():
-        path = SNAPSHOTS / f"explore-{name}.svg"
+        path = SNAPSHOTS / f"explore-{name}-{size[0]}x{size[1]}.svg"
         if os.environ.get("CCTRACE_UPDATE_SNAPSHOTS") or not path.exists():
             path.write_text(svg)
         # what is written on screen must match; colours and geometry may differ between textual releases

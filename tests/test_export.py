@@ -117,7 +117,9 @@ def test_export_steps_on_a_trace_without_steps(tmp_path):
 
     d = tmp_path / "nosteps"
     w = ShardWriter(d, 7)
-    w.extend("api_calls", ("pid", "tid", "name", "start_ns", "end_ns", "source"), [(7, 7, "cudaGetDevice", 10, 20, "x")])
+    w.extend(
+        "api_calls", ("pid", "tid", "name", "start_ns", "end_ns", "source"), [(7, 7, "cudaGetDevice", 10, 20, "x")]
+    )
     w.close()
     (d / "manifest.json").write_text(json.dumps({"command": ["x"], "processes": [{"pid": 7}]}))
     load(d)

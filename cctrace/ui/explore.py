@@ -3,28 +3,50 @@ DuckDB for the visible window only (the timeline never loads the trace into Pyth
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Input, Label, OptionList, Static, TabbedContent, TabPane
 
 from cctrace.analyze.analysis import Analysis, QueryError, diff, list_queries, report
+from cctrace.analyze.span import analysis_window, step_range
 from cctrace.ui.render import LABELS, diff_rows
+from cctrace.ui.timeline import busy_rows, legend, paint
 
-HELP = """\
-[b]cctrace explore[/b] — keys
+# the screens, in key order: (key, tab id, name); the help text and the bindings are derived from it
+SCREENS = (
+    ("1", "overview", "overview"),
+    ("2", "timeline", "timeline"),
+    ("3", "cost", "crossing cost"),
+    ("4", "tables", "tables"),
+    ("5", "sql", "SQL"),
+    ("6", "diff", "diff"),
+)
 
-  1..6          overview, timeline, crossing cost, tables, SQL, diff (with BASE)
-  ?             this help          q  quit
-  timeline:     + / -  zoom in / out      [ / ]  (or h / l)  pan
-                n  next step   g  go to step N   f  next finding (a stall or wait)
-                e  select the next copy: its fields, issuing call, what it waited for
-  tables:       enter on a query to run it; click a column header to sort
-  SQL:          type a query over the trace's tables and views, enter to run
+HELP = f"""\
+[b]cctrace explore[/b] — keys (escape closes this; arrows scroll)
+{"  ".join(f"{k} {name}" for k, _, name in SCREENS)}
+?  this help    q  quit    escape  leave a text box
+tab / shift+tab  next / previous part of a screen
+enter  open the selected row, run the query or the SQL
+
+[b]overview[/b]  enter on a finding: the events behind it (tables)
+[b]timeline[/b]  + -  zoom in / out   [ ] or h l  pan   w  whole window
+          n  next step   g  go to step N (from 1, as in the report)
+          f  next finding (a stall or wait)
+          e  next copy: its fields, its call, what it waited for
+          a cell is a slice of time: bar height = busy share,
+          colour = what took most of it (legend under the rows)
+[b]tables[/b]    enter on a query runs it; the filter box narrows rows;
+          click a column header to sort
+[b]SQL[/b]       a query over the trace's tables and views; enter runs it
+[b]diff[/b]      base vs trace ms/step per category, the unexplained
+          rest, the ground truth (--emulate-bridge), slowest steps
 """
 
 
@@ -33,8 +55,12 @@ class StepScreen(ModalScreen[int | None]):
 
     BINDINGS = [Binding("escape", "cancel", "cancel")]
 
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="step number (0-based), enter to jump", id="step-input")
+        yield Input(placeholder=f"step 1 to {self.steps}, enter to jump, escape to cancel", id="step-input")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -48,7 +74,8 @@ class HelpScreen(ModalScreen):
     BINDINGS = [Binding("escape,q,question_mark", "app.pop_screen", "close")]
 
     def compose(self) -> ComposeResult:
-        yield Static(HELP, id="help")
+        with VerticalScroll(id="help-box"):
+            yield Static(HELP, id="help")
 
 
 def _bar(pct: float, width: int = 30) -> str:
@@ -56,124 +83,120 @@ def _bar(pct: float, width: int = 30) -> str:
     return "█" * n + "·" * (width - n)
 
 
+def _ms(ns: float) -> str:
+    return f"{ns / 1e6:.3f} ms" if abs(ns) >= 1e6 else f"{ns / 1e3:.1f} µs"
+
+
 class Timeline(Static):
-    """One row per GPU stream and host thread; each character is a time bucket of the visible window."""
+    """One row per GPU stream and host thread; each cell is a time bucket of the visible window, as
+    many buckets as the terminal has columns (cctrace.ui.timeline)."""
 
     def __init__(self, analysis: Analysis, **kw) -> None:
         super().__init__(**kw)
         self.a = analysis
-        lo, hi, steps = analysis.con.execute("SELECT start_ns, end_ns, steps FROM win").fetchall()[0]
-        self.lo, self.hi = lo or 0, hi or 1
-        self.steps = steps
-        self.start = self.lo
-        self.span = max((self.hi - self.lo) // 20, 1) if steps else (self.hi - self.lo)
-        self.step_index = 0
+        w = analysis_window(analysis.con)
+        self.lo, self.hi = w.start_ns, max(w.end_ns, w.start_ns + 1)
+        self.steps = w.steps
+        self.start, self.span = self.lo, self.hi - self.lo
+        self.step = 0  # the step shown (from 1), 0 when none
+        self.rows: list = []  # what was last painted (the busy-fraction test reads it)
 
     def window(self) -> tuple[int, int]:
         return self.start, self.start + self.span
 
+    def on_resize(self) -> None:
+        self.refresh_view()
+
     def refresh_view(self) -> None:
-        self.update(self.render_rows(100))
+        width = self.size.width or (self.app.size.width - 2 if self.is_attached else 100)
+        self.update(self.render_rows(max(width, 20)))
 
     def render_rows(self, width: int) -> Text:
         lo, hi = self.window()
-        bucket = max((hi - lo) // width, 1)
-        q = """
-            SELECT track, b, max(prio) AS p FROM (
-              SELECT 'stream ' || stream_id AS track, CASE copy_kind WHEN 'HtoD' THEN 3 WHEN 'DtoH' THEN 2 ELSE 1 END AS prio,
-                     start_ns, end_ns FROM copies WHERE end_ns >= ? AND start_ns <= ?
-              UNION ALL SELECT 'stream ' || stream_id, 1, start_ns, end_ns FROM kernels WHERE end_ns >= ? AND start_ns <= ?
-              UNION ALL SELECT 'thread ' || tid, CASE WHEN name LIKE '%Synchronize%' THEN 5 ELSE 4 END, start_ns, end_ns
-                     FROM api_calls WHERE end_ns >= ? AND start_ns <= ?
-              UNION ALL SELECT 'thread ' || tid, 6, start_ns, end_ns FROM host_waits WHERE end_ns >= ? AND start_ns <= ?
-            ), range(0, ?) r(b)
-            WHERE start_ns < ? + (b + 1) * ? AND end_ns > ? + b * ?
-            GROUP BY ALL ORDER BY track, b"""
-        rows = self.a.con.execute(q, [lo, hi, lo, hi, lo, hi, lo, hi, width, lo, bucket, lo, bucket]).fetchall()
-        tracks: dict[str, list[str]] = {}
-        glyph = {
-            1: ("▆", "green"),
-            2: ("▆", "magenta"),
-            3: ("▆", "cyan"),
-            4: ("▂", "yellow"),
-            5: ("▄", "red"),
-            6: ("▄", "blue"),
-        }
-        for track, b, p in rows:
-            tracks.setdefault(track, [" "] * width)[b] = p
-        out = Text()
-        out.append(
-            f"{(lo - self.lo) / 1e6:9.3f} ms … {(hi - self.lo) / 1e6:9.3f} ms   ({(hi - lo) / 1e3:.1f} µs shown)\n",
-            style="bold",
-        )
-        for track in sorted(tracks):
-            out.append(f"{track:>14s} ")
-            for cell in tracks[track]:
-                if cell == " ":
-                    out.append("·", style="dim")
-                else:
-                    ch, style = glyph[cell]
-                    out.append(ch, style=style)
+        pids = {r.pid for r in busy_rows(self.a.con, lo, hi, 1)}
+        labels_w = 14 if len(pids) > 1 else 11
+        cells = max(width - labels_w - 1, 8)
+        self.rows = busy_rows(self.a.con, lo, hi, cells)
+        out = Text(no_wrap=True, overflow="crop")
+        where = f"step {self.step} of {self.steps}: " if self.step else ""
+        head = f"{where}{(lo - self.lo) / 1e6:.3f}-{(hi - self.lo) / 1e6:.3f} ms of the window, {_ms((hi - lo) / cells)}/cell"
+        out.append(head[:width] + "\n", style="bold")
+        axis, end = f"{'':>{labels_w}} |{_ms(0)}", f"+{_ms(hi - lo)}|"
+        out.append((axis + " " * max(width - len(axis) - len(end), 1) + end)[:width] + "\n", style="dim")
+        for r in self.rows:
+            out.append(f"{r.label(len(pids) > 1)[:labels_w]:>{labels_w}} ")
+            out.append_text(paint(r))
             out.append("\n")
-        if not tracks:
-            out.append("(nothing in this window)\n", style="dim")
-        out.append("HtoD cyan, DtoH magenta, kernel green | host call yellow, sync red, off-CPU blue", style="dim")
+        if not self.rows:
+            out.append("(nothing in this window: w shows the whole window)\n", style="dim")
+        out.append_text(legend(width))
         return out
 
     def zoom(self, factor: float) -> None:
         mid = self.start + self.span // 2
-        self.span = max(int(self.span * factor), 1000)
-        self.start = max(self.lo, mid - self.span // 2)
+        self.span = min(max(int(self.span * factor), 1000), self.hi - self.lo)
+        self.start = min(max(self.lo, mid - self.span // 2), self.hi - self.span)
+        self.step = 0
         self.refresh_view()
 
     def pan(self, frac: float) -> None:
         self.start = min(max(self.lo, self.start + int(self.span * frac)), max(self.lo, self.hi - self.span))
+        self.step = 0
         self.refresh_view()
 
-    def next_step(self) -> None:
-        self.goto_step(self.step_index)
+    def whole(self) -> None:
+        self.start, self.span, self.step = self.lo, self.hi - self.lo, 0
+        self.refresh_view()
 
-    def goto_step(self, index: int) -> bool:
-        """Show step `index` (0-based, in time order); False if there is no such step."""
-        row = self.a.con.execute(
-            "SELECT start_ns, end_ns FROM steps ORDER BY start_ns LIMIT 1 OFFSET ?", [max(index, 0)]
-        ).fetchall()
-        if not row:
+    def next_step(self) -> bool:
+        return self.goto_step(self.step + 1)
+
+    def goto_step(self, step: int) -> bool:
+        """Show step `step` (numbered from 1, as the report numbers them); False if there is none."""
+        r = step_range(self.a.con, step)
+        if r is None:
             return False
-        self.start, self.span = row[0][0], max(row[0][1] - row[0][0], 1)
-        self.step_index = index + 1
+        self.start, self.span, self.step = r[0], max(r[1] - r[0], 1), step
         self.refresh_view()
         return True
 
     def select_next_event(self) -> Text:
-        """The next copy in (or after) the window: its fields, the call that issued it, what it waited for."""
+        """The next host<->device transfer in (or after) the window: its fields, the call that issued it,
+        what it waited for. Host-probe-only traces have their probed copy calls here (no GPU times)."""
         after = getattr(self, "selected_ns", self.start - 1)
-        cur = self.a.con.execute("SELECT * FROM copies_with_api WHERE start_ns > ? ORDER BY start_ns LIMIT 1", [after])
+        cur = self.a.con.execute("SELECT * FROM xfers WHERE start_ns > ? ORDER BY start_ns LIMIT 1", [after])
         names = [d[0] for d in cur.description]
         row = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
         if not row:
-            return Text("no further copies", style="dim")
+            any_ = self.a.scalar("SELECT count(*) FROM xfers")
+            return Text("no further copies after this point" if any_ else "no copies in this trace", style="dim")
         c = row[0]
         self.selected_ns = c["start_ns"]
         if not (self.start <= c["start_ns"] <= self.start + self.span):
             self.start = max(self.lo, c["start_ns"] - self.span // 2)
             self.refresh_view()
         out = Text()
+        timing = "GPU" if c["timing"] == "gpu" else "call (host probes: no GPU times)"
         out.append(
-            f"{c['op']} {c['copy_kind']} {c['bytes']} B {c['src_kind']}->{c['dst_kind']} stream {c['stream_id']} "
-            f"at {(c['start_ns'] - self.lo) / 1e6:.3f} ms, {(c['end_ns'] - c['start_ns']) / 1e3:.1f} us, "
+            f"{c['copy_kind']} {c['bytes']} B {c['src_kind']}->{c['dst_kind']} stream {c['stream_id']} "
+            f"at {(c['start_ns'] - self.lo) / 1e6:.3f} ms, {timing} {(c['end_ns'] - c['start_ns']) / 1e3:.1f} us, "
             f"correlation {c['correlation_id']}\n",
             style="bold",
         )
-        if c["api_name"]:
+        if c["api_name"] and c["timing"] == "gpu":
             out.append(
                 f"  issued by {c['api_name']} on thread {c['api_tid']}: "
                 f"{(c['api_end_ns'] - c['api_start_ns']) / 1e3:.1f} us in the call, GPU start "
                 f"{(c['start_ns'] - c['api_start_ns']) / 1e3:.1f} us after it began\n"
             )
+        elif c["api_name"]:
+            off = c["off_cpu_ns"]
+            out.append(
+                f"  {c['api_name']} on thread {c['api_tid']}"
+                + (f", {off / 1e3:.1f} us of it off-CPU\n" if off is not None else "\n")
+            )
         waits = self.a.con.execute(
-            """SELECT blocked_by_stream, wait_ns FROM bridge_waits
-                                      WHERE pid = ? AND copy_start_ns = ?""",
+            "SELECT blocked_by_stream, wait_ns FROM bridge_waits WHERE pid = ? AND copy_start_ns = ?",
             [c["pid"], c["start_ns"]],
         ).fetchall()
         for stream, ns in waits:
@@ -189,33 +212,52 @@ class Timeline(Static):
         ).fetchall()
         if row:
             self.start = max(self.lo, row[0][0] - self.span // 2)
+            self.step = 0
             self.refresh_view()
+
+
+TIMELINE_KEYS = {"zoom", "pan", "whole", "next_step", "goto_step", "next_event", "next_finding"}
 
 
 class Explorer(App):
     TITLE = "cctrace explore"
+    ENABLE_COMMAND_PALETTE = False  # its footer entry would push the screen's keys off an 80-column footer
     CSS = """
-    #help { padding: 1 2; background: $panel; border: round $accent; width: 80; height: auto; }
-    HelpScreen { align: center middle; }
-    #queries { height: 8; }
+    #help-box { padding: 0 1; background: $panel; border: round $accent; width: 72; max-width: 100%;
+                height: auto; max-height: 100%; }
+    #help { width: auto; }
+    HelpScreen, StepScreen { align: center middle; }
+    #step-input { width: 50; }
+    #queries { height: 6; }
+    #timeline-scroll { height: 1fr; }
+    #event-detail { height: auto; max-height: 5; }
+    DataTable { height: auto; max-height: 100%; }
+    #diff-table { height: auto; }
     """
     BINDINGS = [
         Binding("q", "quit", "quit"),
-        Binding("question_mark", "help", "help"),
-        Binding("1", "tab('overview')", "overview"),
-        Binding("2", "tab('timeline')", "timeline"),
-        Binding("3", "tab('cost')", "cost"),
-        Binding("4", "tab('tables')", "tables"),
-        Binding("5", "tab('sql')", "SQL"),
-        Binding("6", "tab('diff')", "diff", show=False),
-        Binding("plus,equals_sign", "zoom(0.5)", "zoom in", show=False),
+        Binding("question_mark", "help", "keys"),
+        Binding("escape", "leave_input", "leave box"),
+        # one footer entry for all screens ("1-6 screens"); each key is bound
+        *[
+            Binding(
+                k,
+                f"tab('{tab}')",
+                "screens" if k == "1" else name,
+                show=k == "1",
+                key_display="1-6" if k == "1" else None,
+            )
+            for k, tab, name in SCREENS
+        ],
+        Binding("plus,equals_sign", "zoom(0.5)", "zoom", key_display="+-"),
         Binding("minus", "zoom(2)", "zoom out", show=False),
-        Binding("left_square_bracket,h", "pan(-0.5)", "pan left", show=False),
+        Binding("left_square_bracket,h", "pan(-0.5)", "pan", key_display="[]"),
         Binding("right_square_bracket,l", "pan(0.5)", "pan right", show=False),
-        Binding("n", "next_step", "next step", show=False),
-        Binding("f", "next_finding", "next finding", show=False),
-        Binding("e", "next_event", "next event", show=False),
-        Binding("g", "goto_step", "go to step", show=False),
+        Binding("w", "whole", "all", show=False),
+        Binding("n", "next_step", "step"),
+        Binding("g", "goto_step", "go to"),
+        Binding("f", "next_finding", "finding"),
+        Binding("e", "next_event", "copy"),
     ]
 
     def __init__(self, trace: Path, base: Path | None = None) -> None:
@@ -227,29 +269,31 @@ class Explorer(App):
     def compose(self) -> ComposeResult:
         yield Header()
         with TabbedContent(initial="overview"):
-            with TabPane("Overview", id="overview"):
+            with TabPane("1 Overview", id="overview"), VerticalScroll():
                 yield Static(self._overview(), id="overview-text")
                 yield DataTable(id="findings", cursor_type="row")
-            with TabPane("Timeline", id="timeline"):
-                yield Timeline(self.analysis, id="timeline-view")
-                yield Static("e: select the next copy in view and show its fields and linked events", id="event-detail")
-            with TabPane("Cost", id="cost"):
-                yield Static(self._cost_plot(), id="cost-plot")
-            with TabPane("Tables", id="tables"), Vertical():
+            with TabPane("2 Timeline", id="timeline"), Vertical():
+                with VerticalScroll(id="timeline-scroll"):
+                    yield Timeline(self.analysis, id="timeline-view")
+                yield Static("e: the next copy in view, its fields and linked events", id="event-detail")
+            with TabPane("3 Cost", id="cost"):
+                yield Static(id="cost-plot")
+            with TabPane("4 Tables", id="tables"), Vertical():
                 yield OptionList(*[q.name for q in list_queries()], id="queries")
-                yield Label("", id="query-info")
-                yield Input(placeholder="filter rows (text, enter)", id="query-filter")
+                yield Label("a canned query: arrows choose, enter runs it", id="query-info")
+                yield Input(placeholder="filter rows (text, enter; escape leaves)", id="query-filter")
                 yield DataTable(id="query-table", zebra_stripes=True)
-            with TabPane("SQL", id="sql"):
-                yield Input(placeholder="SELECT ... FROM copies ...  (enter runs it)", id="sql-input")
+            with TabPane("5 SQL", id="sql"), Vertical():
+                yield Input(placeholder="SELECT ... FROM copies ... (enter runs, escape leaves)", id="sql-input")
                 yield Label("", id="sql-status")
                 yield DataTable(id="sql-table", zebra_stripes=True)
             if self.base:
-                with TabPane("Diff", id="diff"), Vertical():
+                with TabPane("6 Diff", id="diff"), VerticalScroll():
+                    yield Label("", id="diff-label")
                     yield DataTable(id="diff-table")
-                    yield Label("steps of TRACE that took longest against BASE's median step", id="slow-label")
+                    yield Label("", id="slow-label")
                     yield DataTable(id="slow-steps")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         findings = self.query_one("#findings", DataTable)
@@ -259,71 +303,106 @@ class Explorer(App):
                 findings.add_row(LABELS[c["category"]], f"{c['lost_ms']:.3f}", c["advice"], key=c["category"])
         self.query_one(Timeline).refresh_view()
         if self.base:
-            d = diff(self.base, self.trace, trace_report=self.report)
-            t = self.query_one("#diff-table", DataTable)
-            t.add_columns("category", "base ms/step", "trace ms/step", "delta ms/step", "share of gap")
-            for row in diff_rows(d):
-                t.add_row(*row)
-            t.add_row(
-                "step time",
-                f"{d['base_step_ms']:.4f}",
-                f"{d['trace_step_ms']:.4f}",
-                f"{d['gap_ms_per_step']:+.4f}",
-                "100%",
-            )
-            median_us = (d["base_step_median_ms"] or 0) * 1e3
-            slow = self.query_one("#slow-steps", DataTable)
-            slow.add_columns("step", "name", "step us", "vs base median us", "async stalls us", "sync waits us")
-            for r in sorted(self.analysis.rows("step_timeline"), key=lambda r: -r["step_us"])[:10]:
-                slow.add_row(
-                    str(r["step"]),
-                    r["name"],
-                    f"{r['step_us']:.1f}",
-                    f"{r['step_us'] - median_us:+.1f}",
-                    f"{r['async_stalls_us']:.1f}",
-                    f"{r['sync_waits_us']:.1f}",
-                )
+            self._fill_diff()
 
-    def _cost_plot(self, width: int = 60, height: int = 14) -> Text:
-        """Latency vs size, log-log, per direction and host memory kind: medians as letters, model as dots."""
+    def _fill_diff(self) -> None:
+        """The diff's categories, the unexplained rest and the ground truth; TRACE's slowest steps."""
+        d = diff(self.base, self.trace, trace_report=self.report)
+        self.query_one("#diff-label", Label).update(
+            f"{self.base.name} -> {self.trace.name}: step {d['base_step_ms']:.4f} -> {d['trace_step_ms']:.4f} ms "
+            f"({d['gap_ms_per_step']:+.4f} ms/step)"
+        )
+        t = self.query_one("#diff-table", DataTable)
+        t.add_columns("category", "base ms/step", "trace ms/step", "delta ms/step", "share of gap")
+        for row in diff_rows(d):
+            t.add_row(*row)
+        gap = d["gap_ms_per_step"]
+        share = f"{100 * d['unexplained_ms_per_step'] / gap:.1f}%" if gap else ""
+        t.add_row("unexplained", "", "", f"{d['unexplained_ms_per_step']:+.4f}", share)
+        t.add_row("step time", f"{d['base_step_ms']:.4f}", f"{d['trace_step_ms']:.4f}", f"{gap:+.4f}", "100%")
+        inj = d.get("bridge_injected_ms_per_step")
+        if inj:
+            t.add_row("ground truth: injected", "", "", f"{inj:+.4f}", f"{100 * inj / gap:.1f}%" if gap else "")
+        median_us = (d["base_step_median_ms"] or 0) * 1e3
+        self.query_one("#slow-label", Label).update(
+            f"slowest steps of TRACE, µs (BASE's median step: {median_us:.1f} µs)"
+        )
+        slow = self.query_one("#slow-steps", DataTable)
+        cats = [c["category"] for c in self.report["categories"]]
+        slow.add_columns("step", "name", "step µs", "vs base", *[LABELS[c] for c in cats])
+        for r in sorted(self.analysis.rows("step_timeline"), key=lambda r: -r["step_us"])[:10]:
+            slow.add_row(
+                str(r["step"]),
+                r["name"],
+                f"{r['step_us']:.1f}",
+                f"{r['step_us'] - median_us:+.1f}",
+                *[f"{r.get(f'{c}_us', 0.0):.1f}" for c in cats],
+            )
+
+    def _cost_plot(self, width: int, height: int) -> Text:
+        """Latency vs size, log-log, per direction and host memory kind: measured medians as letters in
+        their series' colour, each series' fitted model (toll + bytes / bandwidth) as a dotted curve;
+        `*` where several series' medians share a cell, listed under the plot."""
         rows = self.analysis.rows("latency_by_size")
-        out = Text()
         if not rows:
             return Text("no host<->device copies in this trace", style="dim")
-        import math
-
-        xs = [math.log2(max(r["size_bytes"], 1)) for r in rows]
-        ys = [math.log10(max(v, 1e-3)) for r in rows for v in (r["median_us"], r["model_us"]) if v is not None]
-        x0, x1, y0, y1 = min(xs), max(xs) + 1e-9, min(ys), max(ys) + 1e-9
-        grid = [[" "] * width for _ in range(height)]
         series = sorted({(r["copy_kind"], r["host_kind"]) for r in rows})
-        marks = "ABCDEFGH"
+        model = {(m["copy_kind"], m["host_kind"]): m for m in self.report["cost_model"]}
+        marks, colours = "ABCDEFGH", ("#4aa3ff", "#ff9f1c", "#2ec4b6", "#c77dff", "#e9c46a", "#ff4d6d")
+        xs = [math.log2(max(r["size_bytes"], 1)) for r in rows]
+        x0, x1 = min(xs), max(xs) + 1e-9
+
+        def size_at(cx: int) -> float:
+            return 2 ** (x0 + cx / max(width - 1, 1) * (x1 - x0))
+
+        def model_us(key: tuple, nbytes: float) -> float | None:
+            m = model.get(key)
+            return m["toll_us"] + nbytes / (m["gbps"] * 1e3) if m and m["gbps"] else None
+
+        curves = {k: [model_us(k, size_at(cx)) for cx in range(width)] for k in series}
+        # the measured medians set the scale; model curves outside it are clipped
+        ys = [math.log10(max(r["median_us"], 1e-3)) for r in rows if r["median_us"] is not None]
+        y0, y1 = min(ys) - 0.05, max(ys) + 0.05
+
+        def cy(v: float) -> int:
+            return height - 1 - int((math.log10(max(v, 1e-3)) - y0) / (y1 - y0) * (height - 1))
+
+        grid: list[list[tuple[str, str]]] = [[(" ", "")] * width for _ in range(height)]
+        for k, key in enumerate(series):
+            for cx, v in enumerate(curves[key]):
+                if v is not None and 0 <= cy(v) < height and grid[cy(v)][cx][0] == " ":
+                    grid[cy(v)][cx] = ("·", colours[k % len(colours)])
+        shared: dict[tuple[int, int], set[str]] = {}
         for r in rows:
+            if r["median_us"] is None:
+                continue
             k = series.index((r["copy_kind"], r["host_kind"]))
             cx = int((math.log2(max(r["size_bytes"], 1)) - x0) / (x1 - x0) * (width - 1))
-            for v, ch in ((r["model_us"], "·"), (r["median_us"], marks[k % len(marks)])):
-                if v is None:
-                    continue
-                cy = int((math.log10(max(v, 1e-3)) - y0) / (y1 - y0) * (height - 1))
-                if ch != "·" or grid[height - 1 - cy][cx] == " ":
-                    grid[height - 1 - cy][cx] = ch
-        out.append(
-            f"latency (us, log) from {10**y0:.2f} to {10**y1:.0f}; size (bytes, log2) "
-            f"from {2**x0:.0f} to {2**x1:.0f}\n",
-            style="bold",
-        )
+            y, mark = cy(r["median_us"]), marks[k % len(marks)]
+            shared.setdefault((y, cx), set()).add(mark)
+            many = len(shared[y, cx]) > 1
+            grid[y][cx] = ("*", "bold") if many else (mark, f"bold {colours[k % len(colours)]}")
+        out = Text(no_wrap=True, overflow="crop")
+        out.append(f"latency µs (log) {10**y0:.2f} to {10**y1:.0f}, size bytes (log2) {2**x0:.0f} to {2**x1:.0f}\n")
         for line in grid:
-            out.append("|" + "".join(line) + "\n")
+            out.append("|")
+            for ch, style in line:
+                out.append(ch, style=style)
+            out.append("\n")
         out.append("+" + "-" * width + "\n")
-        for k, (ck, hk) in enumerate(series):
-            m = next((c for c in self.report["cost_model"] if (c["copy_kind"], c["host_kind"]) == (ck, hk)), None)
+        for k, key in enumerate(series):
+            m = model.get(key)
             fit = (
-                f"toll {m['toll_us']} us, {m['gbps']} GB/s" + (" (assumed)" if m and m["bandwidth_assumed"] else "")
+                f"toll {m['toll_us']} us, {m['gbps']} GB/s" + (" (assumed)" if m["bandwidth_assumed"] else "")
                 if m
                 else ""
             )
-            out.append(f"{marks[k % len(marks)]} {ck} {hk}: {fit}\n")
-        out.append("· the fitted model (toll + bytes / bandwidth)", style="dim")
+            out.append(f"{marks[k % len(marks)]}", style=f"bold {colours[k % len(colours)]}")
+            out.append(f" {key[0]} {key[1]}: {fit}\n")
+        both = [f"{size_at(cx):.0f} B: {''.join(sorted(m))}" for (_, cx), m in sorted(shared.items()) if len(m) > 1]
+        out.append("· fitted model (toll + bytes / bandwidth)", style="dim")
+        if both:
+            out.append(("   * " + ", ".join(both))[: width - 40], style="dim")
         return out
 
     def _overview(self) -> Text:
@@ -347,17 +426,52 @@ class Explorer(App):
         out.append(f"window {r['window_ms']} ms, {r['steps']} steps ({r['step_source']}), {r['step_ms']} ms/step\n\n")
         for c in r["categories"]:
             out.append(
-                f"{LABELS[c['category']]:>24s} {_bar(c['pct_of_window'])} {c['lost_ms']:9.3f} ms "
+                f"{LABELS[c['category']]:>23s} {_bar(c['pct_of_window'], 25)} {c['lost_ms']:9.3f} ms "
                 f"{c['pct_of_window']:5.1f}%\n"
             )
+        out.append(f"{'unexplained':>23s} {'':25s} {r['unexplained_ms']:9.3f} ms\n", style="dim")
         return out
 
     # ---- actions ----------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple) -> bool | None:  # noqa: ARG002
+        """Timeline keys show (and act) on the timeline only; `escape` shows while a text box has focus."""
+        if action in TIMELINE_KEYS:
+            return self.query_one(TabbedContent).active == "timeline"
+        if action == "leave_input":
+            return isinstance(self.focused, Input)
+        return True
+
+    def on_tabbed_content_tab_activated(self) -> None:
+        self.refresh_bindings()
+        if self.query_one(TabbedContent).active == "cost":
+            self._draw_cost()
+
+    def on_descendant_focus(self) -> None:
+        self.refresh_bindings()
+
+    def on_descendant_blur(self) -> None:
+        self.refresh_bindings()
+
+    def on_resize(self) -> None:
+        if self.is_mounted and self.query_one(TabbedContent).active == "cost":
+            self._draw_cost()
+
+    def _draw_cost(self) -> None:
+        w, h = self.size
+        plot = self.query_one("#cost-plot", Static)
+        series = len({(r["copy_kind"], r["host_kind"]) for r in self.report["cost_model"]})
+        plot.update(self._cost_plot(max(w - 4, 20), max(h - 9 - series, 6)))
+
+    def action_leave_input(self) -> None:
+        if isinstance(self.focused, Input):
+            self.set_focus(None)
+
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
     def action_tab(self, tab: str) -> None:
         if tab == "diff" and not self.base:
+            self.notify("no diff: start with `cctrace explore TRACE BASE`", severity="warning")
             return
         self.query_one(TabbedContent).active = tab
 
@@ -372,13 +486,27 @@ class Explorer(App):
         if t := self._timeline():
             t.pan(frac)
 
-    def action_next_step(self) -> None:
+    def action_whole(self) -> None:
         if t := self._timeline():
-            t.next_step()
+            t.whole()
+
+    def action_next_step(self) -> None:
+        if (t := self._timeline()) and not t.next_step():
+            self.notify("no further step" if t.steps else "this trace has no steps")
 
     def action_goto_step(self) -> None:
-        if t := self._timeline():
-            self.push_screen(StepScreen(), lambda n: n is not None and t.goto_step(n))
+        t = self._timeline()
+        if not t:
+            return
+        if not t.steps:
+            self.notify("this trace has no steps")
+            return
+
+        def go(n: int | None) -> None:
+            if n is not None and not t.goto_step(n):
+                self.notify(f"no step {n}: steps are 1 to {t.steps}", severity="warning")
+
+        self.push_screen(StepScreen(t.steps), go)
 
     def action_next_event(self) -> None:
         if t := self._timeline():
@@ -443,6 +571,9 @@ class Explorer(App):
         if table.id == "query-table":
             self._query_result = t.slice(0, 2000)
         table.clear(columns=True)
+        if t.num_rows == 0:
+            table.add_column("no rows")
+            return 0
         table.add_columns(*t.column_names)
         for row in t.slice(0, 2000).to_pylist():
             table.add_row(*["" if v is None else str(v) for v in row.values()])
