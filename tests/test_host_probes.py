@@ -197,23 +197,33 @@ def test_record_with_host_probes_and_report_on_it(tmp_path, fake_cuda):
 def test_attach_to_a_running_process(tmp_path, fake_cuda):
     _require_probes()
     import sys
-    import time
 
-    from tests.conftest import cctrace
+    from tests.conftest import project_env
 
+    # the app waits for a line on stdin: it starts its calls once attach says it is attached, however
+    # long attaching takes on a loaded machine
     app = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            f"import subprocess, time; time.sleep(3); "
+            f"import subprocess, sys; sys.stdin.readline(); "
             f"subprocess.run([{str(fake_cuda / 'app')!r}], input='go\\n', text=True)",
-        ]
+        ],
+        stdin=subprocess.PIPE,
+        text=True,
     )
-    time.sleep(0.2)
     out = tmp_path / "att"
     lib = str(fake_cuda / "libcuda.so.1")
-    r = cctrace("attach", "--pid", str(app.pid), "-o", str(out), "--libcuda", lib, "--probe-launches", timeout=120)
-    app.wait()
+    cmd = [sys.executable, "-m", "cctrace", "attach", "--pid", str(app.pid), "-o", str(out), "--libcuda", lib]
+    att = subprocess.Popen([*cmd, "--probe-launches"], stderr=subprocess.PIPE, text=True, env=project_env())
+    first = ""
+    for line in att.stderr:  # until attached, or attach gave up (its stderr closes)
+        first += line
+        if "attached to pid" in line:
+            break
+    app.communicate("go\n", timeout=120)
+    rest = att.stderr.read()  # the same buffered reader: nothing read ahead is lost
+    r = subprocess.CompletedProcess(att.args, att.wait(timeout=120), "", first + rest)
     assert r.returncode == 0, r.stderr
     assert "(5 entry points" in r.stderr and "37 calls" in r.stderr  # the launch too, as asked
     con = duckdb.connect(str(out / "trace.duckdb"), read_only=True)
