@@ -6,7 +6,7 @@
 -- Each lost stretch of time is tied to the runtime call that lost it (its correlation id; an
 -- alloc-and-copy pair to its copy call, a copy delayed by other streams to its own call), and the
 -- call to its Python stack's call site. Calls recorded without a stack (--no-stacks, host probes,
--- threads with no Python) count under callsite '(no stack)'.
+-- threads with no Python) count under a null callsite and function.
 WITH ev AS (
     SELECT 'small_crossings' AS category, pid, correlation_id, bytes, excess_ns AS ns FROM xfer_costs WHERE small
     UNION ALL
@@ -27,9 +27,9 @@ WITH ev AS (
     FROM ev LEFT JOIN (SELECT pid, correlation_id, min(stack_id) AS stack_id FROM api_calls
                        WHERE stack_id IS NOT NULL GROUP BY ALL) a USING (pid, correlation_id)
 )
-SELECT coalesce(s.file || ':' || s.line, '(no stack)') AS callsite, coalesce(s.function, '') AS function,
+SELECT s.file || ':' || s.line AS callsite, s.function,
        c.category, count(*) AS calls, sum(c.bytes)::BIGINT AS bytes, round(sum(c.ns) / 1e6, 3) AS lost_ms,
        round(count(*) / greatest((SELECT steps FROM win), 1), 2) AS per_step,
        round(sum(c.ns) / 1e3 / greatest((SELECT steps FROM win), 1), 3) AS lost_per_step_us
 FROM called c LEFT JOIN stacks s ON s.pid = c.pid AND s.stack_id = c.stack_id AND s.is_callsite
-GROUP BY ALL ORDER BY lost_ms DESC, callsite, category;
+GROUP BY ALL ORDER BY lost_ms DESC, callsite NULLS LAST, category;

@@ -33,8 +33,57 @@ def test_each_category_goes_to_the_line_that_lost_it(synth):
     streams = _row(rows, "streams", "stream_concurrency")
     assert streams["lost_ms"] == pytest.approx(t["stream_wait_ns"] / 1e6, rel=0.02)
     # every lost stretch has a call site here; the totals are the attribution's
-    assert not [r for r in rows if r["callsite"] == "(no stack)"]
+    assert not [r for r in rows if r["callsite"] is None]
     totals = {r["category"]: r["lost_ms"] for r in a.rows("attribution")}
     for cat, lost in totals.items():
         got = sum(r["lost_ms"] for r in rows if r["category"] == cat)
         assert got == pytest.approx(lost, abs=0.01), cat
+
+
+def test_report_names_the_line_behind_each_category(synth):
+    from cctrace.analyze.analysis import report
+
+    d, spec, _ = synth
+    r = report(d, {"normal_call_us": spec.normal_call_ns / 1000})
+    where = {c["category"]: c["where"] for c in r["categories"]}
+    assert where == {
+        "small_crossings": f"{APP}:{SITES['small']} Server.line{SITES['small']}",
+        "stream_concurrency": f"{APP}:{SITES['streams']} Server.line{SITES['streams']}",
+        "async_stalls": f"{APP}:{SITES['stall']} Server.line{SITES['stall']}",
+        "alloc_and_copy": f"{APP}:{SITES['alloc_copy']} Server.line{SITES['alloc_copy']}",
+        "sync_waits": f"{APP}:{SITES['readback']} Server.line{SITES['readback']}",  # 50 us readbacks > 20 us syncs
+    }
+    assert r["callsites"][0]["lost_ms"] == max(s["lost_ms"] for s in r["callsites"])
+
+
+def test_report_and_diff_print_call_sites(synth, tmp_path):
+    from tests.conftest import cctrace
+    from tests.synth import Spec, generate
+
+    d, spec, _ = synth
+    normal = f"normal_call_us={spec.normal_call_ns / 1000}"
+    out = cctrace("report", str(d), "--param", normal)
+    assert out.returncode == 0, out.stderr
+    assert "Top call sites" in out.stdout and f"serve.py:{SITES['small']}" in out.stdout
+    md = cctrace("report", str(d), "--markdown", "--param", normal).stdout
+    assert f"Most of it at `{APP}:{SITES['stall']} Server.line{SITES['stall']}`." in md
+    # a trace whose launches stall 200 us longer: the diff names their line first
+    slower = Spec(stall_ns=spec.stall_ns + 200_000)
+    generate(tmp_path / "slower", slower)
+    r = cctrace("diff", str(d), str(tmp_path / "slower"), "--json", "--param", normal)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    top = json.loads(r.stdout)["callsites"][0]
+    assert (top["callsite"], top["category"]) == (f"{APP}:{SITES['stall']}", "async_stalls")
+    assert top["delta_ms_per_step"] == pytest.approx(spec.stalls_per_step * 0.2, rel=0.02)
+    text = cctrace("diff", str(d), str(tmp_path / "slower"), "--param", normal).stdout
+    assert "Call sites that changed most" in text and f"serve.py:{SITES['stall']}" in text
+
+
+def test_strings_from_a_trace_print_without_control_characters():
+    from cctrace.ui.render import site
+
+    row = {"callsite": "/srv/\x1b[2Japp.py:3", "function": "f\x07\ng"}
+    assert site(row) == "/srv/\\x1b[2Japp.py:3 f\\x07\\x0ag"
+    assert site({"callsite": None, "function": None}) == "(no stack)"

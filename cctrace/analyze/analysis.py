@@ -186,6 +186,7 @@ def report(trace: Path, params: dict[str, object] | None = None) -> dict:
         cats = {r["category"]: r for r in a.rows("attribution")}
         categories = []
         explained = 0.0
+        sites = a.rows("callsites")
         for c in CATEGORIES:
             r = cats.get(
                 c, {"events": 0, "lost_ms": 0.0, "per_step_us": 0.0, "pct_of_window": 0.0, "gpu_idle_overlap_ms": 0.0}
@@ -196,6 +197,7 @@ def report(trace: Path, params: dict[str, object] | None = None) -> dict:
                     "category": c,
                     **{k: r[k] for k in ("events", "lost_ms", "per_step_us", "pct_of_window", "gpu_idle_overlap_ms")},
                     "advice": ADVICE[c] if r["lost_ms"] > 0 else None,
+                    "where": _top_site(sites, c) if r["lost_ms"] > 0 else None,
                 }
             )
         top = {
@@ -232,6 +234,7 @@ def report(trace: Path, params: dict[str, object] | None = None) -> dict:
             "gpu_busy_complete": has_kernels,
             "cost_model": a.rows("cost_model"),
             "top": top,
+            "callsites": [s for s in sites if s["lost_ms"] > 0],
             "params": default_params() | a.params,
         }
     finally:
@@ -284,10 +287,42 @@ def diff(base: Path, trace: Path, params: dict[str, object] | None = None, trace
         "explained_ms_per_step": round(explained, 5),
         "unexplained_ms_per_step": round(gap - explained, 5),
         "explained_share": round(explained / gap, 4) if gap else None,
+        "callsites": callsite_diff(b, t),
         # ground truth, when a trace was recorded with --emulate-bridge: what the emulator injected
         # per step more in TRACE than in BASE (its whole run, warm-up included, over the steps)
         "bridge_injected_ms_per_step": round(injected, 5) if injected is not None else None,
     }
+
+
+def _top_site(sites: list[dict], category: str) -> str | None:
+    """The call site (`file:line function`) that lost the most time in `category`, when stacks were recorded."""
+    for s in sites:  # ordered by lost time
+        if s["category"] == category and s["callsite"] is not None:
+            return f"{s['callsite']} {s['function'] or ''}".strip()
+    return None
+
+
+def callsite_diff(b: dict, t: dict, limit: int = 10) -> list[dict]:
+    """Per call site and category, lost ms per step in BASE and TRACE: the sites that changed most first."""
+
+    def per_step(r: dict) -> dict[tuple[str, str, str], float]:
+        steps = r["steps"] or 1
+        return {(s["callsite"], s["function"], s["category"]): s["lost_ms"] / steps for s in r.get("callsites") or []}
+
+    pb, pt = per_step(b), per_step(t)
+    rows = [
+        {
+            "callsite": k[0],
+            "function": k[1],
+            "category": k[2],
+            "base_ms_per_step": round(pb.get(k, 0.0), 5),
+            "trace_ms_per_step": round(pt.get(k, 0.0), 5),
+            "delta_ms_per_step": round(pt.get(k, 0.0) - pb.get(k, 0.0), 5),
+        }
+        for k in pb.keys() | pt.keys()
+    ]
+    rows.sort(key=lambda r: (-abs(r["delta_ms_per_step"]), r["callsite"], r["category"]))
+    return rows[:limit]
 
 
 def _injected_per_step(r: dict) -> float:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 LABELS = {
@@ -13,6 +16,40 @@ LABELS = {
     "alloc_and_copy": "alloc-and-copy",
     "sync_waits": "sync waits / readbacks",
 }
+
+
+NO_STACK = "(no stack)"  # calls recorded without a Python stack (--no-stacks, host probes, no Python)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """A string from a trace (a file path, a function name) made safe to print: control characters
+    shown as \\xNN, never sent to the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def site(row: dict) -> str:
+    """`file:line function` of a callsites row, printable."""
+    if row.get("callsite") is None:
+        return NO_STACK
+    return printable(f"{row['callsite']} {row.get('function') or ''}".strip())
+
+
+def callsite_table(rows: list[dict], title: str, limit: int = 10) -> Table:
+    """The call sites that lost the most time (rows of the callsites query)."""
+    t = Table(title=title)
+    for c in ("call site", "category", "calls", "per step", "lost ms", "per step µs"):
+        t.add_column(c, justify="left" if c in ("call site", "category") else "right", overflow="fold")
+    for r in rows[:limit]:
+        t.add_row(
+            escape(site(r)),
+            LABELS.get(r["category"], r["category"]),
+            str(r["calls"]),
+            f"{r['per_step']:.2f}",
+            f"{r['lost_ms']:.3f}",
+            f"{r['lost_per_step_us']:.2f}",
+        )
+    return t
 
 
 def arrow_table(t: pa.Table, title: str | None = None, limit: int = 200) -> Table:
@@ -49,8 +86,12 @@ def print_report(r: dict, console: Console) -> None:
     for c in r["categories"]:
         if c["advice"]:
             console.print(f"• {LABELS[c['category']]}: {c['advice']}")
+            if c.get("where"):
+                console.print(f"    most of it at [bold]{escape(printable(c['where']))}[/bold]")
             for row in r["top"].get(c["category"], [])[:2]:
                 console.print(f"    [dim]{_brief(row)}[/dim]")
+    if any(row["callsite"] is not None for row in r.get("callsites") or []):
+        console.print(callsite_table(r["callsites"], "Top call sites (innermost frame outside the frameworks)"))
     cm = Table(title="Crossing cost model (fitted on this trace)")
     for col in ("copy_kind", "host_kind", "copies", "toll_us", "gbps", "bandwidth_assumed"):
         cm.add_column(col)
@@ -80,7 +121,20 @@ def report_markdown(r: dict) -> str:
         )
     lines.append(f"| unexplained | | {r['unexplained_ms']:.3f} | | | |")
     lines.append("")
-    lines += [f"- **{LABELS[c['category']]}**: {c['advice']}" for c in r["categories"] if c["advice"]]
+    lines += [
+        f"- **{LABELS[c['category']]}**: {c['advice']}"
+        + (f" Most of it at `{printable(c['where'])}`." if c.get("where") else "")
+        for c in r["categories"]
+        if c["advice"]
+    ]
+    sites = [row for row in r.get("callsites") or [] if row["callsite"] is not None]
+    if sites:
+        lines += ["", "| call site | category | calls | per step | lost ms |", "| --- | --- | ---: | ---: | ---: |"]
+        lines += [
+            f"| `{site(row)}` | {LABELS.get(row['category'], row['category'])} | {row['calls']} | {row['per_step']:.2f} | "
+            f"{row['lost_ms']:.3f} |"
+            for row in sites[:10]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +174,20 @@ def print_diff(d: dict, console: Console) -> None:
         t.add_row(*row)
     t.add_row("[dim]unexplained[/dim]", "", "", f"{d['unexplained_ms_per_step']:+.4f}", "")
     console.print(t)
+    sites = [row for row in d.get("callsites") or [] if row["delta_ms_per_step"]]
+    if sites:
+        st = Table(title="Call sites that changed most (lost ms per step)")
+        for c in ("call site", "category", "base ms", "trace ms", "delta ms"):
+            st.add_column(c, justify="left" if c in ("call site", "category") else "right", overflow="fold")
+        for row in sites:
+            st.add_row(
+                escape(site(row)),
+                LABELS.get(row["category"], row["category"]),
+                f"{row['base_ms_per_step']:.4f}",
+                f"{row['trace_ms_per_step']:.4f}",
+                f"{row['delta_ms_per_step']:+.4f}",
+            )
+        console.print(st)
     inj = d.get("bridge_injected_ms_per_step")
     if inj:
         rest = d["gap_ms_per_step"] - inj
