@@ -104,6 +104,15 @@ _probe_launches_option = click.option(
     metavar="PATTERN",
     help="Frames never passed over, e.g. --callsite-keep vllm to name vllm's own lines. Repeatable.",
 )
+@click.option(
+    "--step-function",
+    "step_functions",
+    multiple=True,
+    metavar="MODULE:QUALNAME",
+    help="A Python function whose calls are the program's steps (e.g. mymodel:decode_step or "
+    "vllm.v1.engine.core:EngineCore.step): each call is recorded as a marker, in every traced process, "
+    "with no code change. Repeatable.",
+)
 @click.option("--no-load", is_flag=True, help="Do not build trace.duckdb after the run.")
 @click.option("--force", is_flag=True, help="Write into an existing, non-empty output directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No messages from the tracer inside the program.")
@@ -122,6 +131,7 @@ def record(
     no_stacks,
     callsite_skip,
     callsite_keep,
+    step_functions,
     no_load,
     force,
     quiet,
@@ -160,6 +170,14 @@ def record(
         except BridgeSpecError as e:
             _err(f"--emulate-bridge: {e}")
             sys.exit(EXIT_USAGE)
+    from cctrace.record.step_function import StepFunctionError, parse_target
+
+    for target in step_functions:
+        try:
+            parse_target(target)
+        except StepFunctionError as e:
+            _err(f"--step-function: {e}")
+            sys.exit(EXIT_USAGE)
     # only once every option is known good: --force clears the earlier trace
     out = _output_dir(output, "cctrace-%Y%m%d-%H%M%S", force)
     opts = RecordOptions(
@@ -172,6 +190,7 @@ def record(
         stacks=not no_stacks,
         callsite_skip=tuple(callsite_skip),
         callsite_keep=tuple(callsite_keep),
+        step_functions=tuple(step_functions),
     )
     try:
         status = run_traced(list(command), out, opts)

@@ -49,6 +49,7 @@ class RecordOptions:
     stacks: bool = True  # --no-stacks turns it off
     callsite_skip: tuple[str, ...] = ()  # --callsite-skip
     callsite_keep: tuple[str, ...] = ()  # --callsite-keep
+    step_functions: tuple[str, ...] = ()  # --step-function MODULE:QUALNAME
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -219,6 +220,7 @@ def child_environment(trace_dir: Path, opts: RecordOptions, base: dict[str, str]
         stacks=opts.stacks,
         callsite_skip=tuple(opts.callsite_skip),
         callsite_keep=tuple(opts.callsite_keep),
+        step_functions=tuple(opts.step_functions),
     )
     env.update(handed.to_env())
     env.update(opts.extra_env)
@@ -267,6 +269,8 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
         options["callsite"] = {"skip": list(opts.callsite_skip), "keep": list(opts.callsite_keep)}
     if opts.bridge is not None:
         options["emulate_bridge"] = opts.bridge.to_json()
+    if opts.step_functions:
+        options["step_functions"] = list(opts.step_functions)
     probes, options["host_probes"] = start_probes(trace_dir, opts.host_probes, opts.flush_s, opts.probe_launches)
     drop_privileges()
     try:

@@ -40,12 +40,14 @@ class Tracer:
         quiet: bool = False,
         bridge: dict | None = None,
         stacks: dict | None = None,
+        step_functions: tuple[str, ...] = (),
     ) -> None:
         self.trace_dir = Path(trace_dir)
         self.kinds = kinds
         self.flush_s = flush_s
         self.quiet = quiet
         self.bridge = bridge  # the launcher's resolved --emulate-bridge spec
+        self.step_functions = step_functions  # --step-function MODULE:QUALNAME
         self.stacks = stacks  # {"on": bool, "skip": [...], "keep": [...]} for CuptiSource; None: defaults
         self.pid = os.getpid()
         self.writer = ShardWriter(self.trace_dir, self.pid)
@@ -63,6 +65,7 @@ class Tracer:
     # ---- life cycle -------------------------------------------------------------------
     def start(self) -> None:
         self._write_proc_record(final=False)
+        self._start_step_functions()
         self._start_cupti()
         self._start_bridge()
         self._write_proc_record(final=False)
@@ -92,6 +95,16 @@ class Tracer:
             return
         self.sources["cupti"] = src
         self.cupti_status = "active"
+
+    def _start_step_functions(self) -> None:
+        """--step-function: the named functions' calls become markers (wrapped when imported)."""
+        if not self.step_functions:
+            return
+        from cctrace.record.step_function import StepFunctions
+
+        src = StepFunctions(self.writer, self.step_functions)
+        src.start()
+        self.sources["step_function"] = src
 
     def _start_bridge(self) -> None:
         """--emulate-bridge: act out a CC bridge inside this process's copy calls."""
@@ -260,6 +273,7 @@ def boot_from_env() -> Tracer | None:
         quiet=handed.quiet,
         bridge=handed.bridge,
         stacks={"on": handed.stacks, "skip": list(handed.callsite_skip), "keep": list(handed.callsite_keep)},
+        step_functions=handed.step_functions,
     )
     _active.start()
     return _active

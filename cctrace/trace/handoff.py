@@ -57,6 +57,7 @@ CUPTI_SHIM_ERROR = _var("CUPTI_SHIM_ERROR", "why the CUPTI buffer shim could not
 STACKS = _var("STACKS", "'off' (--no-stacks): no Python stack captured with each recorded call", "on")
 CALLSITE_SKIP = _var("CALLSITE_SKIP", "--callsite-skip patterns (newline-separated), added to the frameworks")
 CALLSITE_KEEP = _var("CALLSITE_KEEP", "--callsite-keep patterns (newline-separated): never skipped")
+STEP_FUNCTIONS = _var("STEP_FUNCTIONS", "--step-function MODULE:QUALNAME targets (newline-separated)")
 
 # ---- tunables a user or a benchmark sets ------------------------------------------------------------
 MEMORY_LIMIT = _var("MEMORY_LIMIT", "DuckDB's memory limit for load/report/query (e.g. 3GB); spills beyond", "3GB")
@@ -87,6 +88,7 @@ class Handoff:
     stacks: bool = True
     callsite_skip: tuple[str, ...] = ()
     callsite_keep: tuple[str, ...] = ()
+    step_functions: tuple[str, ...] = ()  # --step-function MODULE:QUALNAME
 
     def to_env(self) -> dict[str, str]:
         env = {DIR.name: self.trace_dir, KINDS.name: ",".join(self.kinds) or "none", FLUSH_S.name: str(self.flush_s)}
@@ -103,6 +105,8 @@ class Handoff:
             env[CALLSITE_SKIP.name] = "\n".join(self.callsite_skip)
         if self.callsite_keep:
             env[CALLSITE_KEEP.name] = "\n".join(self.callsite_keep)
+        if self.step_functions:
+            env[STEP_FUNCTIONS.name] = "\n".join(self.step_functions)
         return env
 
     @classmethod
@@ -125,4 +129,5 @@ class Handoff:
             stacks=STACKS.get(env) != "off",
             callsite_skip=tuple(p for p in (CALLSITE_SKIP.get(env) or "").split("\n") if p),
             callsite_keep=tuple(p for p in (CALLSITE_KEEP.get(env) or "").split("\n") if p),
+            step_functions=tuple(p for p in (STEP_FUNCTIONS.get(env) or "").split("\n") if p),
         )
