@@ -87,3 +87,27 @@ def test_strings_from_a_trace_print_without_control_characters():
     row = {"callsite": "/srv/\x1b[2Japp.py:3", "function": "f\x07\ng"}
     assert site(row) == "/srv/\\x1b[2Japp.py:3 f\\x07\\x0ag"
     assert site({"callsite": None, "function": None}) == "(no stack)"
+
+
+def test_exports_carry_call_sites_and_stacks(synth, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from tests.conftest import cctrace
+
+    d, _, _ = synth
+    out = tmp_path / "t.json"
+    r = cctrace("export", str(d), "--format", "perfetto", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    api = [e for e in json.loads(out.read_text())["traceEvents"] if e["ph"] == "X" and e["cat"] == "api"]
+    by_name = {}
+    for e in api:
+        by_name.setdefault(e["name"], set()).add(e["args"].get("callsite"))
+    stall = SITES["stall"]
+    assert by_name["cudaLaunchKernel"] == {f"{APP}:{stall} Server.line{stall}"}
+    assert by_name["cudaGetDevice"] == {None}  # recorded without a stack: no call site
+    r = cctrace("export", str(d), "--format", "parquet", "-o", str(tmp_path / "pq"))
+    assert r.returncode == 0, r.stderr
+    stacks = pq.read_table(tmp_path / "pq" / "stacks.parquet").to_pylist()
+    assert len(stacks) == 3 * len(SITES) and sum(s["is_callsite"] for s in stacks) == len(SITES)

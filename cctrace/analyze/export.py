@@ -2,9 +2,9 @@
 one Parquet file per table.
 
 Both Perfetto formats are written from one stream of events read from DuckDB in chunks (bounded memory
-on large traces): host threads' API calls and every GPU stream's copies/kernels as slices, a flow arrow
-from each call to the GPU work it issued (same process and correlation id), NVTX ranges, and counter
-tracks for bytes in flight per direction. `--steps`/`--window` select by the analysis's own steps and
+on large traces): host threads' API calls (with their Python call site, when stacks were recorded) and
+every GPU stream's copies/kernels as slices, a flow arrow from each call to the GPU work it issued (same
+process and correlation id), NVTX ranges, and counter tracks for bytes in flight per direction. `--steps`/`--window` select by the analysis's own steps and
 window (cctrace.analyze.span).
 """
 
@@ -47,13 +47,19 @@ def _events(con, lo: int | None, hi: int | None, counts: dict, progress) -> Iter
     cur = con.execute(
         """SELECT a.pid, a.tid, a.name, a.start_ns, a.end_ns, a.correlation_id, a.bytes, a.off_cpu_ns, a.source,
                   EXISTS (SELECT 1 FROM copies c WHERE c.pid = a.pid AND c.correlation_id = a.correlation_id)
-                  OR EXISTS (SELECT 1 FROM kernels k WHERE k.pid = a.pid AND k.correlation_id = a.correlation_id)
-           FROM api_calls a WHERE a.start_ns >= ? AND a.start_ns <= ? ORDER BY a.start_ns""",
+                  OR EXISTS (SELECT 1 FROM kernels k WHERE k.pid = a.pid AND k.correlation_id = a.correlation_id),
+                  a.stack_id, s.file || ':' || s.line || ' ' || s.function
+           FROM api_calls a
+           LEFT JOIN stacks s ON s.pid = a.pid AND s.stack_id = a.stack_id AND s.is_callsite
+           WHERE a.start_ns >= ? AND a.start_ns <= ? ORDER BY a.start_ns""",
         [lo, hi],
     )
     while rows := cur.fetchmany(CHUNK):
-        for pid, tid, name, s, e, corr, nbytes, off, source, issued in rows:
+        for pid, tid, name, s, e, corr, nbytes, off, source, issued, stack_id, callsite in rows:
             args = {"correlation_id": corr, "source": source}
+            if callsite is not None:  # the Python line that made the call (`stacks` has the whole stack)
+                args["callsite"] = callsite
+                args["stack_id"] = stack_id
             if nbytes is not None:
                 args["bytes"] = nbytes
             if off is not None:
