@@ -88,7 +88,41 @@ def test_the_emulated_bridge_does_not_change_the_program(runs, name):
     assert bridged["iterations"] == plain["iterations"]
     m = json.loads((out / "manifest.json").read_text())
     inj = m["bridge_emulation"]["injected"]
+    # every crossing in the window paid its toll (graph_replay: the replayed memcpy nodes)
     assert inj["h2d_toll_count"] >= plain["window"]["h2d"] and inj["d2h_toll_count"] >= plain["window"]["d2h"]
+    assert inj["errors"] == 0 and inj["records_lost"] == 0
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_bridge_injection_rows_sum_to_the_manifest_totals(runs, name):
+    """The per-injection ground truth (bridge_injections) adds up to the manifest's counters."""
+    from cctrace.trace.shards import read_shard
+
+    _, out = runs(name, "bridge")
+    inj = json.loads((out / "manifest.json").read_text())["bridge_emulation"]["injected"]
+    rows = [r for f in out.glob("bridge_injections.*.arrows") for r in read_shard(f).data.to_pylist()]
+    for kind in ("toll", "bandwidth", "serialize", "async_block"):
+        mine = [r for r in rows if r["kind"] == kind]
+        assert (len(mine), sum(r["ns"] for r in mine)) == (inj[f"{kind}_count"], inj[f"{kind}_ns"]), kind
+    tolls = [r for r in rows if r["kind"] == "toll"]
+    assert sum(r["direction"] == "h2d" for r in tolls) == inj["h2d_toll_count"]
+
+
+def test_jax_driver_calls_are_recorded(runs):
+    """XLA calls the driver API directly: its copies and waits are api_calls rows of domain 'driver'
+    (none of them also recorded as a runtime call)."""
+    from cctrace.trace.shards import read_shard
+
+    plain, _ = runs("jax_loop", None)
+    _, out = runs("jax_loop", "default")
+    calls = [r for f in out.glob("api_calls.*.arrows") for r in read_shard(f).data.to_pylist()]
+    calls = [r for r in calls if r["source"] == "cupti"]  # not the host probes' view of the same calls
+    driver = [r for r in calls if r["domain"] == "driver"]
+    copies = [r for r in driver if r["name"].startswith(("cuMemcpyHtoD", "cuMemcpyDtoH"))]
+    waits = [r for r in driver if r["name"] in ("cuStreamSynchronize", "cuEventSynchronize", "cuCtxSynchronize")]
+    assert len(copies) >= plain["window"]["h2d"] + plain["window"]["d2h"], sorted({r["name"] for r in driver})
+    assert len(waits) >= plain["iterations"], sorted({r["name"] for r in driver})
+    assert len({r["correlation_id"] for r in calls}) == len(calls)  # each call once
 
 
 @pytest.mark.parametrize("name", WORKLOADS)

@@ -1,0 +1,270 @@
+"""Is cctrace true on third-party stacks? The workloads of tests/workloads/ (HF transformers generate,
+a JAX jit loop, a CuPy loop, a CUDA-graph replay loop), each run plain, recorded with the default kinds
+and recorded under `--emulate-bridge b300-tdx`, checked against what each says it issued.
+
+Two phases, because the GPU machine has no duckdb:
+
+    python benchmarks/truth.py record OUTDIR [--only hf_generate,jax_loop]   # on the GPU machine
+    python benchmarks/truth.py report OUTDIR                                 # where duckdb is
+
+`record` writes OUTDIR/summaries.json (each run's own summary and the copies found between the
+workload's fences, read with pyarrow) and OUTDIR/<workload>-<mode>.tar.gz (each trace, written as soon
+as it exists), and prints the copy counts. `report` loads each trace, runs report and diff, and prints
+one table: per workload, copies found vs issued (must be exact), steps found vs iterations (within
+±5%), the explained share of the injected time in the analysis window (90-110%) and diff's explained
+share of the injected per-step gap (>= 90%). `--json` prints the rows instead. OUTDIR defaults to
+$OUT/truth when OUT is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS_DIR = ROOT / "tests" / "workloads"
+sys.path.insert(0, str(WORKLOADS_DIR))
+from _common import TAG, window_counts  # noqa: E402
+
+# workload -> (the module it needs, extra args of the plain run: what counts what it issued)
+WORKLOADS = {
+    "hf_generate": ("transformers", ["--count-copies"]),
+    "jax_loop": ("jax", []),
+    "cupy_loop": ("cupy", []),
+    "graph_replay": ("torch", []),
+}
+MODES = {"default": [], "bridge": ["--emulate-bridge", "b300-tdx"]}
+KEYS = ("h2d", "d2h", "h2d_bytes", "d2h_bytes")
+# the injected time that falls inside the analysis window (each injection clipped to it)
+INJECTED_IN_WINDOW_SQL = """
+SELECT coalesce(sum(greatest(0, least(i.ts_ns + i.ns, w.end_ns) - greatest(i.ts_ns, w.start_ns))), 0) / 1e6
+       AS injected_ms,
+       count(*) FILTER (i.ts_ns >= w.start_ns AND i.ts_ns < w.end_ns) AS injections,
+       (SELECT coalesce(sum(ns), 0) / 1e6 FROM bridge_injections) AS injected_total_ms
+FROM bridge_injections i, win w
+"""
+
+
+def _summary(stdout: str) -> dict | None:
+    lines = [ln for ln in stdout.splitlines() if ln.startswith(TAG + " ")]
+    return json.loads(lines[-1].split(" ", 1)[1]) if lines else None
+
+
+def _run(cmd: list[str], timeout: float) -> tuple[dict | None, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f} s"
+    s = _summary(r.stdout)
+    if s is not None:
+        s["wall_s"] = round(time.monotonic() - t0, 1)
+    return s, "" if r.returncode == 0 else f"exit {r.returncode}: {r.stderr[-1500:]}"
+
+
+def record(outdir: Path, only: list[str], timeout: float) -> int:
+    outdir.mkdir(parents=True, exist_ok=True)
+    results_path = outdir / "summaries.json"
+    results: dict = json.loads(results_path.read_text()) if results_path.exists() else {}
+    tmp = Path(tempfile.mkdtemp(prefix="cct-truth-"))
+    for name in only:
+        need, plain_extra = WORKLOADS[name]
+        if importlib.util.find_spec(need) is None:
+            results[name] = {"skipped": f"{need} is not installed"}
+            continue
+        script = [sys.executable, str(WORKLOADS_DIR / f"{name}.py"), "--json"]
+        entry: dict = {}
+        entry["plain"], err = _run(script + plain_extra, timeout)
+        if err:
+            entry["plain_error"] = err
+        for mode, opts in MODES.items():
+            trace = tmp / f"{name}-{mode}"
+            cmd = [sys.executable, "-m", "cctrace", "record", "-q", "--no-load", "--force", "-o", str(trace), *opts]
+            summary, err = _run([*cmd, "--", *script], timeout)
+            run: dict = {"summary": summary, "error": err or None}
+            if trace.is_dir():
+                run["window"] = window_counts(trace)
+                m = trace / "manifest.json"
+                if m.exists():
+                    run["injected"] = (json.loads(m.read_text()).get("bridge_emulation") or {}).get("injected")
+                with tarfile.open(outdir / f"{name}-{mode}.tar.gz", "w:gz") as tar:
+                    tar.add(trace, arcname=trace.name)
+            entry[mode] = run
+        results[name] = entry
+        results_path.write_text(json.dumps(results, indent=1, sort_keys=True))
+        print(_copy_line(name, entry), flush=True)
+    return 0
+
+
+def _copy_line(name: str, entry: dict) -> str:
+    plain = entry.get("plain") or {}
+    issued = plain.get("window") or {}
+    parts = [f"{name:<13} issued H2D/D2H {issued.get('h2d')}/{issued.get('d2h')}"]
+    for mode in MODES:
+        w = (entry.get(mode) or {}).get("window") or {}
+        ok = all(w.get(k) == issued.get(k) for k in KEYS) and w.get("fences") == 2
+        parts.append(f"{mode}: {w.get('h2d')}/{w.get('d2h')} {'exact' if ok else 'MISMATCH'}")
+        if (entry.get(mode) or {}).get("error"):
+            parts.append(f"({mode} failed: {entry[mode]['error'][:200]})")
+    return "  ".join(parts)
+
+
+def _cctrace_json(*args: str) -> dict | list | None:
+    r = subprocess.run([sys.executable, "-m", "cctrace", *args, "--json"], capture_output=True, text=True, cwd=ROOT)
+    if r.returncode != 0:
+        sys.stderr.write(f"cctrace {' '.join(args)}: {r.stderr.strip()[-500:]}\n")
+        return None
+    return json.loads(r.stdout)
+
+
+def _traces(outdir: Path) -> Path:
+    """Each tarred trace, unpacked once under OUTDIR/traces."""
+    dest = outdir / "traces"
+    dest.mkdir(exist_ok=True)
+    for tar_path in sorted(outdir.glob("*.tar.gz")):
+        if not (dest / tar_path.name.removesuffix(".tar.gz")).exists():
+            with tarfile.open(tar_path) as tar:
+                tar.extractall(dest, filter="data")
+    return dest
+
+
+def _injected_in_window(trace: Path) -> dict | None:
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(INJECTED_IN_WINDOW_SQL)
+    try:
+        rows = _cctrace_json_query(f.name, trace)
+    finally:
+        os.unlink(f.name)
+    return rows[0] if rows else None
+
+
+def _cctrace_json_query(sql_file: str, trace: Path) -> list | None:
+    r = subprocess.run(
+        [sys.executable, "-m", "cctrace", "query", sql_file, str(trace), "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    if r.returncode != 0:
+        sys.stderr.write(f"cctrace query: {r.stderr.strip()[-500:]}\n")
+        return None
+    return json.loads(r.stdout)
+
+
+def _ratio(a, b) -> float | None:
+    return round(a / b, 4) if a is not None and b else None
+
+
+def report(outdir: Path) -> list[dict]:
+    results = json.loads((outdir / "summaries.json").read_text())
+    traces = _traces(outdir)
+    rows = []
+    for name, entry in results.items():
+        if "skipped" in entry:
+            rows.append({"workload": name, "skipped": entry["skipped"]})
+            continue
+        plain = entry.get("plain") or {}
+        issued = plain.get("window") or {}
+        row: dict = {"workload": name, "issued": {k: issued.get(k) for k in ("h2d", "d2h")}}
+        reports = {}
+        for mode in MODES:
+            trace = traces / f"{name}-{mode}"
+            w = (entry.get(mode) or {}).get("window") or {}
+            row[f"copies_{mode}"] = {k: w.get(k) for k in ("h2d", "d2h")}
+            row[f"copies_exact_{mode}"] = w.get("fences") == 2 and all(w.get(k) == issued.get(k) for k in KEYS)
+            if not trace.is_dir() or _cctrace_json("load", str(trace)) is None:
+                continue
+            reports[mode] = rep = _cctrace_json("report", str(trace))
+            if rep:
+                row[f"steps_{mode}"] = rep.get("steps")
+                row[f"step_source_{mode}"] = rep.get("step_source")
+                lo, hi = plain.get("iterations") or 0, plain.get("iterations_total") or 0
+                row[f"steps_ok_{mode}"] = bool(rep.get("steps")) and 0.95 * lo <= rep["steps"] <= 1.05 * hi
+        row["iterations"] = plain.get("iterations")
+        bridge = reports.get("bridge")
+        inj = _injected_in_window(traces / f"{name}-bridge") if bridge else None
+        if bridge and inj:
+            row["injected_window_ms"] = round(inj["injected_ms"], 3)
+            row["explained_ms"] = bridge.get("explained_ms")
+            row["explained_share_of_injected"] = _ratio(bridge.get("explained_ms"), inj["injected_ms"])
+        if bridge and reports.get("default") and inj:
+            d = _cctrace_json("diff", str(traces / f"{name}-default"), str(traces / f"{name}-bridge"))
+            if d:
+                per_step = inj["injected_ms"] / bridge["steps"] if bridge.get("steps") else None
+                row["diff_explained_ms_per_step"] = d.get("explained_ms_per_step")
+                row["injected_ms_per_step"] = round(per_step, 5) if per_step else None
+                row["diff_share_of_injected_gap"] = _ratio(d.get("explained_ms_per_step"), per_step)
+                row["diff_explained_share_of_gap"] = d.get("explained_share")
+        rows.append(row)
+    return rows
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.0%}" if v < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (
+        f"{'workload':<13}{'copies issued':>15}{'found (default)':>17}{'found (bridge)':>16}"
+        f"{'steps':>7}{'iters':>7}{'source':>10}{'explained/injected':>20}{'diff/injected gap':>19}"
+    )
+    print(head)
+    for r in rows:
+        if "skipped" in r:
+            print(f"{r['workload']:<13} skipped: {r['skipped']}")
+            continue
+
+        def copies(d: dict | None) -> str:
+            return f"{(d or {}).get('h2d')}/{(d or {}).get('d2h')}"
+
+        found = [
+            copies(r.get(f"copies_{m}")) + (" ok" if r.get(f"copies_exact_{m}") else " NO") for m in MODES
+        ]
+        print(
+            f"{r['workload']:<13}{copies(r['issued']):>15}{found[0]:>17}{found[1]:>16}"
+            f"{_fmt(r.get('steps_default')):>7}{_fmt(r.get('iterations')):>7}{_fmt(r.get('step_source_default')):>10}"
+            f"{_fmt(r.get('explained_share_of_injected')):>20}{_fmt(r.get('diff_share_of_injected_gap')):>19}"
+        )
+    print("targets: copies exact; steps within 5% of iterations; explained/injected 90-110%; diff >= 90%")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("phase", choices=("record", "report"))
+    default_out = os.path.join(os.environ["OUT"], "truth") if os.environ.get("OUT") else None
+    p.add_argument("outdir", nargs="?", default=default_out, type=lambda s: Path(s))
+    p.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated, from: {', '.join(WORKLOADS)}")
+    p.add_argument("--timeout", type=float, default=240, help="seconds per run")
+    p.add_argument("--json", action="store_true", help="report: the rows as JSON")
+    a = p.parse_args(argv)
+    if a.outdir is None:
+        p.error("OUTDIR is needed (or set OUT)")
+    only = [w for w in a.only.split(",") if w]
+    unknown = [w for w in only if w not in WORKLOADS]
+    if unknown:
+        p.error(f"unknown workload(s) {unknown}; known: {', '.join(WORKLOADS)}")
+    if a.phase == "record":
+        return record(a.outdir, only, a.timeout)
+    rows = report(a.outdir)
+    if a.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
