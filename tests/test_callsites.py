@@ -111,3 +111,23 @@ def test_exports_carry_call_sites_and_stacks(synth, tmp_path):
     assert r.returncode == 0, r.stderr
     stacks = pq.read_table(tmp_path / "pq" / "stacks.parquet").to_pylist()
     assert len(stacks) == 3 * len(SITES) and sum(s["is_callsite"] for s in stacks) == len(SITES)
+
+
+async def test_explorer_shows_the_call_site_and_stack_of_a_crossing(synth):
+    from textual.widgets import Static
+
+    from cctrace.ui.explore import Explorer, Timeline
+
+    d, _, _ = synth
+    app = Explorer(d)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await pilot.press("2")
+        tl = app.query_one(Timeline)
+        tl.selected_ns = tl.lo - 1
+        await pilot.press("e")  # the first copy: a small H2D at the `small` line
+        detail = str(app.query_one("#event-detail", Static).render())
+        small = SITES["small"]
+        assert f"at {APP}:{small} Server.line{small}" in detail
+        assert (
+            f"stack: Tensor.to (_tensor.py:77) < Server.line{small} (serve.py:{small}) < main (serve.py:300)" in detail
+        )

@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, OptionList,
 
 from cctrace.analyze.analysis import Analysis, QueryError, diff, list_queries, report
 from cctrace.analyze.span import analysis_window, step_range
-from cctrace.ui.render import LABELS, diff_rows
+from cctrace.ui.render import LABELS, diff_rows, printable
 from cctrace.ui.timeline import busy_rows, legend, paint
 
 # the screens, in key order: (key, tab id, name); the help text and the bindings are derived from it
@@ -195,12 +195,29 @@ class Timeline(Static):
                 f"  {c['api_name']} on thread {c['api_tid']}"
                 + (f", {off / 1e3:.1f} us of it off-CPU\n" if off is not None else "\n")
             )
+        out.append(self._stack_lines(c["pid"], c["correlation_id"]))
         waits = self.a.con.execute(
             "SELECT blocked_by_stream, wait_ns FROM bridge_waits WHERE pid = ? AND copy_start_ns = ?",
             [c["pid"], c["start_ns"]],
         ).fetchall()
         for stream, ns in waits:
             out.append(f"  waited {ns / 1e3:.1f} us for a copy on stream {stream}\n")
+        return out
+
+    def _stack_lines(self, pid: int, correlation_id: int | None) -> Text:
+        """The call site and the Python stack of the call (pid, correlation id), when stacks were recorded."""
+        frames = self.a.con.execute(
+            """SELECT s.file, s.line, s.function, s.is_callsite FROM api_calls a
+               JOIN stacks s ON s.pid = a.pid AND s.stack_id = a.stack_id
+               WHERE a.pid = ? AND a.correlation_id = ? AND a.stack_id IS NOT NULL ORDER BY s.depth""",
+            [pid, correlation_id],
+        ).fetchall()
+        out = Text()
+        site = next((f for f in frames if f[3]), None)
+        if site:
+            out.append(f"  at {printable(f'{site[0]}:{site[1]} {site[2]}')}\n", style="bold")
+            chain = " < ".join(f"{fn} ({Path(file).name}:{line})" for file, line, fn, _ in frames)
+            out.append(f"  stack: {printable(chain)}\n", style="dim")
         return out
 
     def next_finding(self) -> None:
@@ -230,7 +247,7 @@ class Explorer(App):
     #step-input { width: 50; }
     #queries { height: 6; }
     #timeline-scroll { height: 1fr; }
-    #event-detail { height: auto; max-height: 5; }
+    #event-detail { height: auto; max-height: 8; }
     DataTable { height: auto; max-height: 100%; }
     #diff-table { height: auto; }
     """
