@@ -258,7 +258,7 @@ def test_frame_layout_matches_the_internal_headers(tmp_path, minor):
 def test_unknown_python_leaves_stacks_off():
     shim = load_shim(build_shim())
     assert shim.cct_stacks_layout(10, (ctypes.c_int * 32)(), 32) == -1
-    assert shim.cct_stacks_init(13, None, None) == -1
+    assert shim.cct_stacks_init(13, None, None, None, None) == -1
 
 
 def test_manifest_says_whether_stacks_were_captured():
@@ -271,3 +271,28 @@ def test_manifest_says_whether_stacks_were_captured():
     assert got["captured"] is True and got["calls_with_stack"] == 5
     assert got["processes"] == {"1": "on", "2": "off (--no-stacks)"}
     assert stacks_summary([proc(2, "off (--no-stacks)", 0)])["captured"] is False
+
+
+WRONG_LAYOUT = """
+import ctypes, sys
+from cctrace.record.native import build_shim, load_shim
+from cctrace.record.sources import py_stacks
+shim = load_shim(build_shim())
+api = ctypes.pythonapi
+other = 12 if sys.version_info.minor == 11 else 11
+assert shim.cct_stacks_init(other, ctypes.cast(api.PyGILState_GetThisThreadState, ctypes.c_void_p).value,
+                            ctypes.cast(api.PyCode_Addr2Line, ctypes.c_void_p).value,
+                            ctypes.addressof(ctypes.c_char.in_dll(api, "PyCode_Type")),
+                            ctypes.addressof(ctypes.c_char.in_dll(api, "PyUnicode_Type"))) == 0
+print("PROBLEM", py_stacks.check(shim))
+"""
+
+
+@pytest.mark.skipif(sys.version_info[:2] not in ((3, 11), (3, 12)), reason="needs a layout cctrace knows")
+def test_a_layout_that_does_not_fit_turns_stacks_off_without_crashing():
+    from tests.conftest import project_env
+
+    r = subprocess.run([sys.executable, "-c", WRONG_LAYOUT], capture_output=True, text=True, env=project_env())
+    assert r.returncode == 0, r.stderr[-2000:]
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("PROBLEM ")][0]
+    assert line != "PROBLEM None"

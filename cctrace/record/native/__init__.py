@@ -86,7 +86,7 @@ def load_shim(path: str | os.PathLike) -> ctypes.CDLL:
     lib.cct_api_flush.restype = None
     lib.cct_api_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 2)]
     lib.cct_api_stats.restype = None
-    lib.cct_stacks_init.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    lib.cct_stacks_init.argtypes = [ctypes.c_int, *[ctypes.c_void_p] * 4]
     lib.cct_stacks_init.restype = ctypes.c_int
     lib.cct_stacks_enable.argtypes = [ctypes.c_int]
     lib.cct_stacks_enable.restype = ctypes.c_int

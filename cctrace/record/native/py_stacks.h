@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CCT_STK_MAGIC 0x31304b5453544343ULL /* "CCTSTK01": a block of interned stacks */
 #define STK_MAX_FRAMES 128
@@ -48,6 +49,7 @@ static const struct py_layout *g_py; /* the running interpreter's layout; NULL: 
 static get_tstate_fn g_get_tstate;   /* PyGILState_GetThisThreadState: a TSS read, no GIL needed */
 static addr2line_fn g_addr2line;     /* PyCode_Addr2Line: reads the immutable line table only */
 static volatile int g_stk_on;
+static const void *g_code_type, *g_str_type; /* &PyCode_Type, &PyUnicode_Type: the start-up check's */
 
 struct stk_entry {
     uint64_t hash;
@@ -89,6 +91,46 @@ static int stk_walk(uintptr_t *key, uint64_t *hash) {
     h *= 0x9E3779B97F4A7C15ULL;
     *hash = (h ^ (h >> 31)) | 1;
     return n;
+}
+
+/* Copy n bytes from src, or fail (-1) if src is not readable, through a pipe: write() reports EFAULT
+ * where a plain read would crash. Only the start-up check uses it: a layout that is wrong for this
+ * interpreter must turn stacks off, never crash the traced program. */
+static int safe_read(const void *src, void *dst, size_t n) {
+    int fd[2];
+    if (pipe(fd) != 0) return -1;
+    int ok = write(fd[1], src, n) == (ssize_t)n && read(fd[0], dst, n) == (ssize_t)n;
+    close(fd[0]);
+    close(fd[1]);
+    return ok ? 0 : -1;
+}
+
+static int is_type(const void *obj, const void *type) {
+    const void *t = NULL;
+    return obj && safe_read((const char *)obj + 8, &t, sizeof t) == 0 && t == type; /* ob_type */
+}
+
+/* stk_walk with every read checked and every code object and name checked for its type: 0 when the
+ * layout reads this thread's frames as they are, -1 otherwise. */
+static int stk_walk_checked(void) {
+    const struct py_layout *L = g_py;
+    const char *ts = (const char *)g_get_tstate(), *cf = NULL, *f = NULL;
+    if (!ts || safe_read(ts + L->ts_cframe, &cf, sizeof cf) || !cf ||
+        safe_read(cf + L->cframe_current, &f, sizeof f))
+        return -1;
+    for (int n = 0; f && n < STK_MAX_FRAMES; n++) {
+        const char *code = NULL, *name = NULL, *file = NULL;
+        signed char owner = 0;
+        if (safe_read(f + L->f_owner, &owner, 1)) return -1;
+        if (owner != L->owner_cstack) {
+            if (safe_read(f + L->f_code, &code, sizeof code) || !is_type(code, g_code_type) ||
+                safe_read(code + L->co_filename, &file, sizeof file) || !is_type(file, g_str_type) ||
+                safe_read(code + L->co_qualname, &name, sizeof name) || !is_type(name, g_str_type))
+                return -1;
+        }
+        if (safe_read(f + L->f_previous, &f, sizeof f)) return -1;
+    }
+    return 0;
 }
 
 /* A str's text as UTF-8 (at most STK_STR_MAX bytes) read in place: compact strings only, which
@@ -231,9 +273,9 @@ static void stk_after_fork_child(void) {
     stk_reset();
 }
 
-/* Choose the layout of CPython 3.`minor`; the two functions' addresses come from ctypes.pythonapi.
+/* Choose the layout of CPython 3.`minor`; the functions' and types' addresses come from ctypes.pythonapi.
  * Returns 0, or -1 when this version's layout is not known (stacks stay off). */
-int cct_stacks_init(int minor, void *get_tstate, void *addr2line) {
+int cct_stacks_init(int minor, void *get_tstate, void *addr2line, void *code_type, void *str_type) {
     for (int i = 0; i < N_PY_LAYOUTS; i++)
         if (PY_LAYOUTS[i].minor == minor) {
             g_stk_on = 0;
@@ -243,6 +285,8 @@ int cct_stacks_init(int minor, void *get_tstate, void *addr2line) {
             g_py = &PY_LAYOUTS[i];
             g_get_tstate = (get_tstate_fn)get_tstate;
             g_addr2line = (addr2line_fn)addr2line;
+            g_code_type = code_type;
+            g_str_type = str_type;
             return 0;
         }
     return -1;
@@ -270,6 +314,7 @@ int cct_stacks_layout(int minor, int *out, int cap) {
  * interning: the start-up check compares it with what the interpreter itself reports. */
 int cct_stacks_probe(uint8_t *out, size_t cap) {
     if (!g_py) return -1;
+    if (stk_walk_checked()) return -3; /* the layout does not fit: reading on would crash */
     uintptr_t key[2 * STK_MAX_FRAMES];
     uint64_t h;
     int n = stk_walk(key, &h);

@@ -97,6 +97,8 @@ def check(shim: ctypes.CDLL) -> str | None:
     buf = ctypes.create_string_buffer(1 << 16)
     # one line: the probe (ctypes lets go of the GIL, the case that matters) and the line it ran on
     n, line = shim.cct_stacks_probe(buf, len(buf)), sys._getframe().f_lineno
+    if n == -3:
+        return "the frames do not have the layout cctrace knows for this version"
     if n < 0:
         return f"the shim could not read this thread's frames ({n})"
     seen = next(iter(parse_stacks(buf.raw[:n])), (0, []))[1]
@@ -124,6 +126,8 @@ def start(shim: ctypes.CDLL) -> dict:
         sys.version_info.minor,
         ctypes.cast(api.PyGILState_GetThisThreadState, ctypes.c_void_p).value,
         ctypes.cast(api.PyCode_Addr2Line, ctypes.c_void_p).value,
+        ctypes.addressof(ctypes.c_char.in_dll(api, "PyCode_Type")),
+        ctypes.addressof(ctypes.c_char.in_dll(api, "PyUnicode_Type")),
     )
     if rc != 0:
         return {"state": f"off: CPython {version}'s frame layout is not known to cctrace (3.11 and 3.12 are)"}
