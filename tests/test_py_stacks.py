@@ -294,5 +294,5 @@ def test_a_layout_that_does_not_fit_turns_stacks_off_without_crashing():
 
     r = subprocess.run([sys.executable, "-c", WRONG_LAYOUT], capture_output=True, text=True, env=project_env())
     assert r.returncode == 0, r.stderr[-2000:]
-    line = [ln for ln in r.stdout.splitlines() if ln.startswith("PROBLEM ")][0]
+    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("PROBLEM ")]
     assert line != "PROBLEM None"
