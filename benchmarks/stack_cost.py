@@ -4,7 +4,8 @@ The shim records calls delivered by the stand-in CUPTI of tests/test_cupti_shim.
 at a chosen depth calls the stand-in's C loop (through ctypes, which lets go of the GIL, as torch
 does around its copies), so every call is recorded on a thread whose Python stack is that deep.
 Blocks with stacks on and off alternate in one process; the figure is the median (and 25th-75th
-percentiles) over rounds of the per-call difference. Distinct stacks are few, so this is the cost
+percentiles) over rounds of the per-call difference, in this thread's CPU time (a busy machine's
+preemptions do not count). Distinct stacks are few, so this is the cost
 of walking the frames and finding the stack already interned: the steady state of a serving loop.
 
     python benchmarks/stack_cost.py --depths 10,40,100 --calls 200000 --rounds 15
@@ -88,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                 per = {}
                 for on in (0, 1):
                     shim.cct_stacks_enable(on)
-                    t0 = time.perf_counter_ns()
+                    t0 = time.thread_time_ns()
                     _at_depth(depth, fc.fake_calls, a.calls)
-                    per[on] = (time.perf_counter_ns() - t0) / a.calls
+                    per[on] = (time.thread_time_ns() - t0) / a.calls
                     shim.cct_api_flush(0)
                 diffs.append(per[1] - per[0])
                 off_ns.append(per[0])
