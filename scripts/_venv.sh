@@ -32,8 +32,12 @@ venv() {
   [ -x "$VPY" ] && "$VPY" -c 'import sys' 2>/dev/null || { rm -rf "$VENV"; _make_venv; }
   want="$extras $(cksum < pyproject.toml)"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    step "installing cctrace[$extras] into $VENV (pip install -e)"
-    "$VPY" -m pip install -q --disable-pip-version-check -e ".[$extras]"
+    local isolation=()
+    # setuptools that builds wheels itself (>= 70.1) needs no download to build cctrace: works offline
+    "$VPY" -c 'import sys, setuptools; sys.exit(tuple(map(int, setuptools.__version__.split(".")[:2])) < (70, 1))' \
+      2>/dev/null && isolation=(--no-build-isolation)
+    step "installing cctrace[$extras] into $VENV (pip install -e${isolation:+ ${isolation[*]}})"
+    "$VPY" -m pip install -q --disable-pip-version-check "${isolation[@]}" -e ".[$extras]"
     echo "$want" > "$stamp"
   fi
 }
