@@ -104,22 +104,19 @@ def test_a_changed_layout_is_caught(tmp_path: Path) -> None:
     ]
 
 
-def test_block_magic_numbers_agree() -> None:
-    c = _defines(SOURCE)
-    assert (c["CCT_MAGIC"], c["CCT_STR_MAGIC"], c["CCT_API_MAGIC"]) == (
-        cupti_raw.MAGIC,
-        cupti_raw.STR_MAGIC,
-        cupti_raw.API_MAGIC,
-    )
-
-
-def test_event_types_agree() -> None:
-    c = _defines(PROBES)
-    assert (c["EV_CALL"], c["EV_OFFCPU"], c["EV_IOCTL"]) == (
-        host_probes.EV_CALL,
-        host_probes.EV_OFFCPU,
-        host_probes.EV_IOCTL,
-    )
+@pytest.mark.parametrize(
+    ("source", "name", "value"),
+    [
+        (SOURCE, "CCT_MAGIC", cupti_raw.MAGIC),  # the raw file's block magic numbers
+        (SOURCE, "CCT_STR_MAGIC", cupti_raw.STR_MAGIC),
+        (SOURCE, "CCT_API_MAGIC", cupti_raw.API_MAGIC),
+        (PROBES, "EV_CALL", host_probes.EV_CALL),  # the eBPF event types
+        (PROBES, "EV_OFFCPU", host_probes.EV_OFFCPU),
+        (PROBES, "EV_IOCTL", host_probes.EV_IOCTL),
+    ],
+)
+def test_constants_agree(source: Path, name: str, value: int) -> None:
+    assert _defines(source)[name] == value
 
 
 def test_bridge_counters_agree() -> None:
