@@ -480,10 +480,18 @@ _profile_option = click.option(
 @click.argument("trace", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report (stable keys).")
 @click.option("--markdown", is_flag=True, help="Markdown, for tickets.")
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="OUT.html",
+    help="Also write one self-contained page (inline SVG, nothing fetched when viewed) with the category bars, "
+    "the per-step timeline of lost time, the crossing-cost plot and the top offenders: for an incident ticket.",
+)
 @click.option("--param", "params", multiple=True, help=PARAM_HELP)
 @_profile_option
 @_analysis_errors
-def report(trace, as_json, markdown, params, profile) -> None:
+def report(trace, as_json, markdown, html_out, params, profile) -> None:
     """Attribute the time TRACE lost at the CPU<->GPU boundary, with advice.
 
     TRACE is a trace directory (loaded on first use) or its trace.duckdb. JSON keys: window_ms,
@@ -495,14 +503,36 @@ def report(trace, as_json, markdown, params, profile) -> None:
     from cctrace.ui.render import print_report, report_markdown
 
     r = build(trace, _params(params, profile))
+    if html_out:
+        _write_html(trace, r, _params(params, profile), html_out)
     if as_json:
         click.echo(json.dumps(r, indent=2, default=str))
     elif markdown:
         click.echo(report_markdown(r))
-    else:
+    elif not html_out:
         from rich.console import Console
 
         print_report(r, Console())
+
+
+def _write_html(trace: Path, r: dict, params: dict, out: Path) -> None:
+    """The report page: the report plus the step_timeline and latency_by_size rows of the same trace."""
+    from cctrace.analyze.analysis import Analysis
+    from cctrace.trace.safefs import UnsafePath, open_output
+    from cctrace.ui.html import report_page
+
+    a = Analysis(trace, params)
+    try:
+        page = report_page(json.loads(json.dumps(r, default=str)), a.rows("step_timeline"), a.rows("latency_by_size"))
+    finally:
+        a.close()
+    try:
+        with open_output(out) as f:
+            f.write(page)
+    except (UnsafePath, OSError) as e:
+        _err(str(e))
+        sys.exit(EXIT_USAGE)
+    _err(f"wrote {out}")
 
 
 @cli.command()

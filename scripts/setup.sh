@@ -17,6 +17,7 @@ kheaders() { [ -d "/lib/modules/$(uname -r)/build/include" ] || [ -d /opt/cctrac
 need=""
 dpkg -s python3-bpfcc >/dev/null 2>&1 || need="$need python3-bpfcc"
 kheaders || dpkg -s linux-headers-amd64 >/dev/null 2>&1 || need="$need linux-headers-amd64"
+dpkg -s chromium >/dev/null 2>&1 || need="$need chromium"  # the browser test of `report --html` (tests/test_html.py)
 if [ -n "$need" ]; then
   step "installing$need with apt-get (host probes)"
   ls /var/lib/apt/lists 2>/dev/null | grep -q Packages || apt-get update -q
