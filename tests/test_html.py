@@ -107,7 +107,8 @@ def test_report_page_renders_the_reports_numbers(page_and_report, browser):
     assert page.eval_on_selector_all("#cost-plot polyline.model", "els => els.length") == len(rep["cost_model"])
     box = page.eval_on_selector("#cost-plot", "e => e.getBoundingClientRect().height")
     assert box > 300
-    # top offenders: the report's top rows, as printed
+    # top offenders: the report's top rows, as printed; no call-site table when no stack named one
+    assert page.query_selector("table.callsites") is None
     text = page.inner_text("body")
     assert f"{rep['top']['small_crossings'][0]['excess_ms']}" in text
     assert page.inner_text("#window-ms") == str(rep["window_ms"])

@@ -185,11 +185,10 @@ def _table(rows: list[dict], cls: str) -> str:
 
 
 def offenders(r: dict) -> str:
-    """The top call sites when the report carries them, else each category's top rows."""
-    sites = r.get("callsites") or r.get("top_callsites")
-    if sites:
-        return "<h3>Top call sites</h3>" + _table(list(sites)[:15], "callsites")
-    parts = []
+    """The top call sites when the report names them (traces recorded with Python stacks), then each
+    category's top rows."""
+    sites = [s for s in r.get("callsites") or [] if s.get("callsite")]
+    parts = ["<h3>Top call sites</h3>" + _table(sites[:15], "callsites")] if sites else []
     for c in r["categories"]:
         rows = (r.get("top") or {}).get(c["category"]) or []
         if rows:
