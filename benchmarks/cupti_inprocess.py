@@ -240,26 +240,37 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
+def _against(ms: list[float], ref: list[float], per_call: int | None) -> dict:
+    """Per-round ratios of block medians `ms` to the same round's `ref`: median and spread."""
+    ratios = [100 * (m / o - 1) for m, o in zip(ms, ref, strict=True)]
+    added_us = [1e3 * (m - o) for m, o in zip(ms, ref, strict=True)]
+    row = {
+        "median_step_ms": statistics.median(ms),
+        "slowdown_pct": statistics.median(ratios),
+        "p25_pct": _pct(ratios, 0.25),
+        "p75_pct": _pct(ratios, 0.75),
+        "added_us_per_step": statistics.median(added_us),
+    }
+    if per_call:
+        row["added_us_per_call"] = row["added_us_per_step"] / per_call
+    return row
+
+
 def table(summary: dict) -> list[dict]:
     blocks = summary["block_ms"]
-    off = blocks["off"]
     per_call = CALLS_PER_STEP.get(summary["workload"])
-    rows = []
-    for c, ms in blocks.items():
-        ratios = [100 * (m / o - 1) for m, o in zip(ms, off, strict=True)]
-        added_us = [1e3 * (m - o) for m, o in zip(ms, off, strict=True)]
-        row = {
-            "config": c,
-            "median_step_ms": statistics.median(ms),
-            "slowdown_pct": statistics.median(ratios),
-            "p25_pct": _pct(ratios, 0.25),
-            "p75_pct": _pct(ratios, 0.75),
-            "added_us_per_step": statistics.median(added_us),
-        }
-        if per_call:
-            row["added_us_per_call"] = row["added_us_per_step"] / per_call
-        rows.append(row)
-    return rows
+    return [{"config": c, **_against(ms, blocks["off"], per_call)} for c, ms in blocks.items()]
+
+
+def stacks_table(summary: dict) -> list[dict]:
+    """What Python stacks add: each NAME+stacks config against NAME, round by round."""
+    blocks = summary["block_ms"]
+    per_call = CALLS_PER_STEP.get(summary["workload"])
+    return [
+        {"config": c, "against": c.removesuffix(STACKS), **_against(ms, blocks[c.removesuffix(STACKS)], per_call)}
+        for c, ms in blocks.items()
+        if c.endswith(STACKS) and c.removesuffix(STACKS) in blocks
+    ]
 
 
 def _summary_line(cmd: list[str], env: dict | None) -> tuple[str | None, int | None, str]:
@@ -300,9 +311,10 @@ def outer(a: argparse.Namespace) -> int:
         sys.stderr.write(tail)
         sys.exit(f"the traced run failed (exit {rc})")
     summary = json.loads(line.split(" ", 1)[1])
-    rows = table(summary)
+    rows, stacks = table(summary), stacks_table(summary)
     if a.json:
-        print(json.dumps({"workload": a.workload, "rounds": a.rounds, "block": a.block, "rows": rows, **summary}))
+        out = {"workload": a.workload, "rounds": a.rounds, "block": a.block, "rows": rows, "stacks": stacks}
+        print(json.dumps({**out, **summary}))
         return 0
     print(f"workload {a.workload}: {a.rounds} rounds x {a.block}-step blocks per config, one process")
     head = f"{'config':<22}{'median step ms':>15}{'slowdown':>10}{'p25..p75':>18}{'added us/step':>15}"
@@ -315,6 +327,12 @@ def outer(a: argparse.Namespace) -> int:
         if "added_us_per_call" in r:
             line += f"{r['added_us_per_call']:>9.3f}"
         print(line)
+    for r in stacks:
+        per_call = f", {r['added_us_per_call']:+.3f} us per recorded call" if "added_us_per_call" in r else ""
+        print(
+            f"stacks on {r['against']}: {r['slowdown_pct']:+.2f}% (p25..p75 {r['p25_pct']:+.2f}..{r['p75_pct']:+.2f}%), "
+            f"{r['added_us_per_step']:+.1f} us per step{per_call}"
+        )
     return 0
 
 
