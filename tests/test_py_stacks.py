@@ -174,6 +174,19 @@ def test_call_site_is_the_innermost_frame_outside_the_frameworks(recording, tmp_
     assert _site(*_decoded(raw, skip), 5) == user
     assert _site(*_decoded(raw, skip, ["fakefw"]), 5) == (fw, _marker_line(pkg / "__init__.py", "# FW-LINE"), "_inner")
     assert _site(*_decoded(raw, [*skip, "*/test_py_stacks.py"]), 5)[0] != me  # a glob skips this file too
+    # decoded as `cctrace record` does (CuptiSource.convert_stacks), with the patterns the process had
+    from cctrace.record.sources.cupti_source import CuptiSource
+    from cctrace.trace.shards import ShardWriter, read_shard
+
+    writer = ShardWriter(tmp_path / "trace", 9)
+    src = CuptiSource(writer, ("runtime",), stacks={"on": True, "keep": ["fakefw"]})
+    for _ in iter_buffers_with_strings(raw, None, src.convert_stacks):
+        pass
+    writer.close()
+    rows = read_shard(next((tmp_path / "trace").glob("stacks.*.arrows"))).data.to_pylist()
+    (site,) = [(r["file"], r["line"], r["function"]) for r in rows if r["is_callsite"]]
+    assert site == (fw, _marker_line(pkg / "__init__.py", "# FW-LINE"), "_inner")
+    assert {r["pid"] for r in rows} == {9} and {r["source"] for r in rows} == {"cupti"}
     # the rows of the `stacks` table: one call site per stack, depth 0 innermost
     _, stacks, _ = _decoded(raw)
     cols = py_stacks.stack_rows(stacks.items(), skip, [])
