@@ -309,3 +309,16 @@ def test_a_layout_that_does_not_fit_turns_stacks_off_without_crashing():
     assert r.returncode == 0, r.stderr[-2000:]
     (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("PROBLEM ")]
     assert line != "PROBLEM None"
+
+
+def test_doctor_says_whether_this_python_gives_call_sites():
+    import json
+
+    from tests.conftest import cctrace
+
+    checks = {c["check"]: c for c in json.loads(cctrace("doctor", "--json").stdout)}
+    got = checks["Python stacks (call sites)"]
+    assert (got["status"], got["detail"]) == (
+        "ok",
+        f"CPython 3.{sys.version_info.minor}: frames readable without the GIL",
+    )

@@ -12,6 +12,20 @@ def _check(name: str, status: str, detail: str, fix: str | None = None) -> dict:
     return {"check": name, "status": status, "detail": detail, "fix": fix}
 
 
+def _stacks_check(shim_path) -> dict:
+    """Whether this Python's stacks can be read by the shim (call sites of recorded calls)."""
+    import sys
+
+    from cctrace.record.native import load_shim
+    from cctrace.record.sources import py_stacks
+
+    state = py_stacks.start(load_shim(shim_path))["state"]
+    version = f"CPython {sys.version_info.major}.{sys.version_info.minor}"
+    if state == "on":
+        return _check("Python stacks (call sites)", "ok", f"{version}: frames readable without the GIL")
+    return _check("Python stacks (call sites)", "warn", state, "traced programs on CPython 3.11 or 3.12 get call sites")
+
+
 def run_checks() -> list[dict]:
     out = []
     try:
@@ -83,9 +97,10 @@ def run_checks() -> list[dict]:
     from cctrace.record.native import BRIDGE_SOURCE, NativeUnavailable, build_native, build_shim
 
     try:
-        build_shim()
+        shim = build_shim()
         build_native(BRIDGE_SOURCE)
         out.append(_check("C compiler (CUPTI buffer shim, bridge emulator)", "ok", "built"))
+        out.append(_stacks_check(shim))
     except (NativeUnavailable, OSError) as e:
         out.append(
             _check(
