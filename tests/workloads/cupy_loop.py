@@ -38,13 +38,19 @@ def main(argv=None) -> dict:
         d_a = cp.empty(a.n, np.float32)
         d_b = cp.empty(a.m, np.float32)
 
+    def get_async(y) -> None:
+        try:
+            y.get(stream=s, out=pin_out, blocking=False)  # D2H pinned, async (CuPy >= 13)
+        except TypeError:
+            y.get(stream=s, out=pin_out)  # older CuPy: asynchronous when a stream is given
+
     def iteration(i: int) -> int:
         with s:
             d_a.set(host[i % len(host)], stream=s)  # H2D pageable
             pin_in[...] = host[(i + 1) % len(host)][: a.m]  # host-side write into pinned memory, no copy
             d_b.set(pin_in, stream=s)  # H2D pinned, async
             y = cp.tanh(d_a[: a.m] + d_b)
-            y.get(stream=s, out=pin_out, blocking=False)  # D2H pinned, async
+            get_async(y)
             s.synchronize()  # wait 1
             return int(cp.argmax(y))  # D2H 8 bytes, blocking: wait 2
 
