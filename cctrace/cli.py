@@ -12,12 +12,16 @@ import click
 from cctrace import __version__
 from cctrace.record import tracer as T
 
-EXIT_USAGE = 2
-EXIT_BAD_TRACE = 3
+# exit codes (record returns the program's own status instead)
+EXIT_USAGE = 2  # a bad option, argument or value
+EXIT_BAD_TRACE = 3  # a trace (or a file given as one) that cannot be read or written
+EXIT_INTERNAL = 70  # a failure inside cctrace itself: one line (handoff.DEBUG set: the traceback)
 
 
 def _err(msg: str) -> None:
-    click.echo(f"cctrace: {msg}", err=True)
+    from cctrace.ui.safe import clean
+
+    click.echo(f"cctrace: {clean(msg, None)}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +33,12 @@ def cli() -> None:
     Typical use:
       cctrace record -o run1 -- python serve.py     # trace a server
       cctrace report run1                           # where did the time go
+
+    \b
+    Exit codes: 0 done; 2 bad usage or value; 3 a trace or file that cannot be read or
+    written (one line says which and what to do); 70 a failure inside cctrace (one line;
+    the DEBUG variable of `cctrace.trace.handoff` shows the traceback). `record` exits with
+    the program's own status.
     """
     from cctrace.analyze import store
 
@@ -456,8 +466,8 @@ def _analysis_errors(fn):
 
         try:
             return fn(*a, **kw)
-        except (LoadError, FileNotFoundError) as e:
-            _err(str(e))
+        except (LoadError, OSError) as e:  # OSError: UnsafePath, a missing or unwritable file
+            _err(str(e) if isinstance(e, LoadError) or not e.filename else f"{e.filename}: {e.strerror}")
             sys.exit(EXIT_BAD_TRACE)
         except QueryError as e:
             _err(str(e))
@@ -542,13 +552,20 @@ def _write_html(trace: Path, r: dict, params: dict, out: Path) -> None:
 @click.option("--param", "params", multiple=True, help=PARAM_HELP)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write here (required for parquet).")
+@click.option(
+    "--allow-external-access",
+    is_flag=True,
+    help="Let your FILE.sql read and write files and load extensions (off: it sees the trace only).",
+)
 @_profile_option
 @_analysis_errors
-def query(name, trace, list_, params, fmt, output, profile) -> None:
+def query(name, trace, list_, params, fmt, output, allow_external_access, profile) -> None:
     """Run canned query NAME (or your own FILE.sql) on TRACE.
 
     Your SQL sees the tables (copies, api_calls, ...) and the analysis views (steps, win, xfers,
-    cost_model, xfer_costs, async_calls, sync_calls, gpu_idle, bridge_waits, ...).
+    cost_model, xfer_costs, async_calls, sync_calls, gpu_idle, bridge_waits, ...), and nothing
+    outside the trace unless --allow-external-access is given. Names are printed with control
+    characters escaped (table, csv on a terminal); JSON escapes them itself.
     """
     from cctrace.analyze.analysis import PARAMS, Analysis, default_params, list_queries
 
@@ -563,7 +580,7 @@ def query(name, trace, list_, params, fmt, output, profile) -> None:
     if not name or not trace:
         _err("usage: cctrace query NAME|FILE.sql TRACE  (or --list)")
         sys.exit(EXIT_USAGE)
-    a = Analysis(trace, _params(params, profile))
+    a = Analysis(trace, _params(params, profile), external_access=allow_external_access and name.endswith(".sql"))
     try:
         t = a.run(name)
     finally:
@@ -579,7 +596,10 @@ def query(name, trace, list_, params, fmt, output, profile) -> None:
             sys.exit(EXIT_USAGE)
         import pyarrow.parquet as pq
 
-        pq.write_table(t, output)
+        from cctrace.trace.safefs import open_output
+
+        with open_output(output, binary=True) as f:
+            pq.write_table(t, f)
         return
     if fmt == "table":
         from rich.console import Console
@@ -599,9 +619,14 @@ def query(name, trace, list_, params, fmt, output, profile) -> None:
     else:
         text = json.dumps(t.to_pylist(), indent=2, default=str)
     if output:
-        Path(output).write_text(text)
+        from cctrace.trace.safefs import open_output
+
+        with open_output(output) as f:
+            f.write(text)
     else:
-        click.echo(text, nl=False)
+        from cctrace.ui.safe import clean_lines
+
+        click.echo(clean_lines(text), nl=False)
 
 
 @cli.command("diff")
@@ -675,7 +700,11 @@ def export(trace, fmt, output, window, steps) -> None:
         if window or steps:
             _err("--window and --steps select Perfetto events; parquet exports whole tables")
             sys.exit(EXIT_USAGE)
-        rows = export_parquet(trace, output)
+        try:
+            rows = export_parquet(trace, output)
+        except ExportError as e:
+            _err(str(e))
+            sys.exit(EXIT_USAGE)
         _err(f"wrote {len(rows)} tables to {output}")
         return
     bounds = None
@@ -710,4 +739,13 @@ def explore(trace, base) -> None:
 
 
 def main() -> None:
-    cli(prog_name="cctrace")
+    """The command line, with any failure inside cctrace as one line and exit code 70."""
+    from cctrace.trace import handoff as H
+
+    try:
+        cli(prog_name="cctrace")
+    except Exception as e:
+        if H.DEBUG.on():
+            raise
+        _err(f"internal error: {type(e).__name__}: {e} (set {H.DEBUG.name}=1 for the traceback; please report it)")
+        sys.exit(EXIT_INTERNAL)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from cctrace.analyze.store import VIEWS as STORE_VIEWS
-from cctrace.analyze.store import connect
+from cctrace.analyze.store import connect, partial_of
 from cctrace.resources import data_dir
 
 QUERY_DIR = data_dir("queries")
@@ -143,9 +143,11 @@ class Analysis:
     """One read-only connection to a trace with the shared views and the parameters bound
     (given ones over the bundled H100 profile's reference values over the SQL's fallbacks)."""
 
-    def __init__(self, trace: Path, params: dict[str, object] | None = None) -> None:
+    def __init__(
+        self, trace: Path, params: dict[str, object] | None = None, external_access: bool = False
+    ) -> None:
         self.trace = Path(trace)
-        self.con = connect(self.trace)
+        self.con = connect(self.trace, external_access=external_access)  # True: only for --allow-external-access
         self.params = {**reference_params(), **(params or {})}
         for k, v in self.params.items():
             if k not in PARAMS:
@@ -212,6 +214,7 @@ def report(trace: Path, params: dict[str, object] | None = None) -> dict:
         m = read_manifest(trace if Path(trace).is_dir() else Path(trace).parent)
         return {
             "trace": str(trace),
+            "partial": partial_of(a.con),  # what the trace is missing: the views print PARTIAL
             "command": m.get("command"),
             "gpu": [g.get("name") for g in (m.get("gpu") or {}).get("gpus", [])],
             "driver": (m.get("gpu") or {}).get("driver_version"),
@@ -271,6 +274,7 @@ def diff(base: Path, trace: Path, params: dict[str, object] | None = None, trace
     return {
         "base": str(base),
         "trace": str(trace),
+        "partial": [f"BASE: {p}" for p in b["partial"]] + [f"TRACE: {p}" for p in t["partial"]],
         "base_step_ms": base_step,
         "trace_step_ms": trace_step,
         "base_step_median_ms": b["step_median_ms"],

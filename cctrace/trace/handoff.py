@@ -63,6 +63,7 @@ STEP_FUNCTIONS = _var("STEP_FUNCTIONS", "--step-function MODULE:QUALNAME targets
 MEMORY_LIMIT = _var("MEMORY_LIMIT", "DuckDB's memory limit for load/report/query (e.g. 3GB); spills beyond", "3GB")
 CACHE = _var("CACHE", "where compiled C helpers are cached (default ~/.cache/cctrace)")
 LIBCUDA = _var("LIBCUDA", "the libcuda.so the host probes attach to, when it cannot be found")
+DEBUG = _var("DEBUG", "set: an internal error of a cctrace command shows its traceback instead of one line")
 VERBOSE = _var("VERBOSE", "set: a traced process says why CUPTI is off")
 NO_SHIM = _var("NO_SHIM", "diagnostics: record without the C buffer shim (Python buffer callbacks)")
 CUPTI_BUFFER_KB = _var("CUPTI_BUFFER_KB", "size of one CUPTI activity buffer in KiB", "4096")

@@ -16,6 +16,8 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, OptionList,
 from cctrace.analyze.analysis import Analysis, QueryError, diff, list_queries, report
 from cctrace.analyze.span import analysis_window, step_range
 from cctrace.ui.render import LABELS, diff_rows, printable
+from cctrace.ui.safe import cell as safe_cell
+from cctrace.ui.safe import clean
 from cctrace.ui.timeline import busy_rows, legend, paint
 
 # the screens, in key order: (key, tab id, name); the help text and the bindings are derived from it
@@ -178,21 +180,21 @@ class Timeline(Static):
         out = Text()
         timing = "GPU" if c["timing"] == "gpu" else "call (host probes: no GPU times)"
         out.append(
-            f"{c['copy_kind']} {c['bytes']} B {c['src_kind']}->{c['dst_kind']} stream {c['stream_id']} "
-            f"at {(c['start_ns'] - self.lo) / 1e6:.3f} ms, {timing} {(c['end_ns'] - c['start_ns']) / 1e3:.1f} us, "
+            clean(f"{c['copy_kind']} {c['bytes']} B {c['src_kind']}->{c['dst_kind']} stream {c['stream_id']} ")
+            + f"at {(c['start_ns'] - self.lo) / 1e6:.3f} ms, {timing} {(c['end_ns'] - c['start_ns']) / 1e3:.1f} us, "
             f"correlation {c['correlation_id']}\n",
             style="bold",
         )
         if c["api_name"] and c["timing"] == "gpu":
             out.append(
-                f"  issued by {c['api_name']} on thread {c['api_tid']}: "
+                f"  issued by {clean(c['api_name'])} on thread {c['api_tid']}: "
                 f"{(c['api_end_ns'] - c['api_start_ns']) / 1e3:.1f} us in the call, GPU start "
                 f"{(c['start_ns'] - c['api_start_ns']) / 1e3:.1f} us after it began\n"
             )
         elif c["api_name"]:
             off = c["off_cpu_ns"]
             out.append(
-                f"  {c['api_name']} on thread {c['api_tid']}"
+                f"  {clean(c['api_name'])} on thread {c['api_tid']}"
                 + (f", {off / 1e3:.1f} us of it off-CPU\n" if off is not None else "\n")
             )
         out.append(self._stack_lines(c["pid"], c["correlation_id"]))
@@ -350,7 +352,7 @@ class Explorer(App):
         for r in sorted(self.analysis.rows("step_timeline"), key=lambda r: -r["step_us"])[:10]:
             slow.add_row(
                 str(r["step"]),
-                r["name"],
+                safe_cell(r["name"]),
                 f"{r['step_us']:.1f}",
                 f"{r['step_us'] - median_us:+.1f}",
                 *[f"{r.get(f'{c}_us', 0.0):.1f}" for c in cats],
@@ -425,9 +427,13 @@ class Explorer(App):
     def _overview(self) -> Text:
         r = self.report
         out = Text()
-        out.append(f"trace {Path(r['trace']).name}\n", style="bold")
+        out.append(f"trace {clean(Path(r['trace']).name)}\n", style="bold")
+        for p in r.get("partial") or []:
+            out.append("PARTIAL ", style="bold red")
+            out.append(f"{clean(p, None)}\n")
         out.append(
-            f"command {' '.join(r['command'] or [])}\nGPU {', '.join(r['gpu']) or 'unknown'}; "
+            f"command {clean(' '.join(map(str, r['command'] or [])), 400)}\n"
+            f"GPU {clean(', '.join(map(str, r['gpu']))) or 'unknown'}; "
             f"CC {(r['confidential_computing'] or {}).get('ccFeature', 'unknown')}\n"
         )
         srcs = (
@@ -576,14 +582,14 @@ class Explorer(App):
         for row in t.to_pylist():
             cells = ["" if v is None else str(v) for v in row.values()]
             if not needle or any(needle in c.lower() for c in cells):
-                table.add_row(*cells)
+                table.add_row(*map(safe_cell, cells))
 
     def _fill(self, table: DataTable, produce, status: Label | None = None) -> int | None:
         try:
             t = produce()
         except (QueryError, Exception) as e:  # noqa: BLE001 - show the user's SQL error, keep the app
             if status is not None:
-                status.update(f"error: {e}")
+                status.update(safe_cell(f"error: {e}", None))
             return None
         if table.id == "query-table":
             self._query_result = t.slice(0, 2000)
@@ -591,9 +597,9 @@ class Explorer(App):
         if t.num_rows == 0:
             table.add_column("no rows")
             return 0
-        table.add_columns(*t.column_names)
+        table.add_columns(*map(safe_cell, t.column_names))
         for row in t.slice(0, 2000).to_pylist():
-            table.add_row(*["" if v is None else str(v) for v in row.values()])
+            table.add_row(*[safe_cell(v) for v in row.values()])
         return t.num_rows
 
 

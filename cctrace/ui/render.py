@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 import pyarrow as pa
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from cctrace.ui.safe import cell, clean, markup
 
 LABELS = {
     "small_crossings": "small crossings",
@@ -19,13 +19,12 @@ LABELS = {
 
 
 NO_STACK = "(no stack)"  # calls recorded without a Python stack (--no-stacks, host probes, no Python)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def printable(text: str) -> str:
     """A string from a trace (a file path, a function name) made safe to print: control characters
     shown as \\xNN, never sent to the terminal."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return clean(text, None)
 
 
 def site(row: dict) -> str:
@@ -53,18 +52,25 @@ def callsite_table(rows: list[dict], title: str, limit: int = 10) -> Table:
 
 
 def arrow_table(t: pa.Table, title: str | None = None, limit: int = 200) -> Table:
-    out = Table(title=title, show_lines=False)
+    out = Table(title=cell(title) if title else None, show_lines=False)
     for name in t.column_names:
-        out.add_column(name, overflow="fold")
+        out.add_column(cell(name), overflow="fold")
     for row in t.slice(0, limit).to_pylist():
-        out.add_row(*["" if v is None else str(v) for v in row.values()])
+        out.add_row(*[cell(v) for v in row.values()])
     return out
+
+
+def print_partial(partial: list[str], console: Console) -> None:
+    """PARTIAL, with what is missing, when the trace lacks data (the numbers below count only what loaded)."""
+    for p in partial:
+        console.print(f"[bold red]PARTIAL[/bold red] {markup(p, None)}")
 
 
 def print_report(r: dict, console: Console) -> None:
     steps = f"{r['steps']} steps ({r['step_source']}), {r['step_ms']} ms/step" if r["steps"] else "no steps found"
-    console.print(f"[bold]cctrace report[/bold] {r['trace']}")
-    console.print(f"window {r['window_ms']} ms, {steps}; GPU {', '.join(r['gpu']) or 'unknown'}")
+    console.print(f"[bold]cctrace report[/bold] {markup(r['trace'])}")
+    print_partial(r.get("partial") or [], console)
+    console.print(f"window {r['window_ms']} ms, {steps}; GPU {markup(', '.join(map(str, r['gpu'])) or 'unknown')}")
     if r.get("bridge_emulation"):
         console.print(f"[magenta]{describe_injected(r['bridge_emulation'])}[/magenta]")
     t = Table(title="Where the time went")
@@ -89,14 +95,14 @@ def print_report(r: dict, console: Console) -> None:
             if c.get("where"):
                 console.print(f"    most of it at [bold]{escape(printable(c['where']))}[/bold]")
             for row in r["top"].get(c["category"], [])[:2]:
-                console.print(f"    [dim]{_brief(row)}[/dim]")
+                console.print(f"    [dim]{markup(_brief(row), 400)}[/dim]")
     if any(row["callsite"] is not None for row in r.get("callsites") or []):
         console.print(callsite_table(r["callsites"], "Top call sites (innermost frame outside the frameworks)"))
     cm = Table(title="Crossing cost model (fitted on this trace)")
     for col in ("copy_kind", "host_kind", "copies", "toll_us", "gbps", "bandwidth_assumed"):
         cm.add_column(col)
     for row in r["cost_model"]:
-        cm.add_row(*[str(row[k]) for k in ("copy_kind", "host_kind", "copies", "toll_us", "gbps", "bandwidth_assumed")])
+        cm.add_row(*[cell(row[k]) for k in ("copy_kind", "host_kind", "copies", "toll_us", "gbps", "bandwidth_assumed")])
     console.print(cm)
 
 
@@ -106,8 +112,9 @@ def _brief(row: dict) -> str:
 
 def report_markdown(r: dict) -> str:
     lines = [
-        f"### cctrace report: `{r['trace']}`",
+        f"### cctrace report: `{clean(r['trace'])}`",
         "",
+        *[f"**PARTIAL** {clean(p, None)}" for p in r.get("partial") or []],
         f"Window {r['window_ms']} ms, {r['steps']} steps ({r['step_source']}), {r['step_ms']} ms/step.",
         "",
         *([f"_{describe_injected(r['bridge_emulation'])}_", ""] if r.get("bridge_emulation") else []),
@@ -156,7 +163,8 @@ def diff_rows(d: dict) -> list[tuple[str, str, str, str, str]]:
 
 
 def print_diff(d: dict, console: Console) -> None:
-    console.print(f"[bold]cctrace diff[/bold] {d['base']} -> {d['trace']}")
+    console.print(f"[bold]cctrace diff[/bold] {markup(d['base'])} -> {markup(d['trace'])}")
+    print_partial(d.get("partial") or [], console)
     console.print(
         f"step time {d['base_step_ms']:.4f} -> {d['trace_step_ms']:.4f} ms "
         f"({d['gap_ms_per_step']:+.4f} ms/step, {d['gap_pct']}%)"
