@@ -121,6 +121,10 @@ async def test_explorer_shows_the_call_site_and_stack_of_a_crossing(synth):
     d, _, _ = synth
     app = Explorer(d)
     async with app.run_test(size=(160, 40)) as pilot:
+        findings = app.query_one("#findings")
+        stall = SITES["stall"]
+        advice = str(findings.get_row("async_stalls")[2])
+        assert advice.endswith(f"Most of it at {APP}:{stall} Server.line{stall}.")
         await pilot.press("2")
         tl = app.query_one(Timeline)
         tl.selected_ns = tl.lo - 1

@@ -319,7 +319,8 @@ class Explorer(App):
         findings.add_columns("finding", "lost ms", "advice")
         for c in self.report["categories"]:
             if c["advice"]:
-                findings.add_row(LABELS[c["category"]], f"{c['lost_ms']:.3f}", c["advice"], key=c["category"])
+                where = f" Most of it at {printable(c['where'])}." if c.get("where") else ""
+                findings.add_row(LABELS[c["category"]], f"{c['lost_ms']:.3f}", c["advice"] + where, key=c["category"])
         self.query_one(Timeline).refresh_view()
         if self.base:
             self._fill_diff()
