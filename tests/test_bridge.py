@@ -547,3 +547,33 @@ def test_inj_rec_matches_inj_dtype(tmp_path):
     assert _mismatches(_c_layout(tmp_path, decl, "inj_rec", members), INJ_DTYPE) == []
     lib = load_lib(build_native(BRIDGE_SOURCE))
     assert lib.cct_bridge_record_size() == INJ_DTYPE.itemsize
+
+
+def test_the_tracer_drain_writes_the_injections_as_a_shard(emu, tmp_path):
+    """BridgeEmulator.drain (the flusher's call) turns the C records into bridge_injections shards, and its
+    health counts the rows."""
+    from cctrace.record.bridge import BridgeEmulator
+    from cctrace.trace.shards import ShardWriter, read_shard
+
+    emu.setup(h2d_us=50, d2h_us=50)
+    w = ShardWriter(tmp_path, 4242)
+    src = BridgeEmulator(parse_spec("toll-only"), writer=w)
+    src.lib = load_lib(build_native(BRIDGE_SOURCE))  # the same loaded library the calls go through
+    src.names = {(1, cbid): name for name, (cbid, _) in CALLS.items()}
+    for i in range(3):
+        emu.copy("cuMemcpyHtoDAsync_v2", DEVICE, 0x1000, 64, corr=i + 1)
+    src.drain()
+    emu.copy("cuMemcpyDtoH_v2", 0x1000, DEVICE, 8, corr=9)
+    src.stop()  # not subscribed here: only the last drain
+    w.close()
+    (shard,) = tmp_path.glob("bridge_injections.*.arrows")
+    rows = read_shard(shard).data.to_pylist()
+    assert [(r["pid"], r["call"], r["correlation_id"]) for r in rows] == [
+        (4242, "cuMemcpyHtoDAsync_v2", 1),
+        (4242, "cuMemcpyHtoDAsync_v2", 2),
+        (4242, "cuMemcpyHtoDAsync_v2", 3),
+        (4242, "cuMemcpyDtoH_v2", 9),
+    ]
+    h = src.health()
+    assert h["records"] == {"bridge_injections": 4} and h["dropped"] == 0
+    assert h["injected"]["toll_count"] == 4
