@@ -5,7 +5,7 @@ and recorded under `--emulate-bridge b300-tdx`, checked against what each says i
 Two phases, because the GPU machine has no duckdb:
 
     python benchmarks/truth.py record OUTDIR [--only hf_generate,jax_loop]   # on the GPU machine
-    python benchmarks/truth.py report OUTDIR                                 # where duckdb is
+    python benchmarks/truth.py report OUTDIR [OUTDIR...]                     # where duckdb is
 
 `record` writes OUTDIR/summaries.json (each run's own summary and the copies found between the
 workload's fences, read with pyarrow) and OUTDIR/<workload>-<mode>.tar.gz (each trace, written as soon
@@ -164,11 +164,16 @@ def _ratio(a, b) -> float | None:
     return round(a / b, 4) if a is not None and b else None
 
 
-def report(outdir: Path) -> list[dict]:
-    results = json.loads((outdir / "summaries.json").read_text())
-    traces = _traces(outdir)
+def report(outdirs: list[Path]) -> list[dict]:
+    """The table's rows from one or more record phases' OUTDIRs (e.g. the workloads split over runs)."""
+    results, where = {}, {}
+    for outdir in outdirs:
+        found = json.loads((outdir / "summaries.json").read_text())
+        results.update(found)
+        where.update(dict.fromkeys(found, _traces(outdir)))
     rows = []
     for name, entry in results.items():
+        traces = where[name]
         if "skipped" in entry:
             rows.append({"workload": name, "skipped": entry["skipped"]})
             continue
@@ -245,20 +250,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("phase", choices=("record", "report"))
     default_out = os.path.join(os.environ["OUT"], "truth") if os.environ.get("OUT") else None
-    p.add_argument("outdir", nargs="?", default=default_out, type=lambda s: Path(s))
+    p.add_argument("outdir", nargs="*", type=Path, help="record: one; report: one or more (default: $OUT/truth)")
     p.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated, from: {', '.join(WORKLOADS)}")
     p.add_argument("--timeout", type=float, default=240, help="seconds per run")
     p.add_argument("--json", action="store_true", help="report: the rows as JSON")
     a = p.parse_args(argv)
-    if a.outdir is None:
-        p.error("OUTDIR is needed (or set OUT)")
+    outdirs = a.outdir or ([Path(default_out)] if default_out else [])
+    if not outdirs or (a.phase == "record" and len(outdirs) > 1):
+        p.error("record takes one OUTDIR, report one or more (or set OUT)")
     only = [w for w in a.only.split(",") if w]
     unknown = [w for w in only if w not in WORKLOADS]
     if unknown:
         p.error(f"unknown workload(s) {unknown}; known: {', '.join(WORKLOADS)}")
     if a.phase == "record":
-        return record(a.outdir, only, a.timeout)
-    rows = report(a.outdir)
+        return record(outdirs[0], only, a.timeout)
+    rows = report(outdirs)
     if a.json:
         print(json.dumps(rows, indent=1))
     else:
