@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, OptionList,
 
 from cctrace.analyze.analysis import Analysis, QueryError, diff, list_queries, report
 from cctrace.analyze.span import analysis_window, step_range
-from cctrace.ui.render import LABELS, diff_rows, printable
+from cctrace.ui.render import LABELS, diff_rows
 from cctrace.ui.safe import cell as safe_cell
 from cctrace.ui.safe import clean
 from cctrace.ui.timeline import busy_rows, legend, paint
@@ -217,9 +217,9 @@ class Timeline(Static):
         out = Text()
         site = next((f for f in frames if f[3]), None)
         if site:
-            out.append(f"  at {printable(f'{site[0]}:{site[1]} {site[2]}')}\n", style="bold")
+            out.append(f"  at {clean(f'{site[0]}:{site[1]} {site[2]}')}\n", style="bold")
             chain = " < ".join(f"{fn} ({Path(file).name}:{line})" for file, line, fn, _ in frames)
-            out.append(f"  stack: {printable(chain)}\n", style="dim")
+            out.append(f"  stack: {clean(chain)}\n", style="dim")
         return out
 
     def next_finding(self) -> None:
@@ -319,7 +319,7 @@ class Explorer(App):
         findings.add_columns("finding", "lost ms", "advice")
         for c in self.report["categories"]:
             if c["advice"]:
-                where = f" Most of it at {printable(c['where'])}." if c.get("where") else ""
+                where = f" Most of it at {clean(c['where'])}." if c.get("where") else ""
                 findings.add_row(LABELS[c["category"]], f"{c['lost_ms']:.3f}", c["advice"] + where, key=c["category"])
         self.query_one(Timeline).refresh_view()
         if self.base:

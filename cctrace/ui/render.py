@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pyarrow as pa
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from cctrace.ui.safe import cell, clean, markup
@@ -21,17 +20,11 @@ LABELS = {
 NO_STACK = "(no stack)"  # calls recorded without a Python stack (--no-stacks, host probes, no Python)
 
 
-def printable(text: str) -> str:
-    """A string from a trace (a file path, a function name) made safe to print: control characters
-    shown as \\xNN, never sent to the terminal."""
-    return clean(text, None)
-
-
 def site(row: dict) -> str:
-    """`file:line function` of a callsites row, printable."""
+    """`file:line function` of a callsites row, control characters escaped."""
     if row.get("callsite") is None:
         return NO_STACK
-    return printable(f"{row['callsite']} {row.get('function') or ''}".strip())
+    return clean(f"{row['callsite']} {row.get('function') or ''}".strip())
 
 
 def callsite_table(rows: list[dict], title: str, limit: int = 10) -> Table:
@@ -41,7 +34,7 @@ def callsite_table(rows: list[dict], title: str, limit: int = 10) -> Table:
         t.add_column(c, justify="left" if c in ("call site", "category") else "right", overflow="fold")
     for r in rows[:limit]:
         t.add_row(
-            escape(site(r)),
+            cell(site(r)),
             LABELS.get(r["category"], r["category"]),
             str(r["calls"]),
             f"{r['per_step']:.2f}",
@@ -93,7 +86,7 @@ def print_report(r: dict, console: Console) -> None:
         if c["advice"]:
             console.print(f"• {LABELS[c['category']]}: {c['advice']}")
             if c.get("where"):
-                console.print(f"    most of it at [bold]{escape(printable(c['where']))}[/bold]")
+                console.print(f"    most of it at [bold]{markup(c['where'])}[/bold]")
             for row in r["top"].get(c["category"], [])[:2]:
                 console.print(f"    [dim]{markup(_brief(row), 400)}[/dim]")
     if any(row["callsite"] is not None for row in r.get("callsites") or []):
@@ -102,7 +95,9 @@ def print_report(r: dict, console: Console) -> None:
     for col in ("copy_kind", "host_kind", "copies", "toll_us", "gbps", "bandwidth_assumed"):
         cm.add_column(col)
     for row in r["cost_model"]:
-        cm.add_row(*[cell(row[k]) for k in ("copy_kind", "host_kind", "copies", "toll_us", "gbps", "bandwidth_assumed")])
+        cm.add_row(
+            *[cell(row[k]) for k in ("copy_kind", "host_kind", "copies", "toll_us", "gbps", "bandwidth_assumed")]
+        )
     console.print(cm)
 
 
@@ -130,7 +125,7 @@ def report_markdown(r: dict) -> str:
     lines.append("")
     lines += [
         f"- **{LABELS[c['category']]}**: {c['advice']}"
-        + (f" Most of it at `{printable(c['where'])}`." if c.get("where") else "")
+        + (f" Most of it at `{clean(c['where'])}`." if c.get("where") else "")
         for c in r["categories"]
         if c["advice"]
     ]
@@ -189,7 +184,7 @@ def print_diff(d: dict, console: Console) -> None:
             st.add_column(c, justify="left" if c in ("call site", "category") else "right", overflow="fold")
         for row in sites:
             st.add_row(
-                escape(site(row)),
+                cell(site(row)),
                 LABELS.get(row["category"], row["category"]),
                 f"{row['base_ms_per_step']:.4f}",
                 f"{row['trace_ms_per_step']:.4f}",
