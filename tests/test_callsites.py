@@ -135,3 +135,14 @@ async def test_explorer_shows_the_call_site_and_stack_of_a_crossing(synth):
         assert (
             f"stack: Tensor.to (_tensor.py:77) < Server.line{small} (serve.py:{small}) < main (serve.py:300)" in detail
         )
+
+
+def test_html_report_says_where_each_category_was_lost(synth, tmp_path):
+    from tests.conftest import cctrace
+
+    d, spec, _ = synth
+    out = tmp_path / "r.html"
+    r = cctrace("report", str(d), "--html", str(out), "--param", f"normal_call_us={spec.normal_call_ns / 1000}")
+    assert r.returncode == 0, r.stderr
+    stall = SITES["stall"]
+    assert f"Most of it at <code>{APP}:{stall} Server.line{stall}</code>." in out.read_text()

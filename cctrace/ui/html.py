@@ -219,7 +219,11 @@ def report_page(r: dict, steps: list[dict], latency: list[dict]) -> str:
         for c in r["categories"]
     )
     advice = "".join(
-        f"<li><b>{_t(LABELS[c['category']])}</b>: {_t(c['advice'])}</li>" for c in r["categories"] if c["advice"]
+        f"<li><b>{_t(LABELS[c['category']])}</b>: {_t(c['advice'])}"
+        + (f" Most of it at <code>{_t(c['where'])}</code>." if c.get("where") else "")
+        + "</li>"
+        for c in r["categories"]
+        if c["advice"]
     )
     injected = ""
     if r.get("bridge_emulation"):
