@@ -102,6 +102,7 @@ class Timeline(Static):
         self.start, self.span = self.lo, self.hi - self.lo
         self.step = 0  # the step shown (from 1), 0 when none
         self.rows: list = []  # what was last painted (the busy-fraction test reads it)
+        self.row_height = 1  # lines per track in the last painting
 
     def window(self) -> tuple[int, int]:
         return self.start, self.start + self.span
@@ -125,14 +126,42 @@ class Timeline(Static):
         out.append(head[:width] + "\n", style="bold")
         axis, end = f"{'':>{labels_w}} |{_ms(0)}", f"+{_ms(hi - lo)}|"
         out.append((axis + " " * max(width - len(axis) - len(end), 1) + end)[:width] + "\n", style="dim")
+        out.append(f"{'steps':>{labels_w}} ")
+        out.append(self._step_marks(lo, hi, cells), style="#b0b0b0")
+        out.append("\n")
+        self.row_height = self._row_height(len(self.rows))
         for r in self.rows:
-            out.append(f"{r.label(len(pids) > 1)[:labels_w]:>{labels_w}} ")
-            out.append_text(paint(r))
-            out.append("\n")
+            for k, line in enumerate(paint(r, self.row_height)):
+                last = k == self.row_height - 1
+                out.append(f"{r.label(len(pids) > 1)[:labels_w] if last else '':>{labels_w}} ")
+                out.append_text(line)
+                out.append("\n")
         if not self.rows:
             out.append("(nothing in this window: w shows the whole window)\n", style="dim")
         out.append_text(legend(width))
         return out
+
+    def _row_height(self, tracks: int) -> int:
+        """Lines per track: as many as the screen has room for (up to 4), at least one."""
+        room = (self.parent.size.height if self.parent is not None else 0) - 6
+        return max(1, min(4, room // max(tracks, 1)))
+
+    def _step_marks(self, lo: int, hi: int, cells: int) -> str:
+        """A row with `|` where a step starts and its number (from 1) beside it where there is room."""
+        starts = self.a.con.execute(
+            "SELECT step, start_ns FROM steps WHERE start_ns >= ? AND start_ns < ? ORDER BY start_ns", [lo, hi]
+        ).fetchall()
+        if len(starts) > cells // 3:
+            return f"{len(starts)} steps start here: zoom in (+) or go to one (g)"[:cells]
+        row = [" "] * cells
+        for i, (step, t) in enumerate(starts):
+            c = min(int((t - lo) / max(hi - lo, 1) * cells), cells - 1)
+            row[c] = "|"
+            room = (int((starts[i + 1][1] - lo) / max(hi - lo, 1) * cells) if i + 1 < len(starts) else cells) - c - 1
+            label = str(step)
+            if len(label) <= room:
+                row[c + 1 : c + 1 + len(label)] = label
+        return "".join(row)
 
     def zoom(self, factor: float) -> None:
         mid = self.start + self.span // 2

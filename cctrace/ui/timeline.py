@@ -1,7 +1,8 @@
 """The explorer's timeline as data: per track (GPU stream, host thread) and time bucket, the fraction of
 the bucket's time the track was busy and the category that took most of it. DuckDB computes it for the
-visible window only; painting turns fractions into eighth-block bars whose painted total stays within
-half a level of one cell of the true busy time (the rounding error is carried along the row)."""
+visible window only; painting turns fractions into bars of eighth blocks, one or more lines tall, whose
+painted total stays within half a level of one cell of the true busy time (the rounding error is carried
+along the row)."""
 
 from __future__ import annotations
 
@@ -88,26 +89,29 @@ def busy_rows(con, lo: int, hi: int, cells: int) -> list[Row]:
     return list(rows.values())
 
 
-def paint_levels(frac: list[float]) -> list[int]:
-    """Eighths to paint per cell: each within one eighth of its own fraction, idle cells never painted,
-    and the row's painted total within half an eighth of the true total (error carried to the right)."""
+def paint_levels(frac: list[float], levels: int = 8) -> list[int]:
+    """Levels (eighths of a line, `levels` in all) to paint per cell: each within one level of its own
+    fraction, idle cells never painted, and the row's painted total within half a level of the true total
+    (the rounding error is carried to the right)."""
     out, carry = [], 0.0
     for f in frac:
-        level = min(max(round((f + carry) * 8), 0), 8) if f > 0 else 0
-        carry = f + carry - level / 8 if f > 0 else carry
+        level = min(max(round((f + carry) * levels), 0), levels) if f > 0 else 0
+        carry = f + carry - level / levels if f > 0 else carry
         out.append(level)
     return out
 
 
-def paint(row: Row) -> Text:
-    """One track's cells: bar height = busy fraction, colour = the category with most of the time."""
-    out = Text()
-    for f, cat, level in zip(row.frac, row.cat, paint_levels(row.frac), strict=True):
-        if f <= 0:
-            out.append(" ")
-        else:
-            out.append(LEVELS[level] if level else TINY, style=CATEGORIES[cat][1])
-    return out
+def paint(row: Row, height: int = 1) -> list[Text]:
+    """One track's cells as `height` lines (top first): bar height = busy fraction, colour = the category
+    with most of the time; a dot where the track was busy for less than half a level."""
+    lines = [Text() for _ in range(height)]
+    for f, cat, level in zip(row.frac, row.cat, paint_levels(row.frac, 8 * height), strict=True):
+        colour = CATEGORIES[cat][1] if f > 0 else ""
+        for k in range(height):  # k = 0 is the bottom line
+            sub = min(max(level - 8 * k, 0), 8)
+            ch = LEVELS[sub] if sub else (TINY if k == 0 and f > 0 and level == 0 else " ")
+            lines[height - 1 - k].append(ch, style=colour if ch != " " else "")
+    return lines
 
 
 def legend(width: int) -> Text:
