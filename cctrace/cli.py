@@ -512,7 +512,7 @@ def report(trace, as_json, markdown, html_out, params, profile) -> None:
     from cctrace.analyze.analysis import report as build
     from cctrace.ui.render import print_report, report_markdown
 
-    r = build(trace, _params(params, profile))
+    r = build(trace, _params(params, profile), profile)
     if html_out:
         _write_html(trace, r, _params(params, profile), html_out)
     if as_json:
@@ -572,10 +572,12 @@ def query(name, trace, list_, params, fmt, output, allow_external_access, profil
     if list_:
         for q in list_queries():
             click.echo(f"{q.name:20s} {q.answers}")
-            if q.params and q.params != "none":
-                click.echo(f"{'':20s}   params: {q.params}")
+            if q.params:
+                click.echo(f"{'':20s}   params: {', '.join(q.params)}")
         defaults = default_params()
-        click.echo("\nparameters: " + "; ".join(f"{k} ({d[2]}, default {defaults[k]})" for k, d in PARAMS.items()))
+        click.echo("\nparameters (--param k=v):")
+        for p in PARAMS.values():
+            click.echo(f"  {p.name:16s} {p.doc} (default {defaults[p.name]})")
         return
     if not name or not trace:
         _err("usage: cctrace query NAME|FILE.sql TRACE  (or --list)")

@@ -1,6 +1,6 @@
 -- name: async_stalls
 -- answers: How long was the host held inside calls meant to return at once (async copies from pinned memory, memsets, launches, async alloc/free)?
--- params: normal_call_us (a call's normal cost; time beyond it is a stall, default 20)
+-- needs: calls
 -- columns: name, tid, calls, stalled_calls, stall_ms, on_cpu_ms, off_cpu_ms, ioctl_ms, stall_per_step_us
 SELECT name, tid, count(*) AS calls, count(*) FILTER (WHERE stall_ns > 0) AS stalled_calls,
        round(sum(stall_ns) / 1e6, 3) AS stall_ms,

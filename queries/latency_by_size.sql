@@ -1,6 +1,6 @@
 -- name: latency_by_size
 -- answers: The latency-vs-size table behind the cost model (median and p90 per power-of-two size, and the model's value).
--- params: none
+-- needs: cost_model
 -- columns: copy_kind, host_kind, size_bytes, copies, median_us, p90_us, model_us
 WITH b AS (
     SELECT copy_kind, host_kind, cross_ns AS dur_ns, (2 ^ floor(log2(greatest(bytes, 1))))::BIGINT AS size_bytes FROM xfer_dir

@@ -1,6 +1,6 @@
 -- name: overview
 -- answers: What does the trace hold? Window, steps, and copies by direction x host memory kind x size bucket.
--- params: step_pattern (NVTX step names, LIKE pattern, default 'step%')
+-- needs: transfers
 -- columns: copy_kind, host_kind, size_bucket, copies, bytes, time_ms, gbps, per_step
 SELECT copy_kind, host_kind,
        CASE WHEN bytes < 4096 THEN '<4K' WHEN bytes < 65536 THEN '4K-64K' WHEN bytes < 1048576 THEN '64K-1M'

@@ -1,6 +1,6 @@
 -- name: small_crossings
 -- answers: Which copies are dominated by their fixed cost, and what do they cost beyond what their bytes need?
--- params: small_bytes (override the model-derived threshold: copies below it are small)
+-- needs: cost_model
 -- columns: copy_kind, host_kind, stream_id, api_name, copies, bytes, time_ms, excess_ms, per_step, excess_per_step_us
 SELECT copy_kind, host_kind, stream_id, api_name, count(*) AS copies, sum(bytes)::BIGINT AS bytes,
        round(sum(dur_ns) / 1e6, 3) AS time_ms, round(sum(excess_ns) / 1e6, 3) AS excess_ms,

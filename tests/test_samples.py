@@ -158,5 +158,5 @@ def test_remedied_run_recovers_the_small_crossings(samples):
 def test_host_probe_only_sample_detects_steps_and_names_the_toll(samples):
     _, reports = samples
     r = reports["serve-hostonly"]
-    assert r["step_source"] == "detected" and r["steps"] == 304  # one per readback after the first
+    assert r["step_source"] == "readback" and r["steps"] == 304  # one per readback after the first
     assert max(r["categories"], key=lambda c: c["lost_ms"])["category"] == "small_crossings"

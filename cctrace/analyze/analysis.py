@@ -1,7 +1,7 @@
 """Analysis: runs the canned SQL in queries/ over a loaded trace and composes the report and diff.
 
-All attribution is SQL (queries/*.sql over the views of queries/_views.sql); this module only
-binds parameters, runs queries, and assembles their rows into the report's structure.
+All attribution is SQL (queries/*.sql over the topic modules queries/_<topic>.sql); this module only
+binds parameters, builds the modules a query needs, runs it, and assembles rows into the report.
 """
 
 from __future__ import annotations
@@ -13,64 +13,83 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from cctrace.analyze.categories import CATEGORIES, NAMES, advise, code_variables
+from cctrace.analyze.categories import arrow as categories_arrow
 from cctrace.analyze.store import VIEWS as STORE_VIEWS
 from cctrace.analyze.store import connect, partial_of
 from cctrace.resources import data_dir
+from cctrace.trace.schema import TABLES, empty_table
 
 QUERY_DIR = data_dir("queries")
-VIEWS = QUERY_DIR / "_views.sql"
-CATEGORIES = ("small_crossings", "stream_concurrency", "async_stalls", "alloc_and_copy", "sync_waits")
 
-# every parameter the queries read (getvariable), with its type and default
-PARAMS: dict[str, tuple[type, object, str]] = {
-    "step_pattern": (str, "step%", "NVTX range names that mark a step (LIKE pattern)"),
-    "small_bytes": (int, None, "copies below this many bytes are small (default: toll x bandwidth)"),
-    "small_fit_bytes": (int, 65536, "copies at most this big fit the fixed toll"),
-    "large_fit_bytes": (int, 1048576, "copies at least this big fit the bandwidth"),
-    "default_gbps": (
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter the SQL reads with getvariable(): every one is bound, with this default when not given."""
+
+    name: str
+    type: type
+    default: object
+    doc: str
+
+
+# every parameter the queries read, with its type, default and meaning: the only place defaults live
+PARAM_TABLE: tuple[Param, ...] = (
+    Param("step_pattern", str, "step%", "NVTX range names that mark a step (LIKE pattern)"),
+    Param(
+        "steps_from",
+        str,
+        "auto",
+        "where steps come from: auto (the first that finds any) or one of nvtx, step_function, readback, "
+        "graph_replay, driver_sync, worker_sync, period; none: no steps, the whole recording is the window",
+    ),
+    Param("min_steps", int, 3, "fewest iterations a detector must see to mark steps"),
+    Param("small_bytes", int, None, "copies below this many bytes are small (default: toll x bandwidth)"),
+    Param("small_fit_bytes", int, 65536, "copies at most this big fit the fixed toll"),
+    Param("large_fit_bytes", int, 1048576, "copies at least this big fit the bandwidth"),
+    Param(
+        "default_gbps",
         float,
         25.0,
         "bandwidth assumed when a direction has no large copies (bundled H100 profile: pinned bandwidth)",
     ),
-    "launch_gap_us": (float, 10.0, "a copy starting this long after its call returned was not delayed by the call"),
-    "normal_call_us": (
+    Param(
+        "launch_gap_us", float, 10.0, "a copy starting this long after its call returned was not delayed by the call"
+    ),
+    Param(
+        "normal_call_us",
         float,
         20.0,
         "normal cost of a call meant to return at once (bundled H100 profile: 2x p90 of an async copy call)",
     ),
-    "alloc_window_us": (float, 200.0, "how soon after an allocation a copy counts as alloc-and-copy"),
-}
-
-ADVICE = {
-    "small_crossings": "batch small copies: pack per-step inputs into one pinned buffer and copy it once",
-    "stream_concurrency": "stage H2D copies on one idle stream instead of spreading them over busy streams",
-    "async_stalls": "async calls block here: move H2D to a staging stream and keep launches off the copy path",
-    "alloc_and_copy": "avoid per-step allocation: reuse preallocated (pinned) buffers instead of torch.tensor(list)",
-    "sync_waits": "drain D2H readbacks (.tolist()/.item()) on a worker thread, or overlap them with the next step",
-}
+    Param("alloc_window_us", float, 200.0, "how soon after an allocation a copy counts as alloc-and-copy"),
+)
+PARAMS: dict[str, Param] = {p.name: p for p in PARAM_TABLE}
+STEP_SOURCES = (
+    "auto",
+    "nvtx",
+    "step_function",
+    "readback",
+    "graph_replay",
+    "driver_sync",
+    "worker_sync",
+    "period",
+    "none",
+)
 
 
 class QueryError(Exception):
     """A query that cannot run; the message says which and why."""
 
 
-@dataclass
-class Query:
-    name: str
-    path: Path
-    answers: str
-    params: str
-    columns: str
-
-    @property
-    def sql(self) -> str:
-        return self.path.read_text()
+_HEADER = re.compile(r"--\s*(name|module|answers|needs|columns):\s*(.*)")
+_VARIABLE = re.compile(r"getvariable\('(\w+)'\)")
 
 
 def _header(path: Path) -> dict[str, str]:
     out = {}
     for line in path.read_text().splitlines():
-        m = re.match(r"--\s*(name|answers|params|columns):\s*(.*)", line)
+        m = _HEADER.match(line)
         if m:
             out[m.group(1)] = m.group(2).strip()
         elif line.strip() and not line.startswith("--"):
@@ -78,26 +97,109 @@ def _header(path: Path) -> dict[str, str]:
     return out
 
 
-def list_queries() -> list[Query]:
-    out = []
-    for p in sorted(QUERY_DIR.glob("*.sql")):
-        if p.name.startswith("_"):
-            continue
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+@dataclass(frozen=True)
+class Module:
+    """One topic file of shared temp objects (queries/_<topic>.sql), built only when a query needs it."""
+
+    name: str
+    path: Path
+    needs: tuple[str, ...]
+    answers: str
+
+
+@functools.cache
+def modules() -> dict[str, Module]:
+    out = {}
+    for p in sorted(QUERY_DIR.glob("_*.sql")):
         h = _header(p)
-        out.append(Query(h.get("name", p.stem), p, h.get("answers", ""), h.get("params", ""), h.get("columns", "")))
+        name = h.get("module", p.stem.lstrip("_"))
+        out[name] = Module(name, p, _names(h.get("needs", "")), h.get("answers", ""))
     return out
+
+
+def module_order(wanted: tuple[str, ...] | None = None) -> list[str]:
+    """The modules to build for `wanted` (every module when None), each after what it needs."""
+    mods = modules()
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...] = ()) -> None:
+        if name in order:
+            return
+        if name not in mods:
+            raise QueryError(f"no analysis module {name!r}; known: {', '.join(mods)}")
+        if name in path:
+            raise QueryError(f"analysis modules need each other: {' -> '.join((*path, name))}")
+        for n in mods[name].needs:
+            visit(n, (*path, name))
+        order.append(name)
+
+    for name in mods if wanted is None else wanted:
+        visit(name)
+    return order
+
+
+@dataclass
+class Query:
+    name: str
+    path: Path
+    answers: str
+    needs: tuple[str, ...] | None  # None: a query that declares nothing needs every module
+    columns: str
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text()
+
+    @property
+    def column_names(self) -> list[str]:
+        """The declared columns; `<category>_us` stands for one column per category, in the table's order."""
+        out = []
+        for c in _names(self.columns):
+            out += [c.replace("<category>", n) for n in NAMES] if "<category>" in c else [c]
+        return out
+
+    @property
+    def params(self) -> list[str]:
+        """The parameters this query reads, itself or through the modules it needs."""
+        texts = [self.sql] + [modules()[m].path.read_text() for m in module_order(self.needs)]
+        used = {v for t in texts for v in _VARIABLE.findall(t)}
+        return [p for p in PARAMS if p in used]
+
+
+def _query(path: Path, default_name: str, default_answers: str = "") -> Query:
+    h = _header(path)
+    needs = _names(h["needs"]) if "needs" in h else None
+    return Query(h.get("name", default_name), path, h.get("answers", default_answers), needs, h.get("columns", ""))
+
+
+def list_queries() -> list[Query]:
+    return [_query(p, p.stem) for p in sorted(QUERY_DIR.glob("*.sql")) if not p.name.startswith("_")]
 
 
 def find_query(name_or_file: str) -> Query:
     p = Path(name_or_file)
     if p.suffix == ".sql" and p.exists():
-        h = _header(p)
-        return Query(h.get("name", p.stem), p, h.get("answers", "your query"), h.get("params", ""), "")
+        return _query(p, p.stem, "your query")
     for q in list_queries():
         if q.name == name_or_file:
             return q
     known = ", ".join(q.name for q in list_queries())
     raise QueryError(f"no canned query {name_or_file!r} (and no such .sql file); known: {known}")
+
+
+def _typed(k: str, v: object) -> object:
+    typ = PARAMS[k].type
+    try:
+        out = typ(v)
+    except ValueError:
+        raise QueryError(f"parameter {k} needs a {typ.__name__}, got {v!r}") from None
+    if k == "steps_from" and out not in STEP_SOURCES:
+        raise QueryError(f"steps_from must be one of {', '.join(STEP_SOURCES)}, got {v!r}")
+    return out
 
 
 def parse_params(pairs: list[str] | tuple[str, ...]) -> dict[str, object]:
@@ -109,16 +211,12 @@ def parse_params(pairs: list[str] | tuple[str, ...]) -> dict[str, object]:
         k, v = pair.split("=", 1)
         if k not in PARAMS:
             raise QueryError(f"unknown parameter {k!r}; known: {', '.join(PARAMS)}")
-        typ = PARAMS[k][0]
-        try:
-            out[k] = typ(v)
-        except ValueError:
-            raise QueryError(f"parameter {k} needs a {typ.__name__}, got {v!r}") from None
+        out[k] = _typed(k, v)
     return out
 
 
 def _statements(sql: str) -> list[str]:
-    """Split a file of statements at semicolons that end a line (the views file's convention)."""
+    """Split a file of statements at semicolons that end a line (the modules' convention)."""
     body = "\n".join(ln for ln in sql.splitlines() if not ln.lstrip().startswith("--"))
     return [s.strip() for s in re.split(r";\s*\n", body + "\n") if s.strip()]
 
@@ -135,33 +233,64 @@ def reference_params() -> dict[str, object]:
 
 
 def default_params() -> dict[str, object]:
-    """Each parameter's value when none is given: the bundled profile's, else the SQL's fallback."""
-    return {k: d[1] for k, d in PARAMS.items()} | reference_params()
+    """Each parameter's value when none is given: the bundled profile's, else the table's default."""
+    return {p.name: p.default for p in PARAM_TABLE} | reference_params()
 
 
 class Analysis:
-    """One read-only connection to a trace with the shared views and the parameters bound
-    (given ones over the bundled H100 profile's reference values over the SQL's fallbacks)."""
+    """One read-only connection to a trace with every parameter bound (given ones over the bundled H100
+    profile's reference values over the table's defaults). The analysis modules are built on demand:
+    a canned query builds the ones it declares (and what they need), `con` and `scalar` build all."""
 
-    def __init__(
-        self, trace: Path, params: dict[str, object] | None = None, external_access: bool = False
-    ) -> None:
+    def __init__(self, trace: Path, params: dict[str, object] | None = None, external_access: bool = False) -> None:
         self.trace = Path(trace)
-        self.con = connect(self.trace, external_access=external_access)  # True: only for --allow-external-access
-        self.params = {**reference_params(), **(params or {})}
-        for k, v in self.params.items():
+        for k in params or {}:
             if k not in PARAMS:
                 raise QueryError(f"unknown parameter {k!r}")
-            self.con.execute(f"SET VARIABLE {k} = ?", [v]).fetchall()  # name checked above; value bound
+        self.params = {**reference_params(), **(params or {})}
+        self._con = connect(self.trace, external_access=external_access)  # True: only for --allow-external-access
+        self._built: set[str] = set()
+        con = self._con
+        for k, v in (default_params() | self.params).items():
+            v = None if v is None else _typed(k, v)
+            con.execute(f"SET VARIABLE {k} = ?", [v]).fetchall()  # name checked above; value bound
+        for k, v in code_variables().items():
+            con.execute(f"SET VARIABLE {k} = ?", [v]).fetchall()
+        present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()}
+        for table in TABLES:  # a file loaded by an older version lacks the newer tables: they are empty
+            if table not in present:
+                con.register("_empty", empty_table(table))
+                con.execute(f'CREATE TEMP TABLE "{table}" AS SELECT * FROM _empty').fetchall()
+                con.unregister("_empty")
+        con.register("_categories", categories_arrow())
+        con.execute("CREATE TEMP TABLE categories AS SELECT * FROM _categories").fetchall()
+        con.unregister("_categories")
         for name, sql in STORE_VIEWS.items():  # this version's joins, also over a file loaded by an older one
-            self.con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {sql}').fetchall()
-        for stmt in _statements(VIEWS.read_text()):
-            self.con.execute(stmt).fetchall()
+            con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {sql}').fetchall()
+
+    def build(self, wanted: tuple[str, ...] | None = None) -> None:
+        """Build the modules `wanted` (all when None) and what they need, each once per connection."""
+        for name in module_order(wanted):
+            if name in self._built:
+                continue
+            for stmt in _statements(modules()[name].path.read_text()):
+                try:
+                    self._con.execute(stmt).fetchall()
+                except Exception as e:  # noqa: BLE001 - duckdb raises many error types
+                    raise QueryError(f"analysis module {name} failed: {e}") from None
+            self._built.add(name)
+
+    @property
+    def con(self):
+        """The connection with every module built, for SQL of any kind."""
+        self.build()
+        return self._con
 
     def run(self, name_or_file: str) -> pa.Table:
         q = find_query(name_or_file)
+        self.build(q.needs)
         try:
-            rel = self.con.sql(q.sql)
+            rel = self._con.sql(q.sql)
             return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
         except Exception as e:  # noqa: BLE001 - duckdb raises many error types
             raise QueryError(f"query {q.name} failed: {e}") from None
@@ -172,46 +301,59 @@ class Analysis:
     def scalar(self, sql: str):
         return self.con.execute(sql).fetchall()[0][0]
 
+    def one(self, sql: str) -> dict:
+        """The first row of `sql` (over every module) as a dict."""
+        cur = self.con.execute(sql)
+        rows = cur.fetchall()
+        return dict(zip([d[0] for d in cur.description], rows[0], strict=True)) if rows else {}
+
     def close(self) -> None:
-        self.con.close()
+        self._con.close()
 
 
-def report(trace: Path, params: dict[str, object] | None = None) -> dict:
-    """The attribution report as plain data: the same keys feed the terminal, JSON and Markdown views."""
+def _device(profile: Path | None) -> str | None:
+    """The calibrated machine a profile describes (its GPU's name), for the remedies measured there."""
+    from cctrace.trace.profile import DEFAULT_PROFILE, ProfileError, load_profile
+
+    try:
+        return ((load_profile(profile or DEFAULT_PROFILE).get("machine") or {}).get("device_name")) or None
+    except ProfileError:
+        return None
+
+
+def report(trace: Path, params: dict[str, object] | None = None, profile: Path | None = None) -> dict:
+    """The attribution report as plain data: the same keys feed the terminal, JSON and Markdown views.
+    `profile`: the bridge profile whose machine the advice's measured remedies are looked up for."""
     from cctrace.trace.injections import injected_summary
     from cctrace.trace.manifest import read_manifest
 
     a = Analysis(trace, params)
     try:
-        start, end, steps, nvtx = a.con.execute("SELECT start_ns, end_ns, steps, nvtx FROM win").fetchall()[0]
-        window_ns = (end or 0) - (start or 0)
+        w = a.one("SELECT * FROM win")
+        steps = w["steps"]
+        window_ms = ((w["end_ns"] or 0) - (w["start_ns"] or 0)) / 1e6
+        facts = a.one("SELECT * FROM trace_facts")
+        device = _device(profile)
         cats = {r["category"]: r for r in a.rows("attribution")}
         categories = []
-        explained = 0.0
         sites = a.rows("callsites")
         for c in CATEGORIES:
-            r = cats.get(
-                c, {"events": 0, "lost_ms": 0.0, "per_step_us": 0.0, "pct_of_window": 0.0, "gpu_idle_overlap_ms": 0.0}
-            )
-            explained += r["lost_ms"]
+            r = cats[c.name]
             categories.append(
                 {
-                    "category": c,
+                    "category": c.name,
                     **{k: r[k] for k in ("events", "lost_ms", "per_step_us", "pct_of_window", "gpu_idle_overlap_ms")},
-                    "advice": ADVICE[c] if r["lost_ms"] > 0 else None,
-                    "where": _top_site(sites, c) if r["lost_ms"] > 0 else None,
+                    "advice": advise(c.name, facts, device, facts["host_only"]) if r["lost_ms"] > 0 else None,
+                    "where": _top_site(sites, c.name) if r["lost_ms"] > 0 else None,
                 }
             )
-        top = {
-            "small_crossings": a.rows("small_crossings")[:3],
-            "stream_concurrency": a.rows("stream_concurrency")[:3],
-            "async_stalls": a.rows("async_stalls")[:3],
-            "alloc_and_copy": a.rows("alloc_copy")[:3],
-            "sync_waits": a.rows("sync_waits")[:3],
-        }
-        has_kernels = a.scalar("SELECT count(*) FROM kernels") > 0
-        window_ms = window_ns / 1e6
+        explained = sum(c["lost_ms"] for c in categories)
+        top = {c.name: a.rows(c.query)[:3] for c in CATEGORIES}
         m = read_manifest(trace if Path(trace).is_dir() else Path(trace).parent)
+
+        def ms(ns):
+            return round(ns / 1e6, 4) if ns is not None else None
+
         return {
             "trace": str(trace),
             "partial": partial_of(a.con),  # what the trace is missing: the views print PARTIAL
@@ -223,29 +365,91 @@ def report(trace: Path, params: dict[str, object] | None = None) -> dict:
                 for k, v in (m.get("sources") or {}).items()
             },
             "host_probes": ((m.get("options") or {}).get("host_probes") or {}).get("state"),
+            "host_only": facts["host_only"],
             "confidential_computing": (m.get("gpu") or {}).get("confidential_computing"),
             "bridge_emulation": injected_summary(m.get("bridge_emulation")),
+            "ground_truth": _ground_truth(a, steps),
             "window_ms": round(window_ms, 3),
             "steps": steps,
-            "step_source": "nvtx" if nvtx else ("detected" if steps else "none"),
+            "step_source": w["step_source"],
             "step_ms": round(window_ms / steps, 4) if steps else None,
-            "step_median_ms": a.scalar("SELECT median(end_ns - start_ns) / 1e6 FROM steps"),
+            "step_median_ms": ms(w["step_median_ns"]),
+            "step_p10_ms": ms(w["step_p10_ns"]),
+            "step_p90_ms": ms(w["step_p90_ns"]),
             "categories": categories,
             "explained_ms": round(explained, 3),
             "unexplained_ms": round(window_ms - explained, 3),
             "gpu_idle_ms": round(a.scalar("SELECT coalesce(sum(end_ns - start_ns), 0) FROM gpu_idle") / 1e6, 3),
-            "gpu_busy_complete": has_kernels,
+            "gpu_busy_complete": a.scalar("SELECT count(*) FROM kernels") > 0,
             "cost_model": a.rows("cost_model"),
             "top": top,
             "callsites": [s for s in sites if s["lost_ms"] > 0],
+            "facts": facts,
+            "calls": sorted(r[0] for r in a.con.execute("SELECT DISTINCT name FROM calls").fetchall()),
             "params": default_params() | a.params,
         }
     finally:
         a.close()
 
 
+def _ground_truth(a: Analysis, steps: int) -> dict | None:
+    """What the emulator injected inside the window (bridge_injections), per category it maps to, beside
+    what that category explains; None for traces without the table's rows."""
+    rows = a.rows("ground_truth")
+    if not rows:
+        return None
+    injected = sum(r["injected_ms"] for r in rows)
+    mapped = [r for r in rows if r["category"]]
+    explained = sum(r["explained_ms"] or 0 for r in mapped)
+    return {
+        "scope": "window",
+        "injected_ms": round(injected, 3),
+        "injected_ms_per_step": round(injected / steps, 5) if steps else None,
+        "explained_ms": round(explained, 3),
+        "explained_share": round(explained / injected, 4) if injected else None,
+        "categories": rows,
+    }
+
+
+def _same_program(b: dict, t: dict) -> bool:
+    """Two traces of one program: the same command line, or (without one) the same calls made."""
+    if b.get("command") and t.get("command"):
+        return b["command"] == t["command"]
+    return b["calls"] == t["calls"]
+
+
+def _noise_ms(b: dict, t: dict) -> float | None:
+    """The step-time noise of the two runs: each one's p10-p90 spread over the square root of its steps,
+    combined; a gap within it cannot be told from run-to-run variance."""
+    parts = []
+    for r in (b, t):
+        if not r["steps"] or r["step_p10_ms"] is None:
+            return None
+        parts.append(((r["step_p90_ms"] - r["step_p10_ms"]) ** 2) / r["steps"])
+    return round(sum(parts) ** 0.5, 5)
+
+
+def _injected_per_step(r: dict, scope: str) -> dict[str, float]:
+    """Injected ms per step by category (None: a kind no category explains), over `scope`: the window
+    (bridge_injections) or the whole run (the manifest's counters, warm-up included)."""
+    if scope == "window":
+        gt = r["ground_truth"]
+        rows = gt["categories"] if gt else []
+        out = {row["category"]: row["injected_ms"] for row in rows}
+    else:
+        inj = r["bridge_emulation"]
+        out = {}
+        if inj:
+            for c in CATEGORIES:
+                ms = sum(inj["injected_ms"].get(k, 0.0) for k in c.injected_kinds)
+                if ms:
+                    out[c.name] = ms
+    return {k: v / r["steps"] if r["steps"] else v for k, v in out.items()}
+
+
 def diff(base: Path, trace: Path, params: dict[str, object] | None = None, trace_report: dict | None = None) -> dict:
-    """Which category explains how much of the per-step time gap between two traces.
+    """Which category explains how much of the per-step time gap between two traces, what the bridge
+    emulator injected over the same windows (when it ran), and whether the gap can be judged at all.
     `trace_report`: TRACE's report when the caller already has it (with the same params)."""
     b, t = report(base, params), trace_report or report(trace, params)
 
@@ -255,22 +459,49 @@ def diff(base: Path, trace: Path, params: dict[str, object] | None = None, trace
     base_step = b["step_ms"] if b["step_ms"] is not None else b["window_ms"]
     trace_step = t["step_ms"] if t["step_ms"] is not None else t["window_ms"]
     gap = trace_step - base_step
+    emulated = [r for r in (b, t) if r["bridge_emulation"] or r["ground_truth"]]
+    scope = None
+    if emulated:
+        scope = "window" if all(r["ground_truth"] for r in emulated) else "whole_run"
+    inj_b = _injected_per_step(b, scope) if scope else {}
+    inj_t = _injected_per_step(t, scope) if scope else {}
     rows, explained = [], 0.0
     for cb, ct in zip(b["categories"], t["categories"], strict=True):
         delta = per_step(t, ct["lost_ms"]) - per_step(b, cb["lost_ms"])
         explained += delta
+        name = cb["category"]
+        injected = inj_t.get(name, 0.0) - inj_b.get(name, 0.0) if name in inj_t or name in inj_b else None
         rows.append(
             {
-                "category": cb["category"],
+                "category": name,
                 "base_ms_per_step": round(per_step(b, cb["lost_ms"]), 5),
                 "trace_ms_per_step": round(per_step(t, ct["lost_ms"]), 5),
                 "delta_ms_per_step": round(delta, 5),
                 "share_of_gap": round(delta / gap, 4) if gap else None,
+                "injected_ms_per_step": round(injected, 5) if injected is not None else None,
             }
         )
-    injected = (
-        _injected_per_step(t) - _injected_per_step(b) if (t["bridge_emulation"] or b["bridge_emulation"]) else None
-    )
+    injected_total = sum(inj_t.values()) - sum(inj_b.values()) if scope else None
+    same = _same_program(b, t)
+    noise = _noise_ms(b, t)
+    warnings = []
+    if noise is not None and abs(gap) < noise:
+        warnings.append(
+            f"the gap ({gap:+.4f} ms/step) is within the runs' step-time noise (±{noise:.4f} ms/step): "
+            "it cannot be told from run-to-run variance"
+        )
+    if b["step_source"] != t["step_source"]:
+        warnings.append(
+            f"steps were found differently (BASE: {b['step_source']}, TRACE: {t['step_source']}): per-step "
+            "figures may not compare; --param steps_from=... picks one way for both"
+        )
+    if b["host_only"] != t["host_only"]:
+        warnings.append(
+            "one trace has CUPTI records and the other host probes only: their categories are measured "
+            "differently and do not compare"
+        )
+    if not same:
+        warnings.append("the traces are of different programs (command lines or calls differ)")
     return {
         "base": str(base),
         "trace": str(trace),
@@ -287,14 +518,21 @@ def diff(base: Path, trace: Path, params: dict[str, object] | None = None, trace
         ),
         "gap_ms_per_step": round(gap, 5),
         "gap_pct": round(100 * gap / base_step, 2) if base_step else None,
+        "noise_ms_per_step": noise,
+        "base_step_source": b["step_source"],
+        "trace_step_source": t["step_source"],
+        "same_program": same,
+        "warnings": warnings,
         "categories": rows,
         "explained_ms_per_step": round(explained, 5),
         "unexplained_ms_per_step": round(gap - explained, 5),
         "explained_share": round(explained / gap, 4) if gap else None,
         "callsites": callsite_diff(b, t),
-        # ground truth, when a trace was recorded with --emulate-bridge: what the emulator injected
-        # per step more in TRACE than in BASE (its whole run, warm-up included, over the steps)
-        "bridge_injected_ms_per_step": round(injected, 5) if injected is not None else None,
+        # ground truth, when a trace was recorded with --emulate-bridge: what the emulator injected per
+        # step more in TRACE than in BASE, over the analysed windows (bridge_injections) or, for traces
+        # recorded before that table, over the whole run (warm-up included): bridge_injected_scope says
+        "bridge_injected_ms_per_step": round(injected_total, 5) if injected_total is not None else None,
+        "bridge_injected_scope": scope,
     }
 
 
@@ -327,11 +565,3 @@ def callsite_diff(b: dict, t: dict, limit: int = 10) -> list[dict]:
     ]
     rows.sort(key=lambda r: (-abs(r["delta_ms_per_step"]), r["callsite"], r["category"]))
     return rows[:limit]
-
-
-def _injected_per_step(r: dict) -> float:
-    inj = r["bridge_emulation"]
-    if not inj:
-        return 0.0
-    total = sum(inj["injected_ms"].values())
-    return total / r["steps"] if r["steps"] else total

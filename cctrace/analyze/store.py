@@ -110,7 +110,10 @@ def expected_rows(manifest: dict) -> dict[tuple[str, int], int]:
     if isinstance(probes, dict):
         holders.append(probes)
     for h in holders:
-        pid, rows = h.get("pid") if isinstance(h, dict) else None, h.get("rows_written") if isinstance(h, dict) else None
+        pid, rows = (
+            h.get("pid") if isinstance(h, dict) else None,
+            h.get("rows_written") if isinstance(h, dict) else None,
+        )
         if _int_or_none(pid) and isinstance(rows, dict):
             for table, n in rows.items():
                 if table in S.TABLES and _int_or_none(n) is not None:
@@ -288,7 +291,9 @@ def _key() -> bytes:
     except FileExistsError:
         return safefs.read_file(path, 64)
     except OSError as e:
-        raise LoadError(f"cannot make the fingerprint key {path} ({e}); set XDG_CACHE_HOME to a writable directory") from None
+        raise LoadError(
+            f"cannot make the fingerprint key {path} ({e}); set XDG_CACHE_HOME to a writable directory"
+        ) from None
 
 
 def _digest(db: Path) -> str | None:
@@ -382,4 +387,6 @@ def connect(trace: Path, read_only: bool = True, external_access: bool = False):
     try:
         return duckdb.connect(str(db), read_only=read_only, config=locked_config(external_access=external_access))
     except duckdb.Error as e:
-        raise LoadError(f"{db} cannot be opened ({str(e).splitlines()[0]}); run `cctrace load` on its directory") from None
+        raise LoadError(
+            f"{db} cannot be opened ({str(e).splitlines()[0]}); run `cctrace load` on its directory"
+        ) from None

@@ -36,7 +36,7 @@ def summarize(xs_ns: list[int]) -> dict:
 
 
 def fit_model(points: list[tuple[int, float]]) -> dict:
-    """Fixed toll and bandwidth from (bytes, µs) points, robustly, the way queries/_views.sql fits a
+    """Fixed toll and bandwidth from (bytes, µs) points, robustly, the way queries/_cost_model.sql fits a
     trace: bandwidth from large copies, toll from small ones (medians), then the bandwidth again
     net of the toll."""
     large = [(b, t) for b, t in points if b >= LARGE_FIT and t > 0]

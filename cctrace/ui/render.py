@@ -6,16 +6,8 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
+from cctrace.analyze.categories import LABELS
 from cctrace.ui.safe import cell, clean, markup
-
-LABELS = {
-    "small_crossings": "small crossings",
-    "stream_concurrency": "lost stream concurrency",
-    "async_stalls": "async stalls",
-    "alloc_and_copy": "alloc-and-copy",
-    "sync_waits": "sync waits / readbacks",
-}
-
 
 NO_STACK = "(no stack)"  # calls recorded without a Python stack (--no-stacks, host probes, no Python)
 
@@ -59,13 +51,40 @@ def print_partial(partial: list[str], console: Console) -> None:
         console.print(f"[bold red]PARTIAL[/bold red] {markup(p, None)}")
 
 
+def describe_steps(r: dict) -> str:
+    """How many steps, how they were found and how regular they are."""
+    if not r["steps"]:
+        return "no steps found"
+    return (
+        f"{r['steps']} steps (from {r['step_source']}), {r['step_ms']} ms/step; median {r['step_median_ms']} ms, "
+        f"p10-p90 {r['step_p10_ms']}-{r['step_p90_ms']} ms"
+    )
+
+
+def describe_ground_truth(r: dict) -> str | None:
+    """The emulator's injections inside the window against what the categories explain, else the whole
+    run's counters (traces recorded before per-injection rows), labelled as such."""
+    gt = r.get("ground_truth")
+    if gt:
+        share = f"{gt['explained_share']:.1%}" if gt["explained_share"] is not None else "n/a"
+        return (
+            f"ground truth (this window): the emulator injected {gt['injected_ms']} ms; the categories it maps to "
+            f"explain {gt['explained_ms']} ms ({share})"
+        )
+    if r.get("bridge_emulation"):
+        return describe_injected(r["bridge_emulation"])
+    return None
+
+
 def print_report(r: dict, console: Console) -> None:
-    steps = f"{r['steps']} steps ({r['step_source']}), {r['step_ms']} ms/step" if r["steps"] else "no steps found"
     console.print(f"[bold]cctrace report[/bold] {markup(r['trace'])}")
     print_partial(r.get("partial") or [], console)
-    console.print(f"window {r['window_ms']} ms, {steps}; GPU {markup(', '.join(map(str, r['gpu'])) or 'unknown')}")
-    if r.get("bridge_emulation"):
-        console.print(f"[magenta]{describe_injected(r['bridge_emulation'])}[/magenta]")
+    console.print(
+        f"window {r['window_ms']} ms, {describe_steps(r)}; GPU {markup(', '.join(map(str, r['gpu'])) or 'unknown')}"
+    )
+    truth = describe_ground_truth(r)
+    if truth:
+        console.print(f"[magenta]{truth}[/magenta]")
     t = Table(title="Where the time went")
     for c in ("category", "events", "lost ms", "per step µs", "% of window", "GPU idle overlap ms"):
         t.add_column(c, justify="left" if c == "category" else "right")
@@ -110,9 +129,9 @@ def report_markdown(r: dict) -> str:
         f"### cctrace report: `{clean(r['trace'])}`",
         "",
         *[f"**PARTIAL** {clean(p, None)}" for p in r.get("partial") or []],
-        f"Window {r['window_ms']} ms, {r['steps']} steps ({r['step_source']}), {r['step_ms']} ms/step.",
+        f"Window {r['window_ms']} ms, {describe_steps(r)}.",
         "",
-        *([f"_{describe_injected(r['bridge_emulation'])}_", ""] if r.get("bridge_emulation") else []),
+        *([f"_{describe_ground_truth(r)}_", ""] if describe_ground_truth(r) else []),
         "| category | events | lost ms | per step µs | % of window | GPU idle overlap ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -191,19 +210,31 @@ def print_diff(d: dict, console: Console) -> None:
                 f"{row['delta_ms_per_step']:+.4f}",
             )
         console.print(st)
+    for w in d.get("warnings") or []:
+        console.print(f"[yellow]cannot judge: {w}[/yellow]")
     inj = d.get("bridge_injected_ms_per_step")
     if inj:
-        rest = d["gap_ms_per_step"] - inj
-        console.print(
-            f"[dim]ground truth: the emulated bridge injected {inj:+.4f} ms/step (whole run, warm-up "
-            f"included); the categories explain {d['explained_ms_per_step'] / inj:.1%} of that"
-            + (
-                f"; the other {rest:+.4f} ms/step of the gap was not injected (the emulator's own cost, "
-                "run-to-run variance)[/dim]"
-                if rest > 0
-                else "[/dim]"
-            )
+        scope = (
+            "over the analysed windows"
+            if d.get("bridge_injected_scope") == "window"
+            else ("whole run, warm-up included")
         )
+        console.print(
+            f"ground truth ({scope}): injected {inj:+.4f} ms/step, explained {d['explained_ms_per_step']:+.4f} "
+            f"ms/step ({d['explained_ms_per_step'] / inj:.1%})"
+        )
+        for c in d["categories"]:
+            if c.get("injected_ms_per_step") is not None:
+                console.print(
+                    f"[dim]  {LABELS[c['category']]}: injected {c['injected_ms_per_step']:+.4f}, "
+                    f"explained {c['delta_ms_per_step']:+.4f} ms/step[/dim]"
+                )
+        rest = d["gap_ms_per_step"] - inj
+        if rest > 0 and d.get("same_program", True) and not d.get("warnings"):
+            console.print(
+                f"[dim]the other {rest:+.4f} ms/step of the gap was not injected (the emulator's own cost, "
+                "run-to-run variance)[/dim]"
+            )
 
 
 def describe_injected(summary: dict) -> str:

@@ -1,0 +1,27 @@
+-- module: gpu_idle
+-- needs: steps
+-- answers: When was the GPU idle in the window? (kernels must be recorded for busy time to be complete)
+
+-- GPU idle gaps in the window: where a copy or kernel starts after everything before it ended (one
+-- window pass over the GPU work in the window sorted by start; the running max of end times is the
+-- busy edge, the window's start before the first). The bounds are variables, not a join.
+--   start_ns, end_ns: the gap; before_ns: idle time before it (gaps are disjoint and ordered)
+SET VARIABLE win_start_ns = (SELECT start_ns FROM win);
+SET VARIABLE win_end_ns = (SELECT end_ns FROM win);
+CREATE OR REPLACE TEMP TABLE gpu_idle AS
+WITH ev AS (
+    SELECT start_ns, end_ns FROM copies
+    WHERE end_ns > getvariable('win_start_ns') AND start_ns < getvariable('win_end_ns')
+    UNION ALL
+    SELECT start_ns, end_ns FROM kernels
+    WHERE end_ns > getvariable('win_start_ns') AND start_ns < getvariable('win_end_ns')
+), o AS (
+    SELECT start_ns, coalesce(max(end_ns) OVER (ORDER BY start_ns ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+                              getvariable('win_start_ns')) AS busy_until
+    FROM ev
+), g AS (
+    SELECT greatest(busy_until, getvariable('win_start_ns')) AS start_ns, least(start_ns, getvariable('win_end_ns')) AS end_ns
+    FROM o WHERE start_ns > busy_until
+)
+SELECT start_ns, end_ns, (sum(end_ns - start_ns) OVER (ORDER BY start_ns ROWS UNBOUNDED PRECEDING) - (end_ns - start_ns))::BIGINT AS before_ns
+FROM g WHERE end_ns > start_ns;

@@ -1,0 +1,197 @@
+-- module: steps
+-- needs:
+-- answers: What is one step (iteration) of the traced program, and over which window is it analysed?
+-- Steps come from, in order: NVTX ranges named like step_pattern; markers of a user-named step function
+-- (source 'step_function', `record --step-function`); detected iterations: the ends of blocking
+-- readbacks (D2H into pageable memory; D2H into pinned/device memory or a graph replay completed by a
+-- stream/event/context sync on the same thread, as .item() does), then driver-level syncs, then the
+-- period of the call sequence. steps_from picks one of them. Parameters: step_pattern, steps_from,
+-- min_steps. Times are ns on CLOCK_MONOTONIC; works on CUPTI, host-probe-only and merged traces.
+
+-- Whether CUPTI recorded copies and calls. Where it did, the probed (source ebpf) calls are the
+-- same calls seen again: they add detail, never a second count.
+--   copies: CUPTI copy records exist; calls: CUPTI API call records exist
+CREATE OR REPLACE TEMP TABLE cupti_present AS
+SELECT EXISTS (SELECT 1 FROM copies WHERE source = 'cupti') AS copies,
+       EXISTS (SELECT 1 FROM api_calls WHERE source = 'cupti') AS calls;
+
+-- Each distinct call name once, with what kind of call it is: names are matched here, not per call.
+--   returns_at_once: meant to return at once (async memset, launch, graph launch, async alloc/free)
+--   async_copy: cudaMemcpy*Async / cuMemcpy*Async; sync: stream/event/device/context synchronize
+--   graph_launch: a CUDA graph replay; launch: a kernel launch (never a step's signature)
+--   blocking_readback_probe: a probed synchronous D2H copy (host-probe-only traces)
+CREATE OR REPLACE TEMP TABLE call_names AS
+SELECT name,
+       regexp_matches(name, '^cu(da)?(Memset(D8|D16|D32|2D)?.*Async|LaunchKernel|LaunchCooperativeKernel|GraphLaunch|MallocAsync|FreeAsync|MemAllocAsync|MemFreeAsync)') AS returns_at_once,
+       regexp_matches(name, '^cu(da)?Memcpy.*Async') AS async_copy,
+       regexp_matches(name, '^cu(da)?(Stream|Event|Device|Ctx)Synchronize') AS sync,
+       regexp_matches(name, '^cu(da)?GraphLaunch') AS graph_launch,
+       regexp_matches(name, '^cu(da)?(LaunchKernel|LaunchCooperativeKernel|LaunchKernelEx)') AS launch,
+       regexp_matches(name, '^cuMemcpyDtoH(_v2)?(_ptds)?$') AS blocking_readback_probe
+FROM (SELECT DISTINCT name FROM api_calls);
+
+-- The recorded calls, each once: in merged traces the CUPTI record of a call is the call.
+CREATE OR REPLACE TEMP VIEW calls AS
+SELECT * FROM api_calls WHERE source <> 'ebpf' OR NOT (SELECT calls FROM cupti_present);
+
+-- The threads that launch kernels or graphs (a thread that only waits is a worker).
+--   pid, tid
+CREATE OR REPLACE TEMP VIEW launchers AS
+SELECT DISTINCT pid, tid FROM calls SEMI JOIN (SELECT name FROM call_names WHERE launch OR graph_launch) USING (name);
+
+-- Marked steps: NVTX ranges, then the user's step function.
+--   step_source: nvtx | step_function
+CREATE OR REPLACE TEMP TABLE marked_steps AS
+SELECT name, pid, tid, start_ns, end_ns,
+       CASE WHEN source = 'step_function' THEN 'step_function' ELSE 'nvtx' END AS step_source
+FROM markers
+WHERE end_ns > start_ns
+  AND ((source <> 'step_function' AND name LIKE getvariable('step_pattern') AND getvariable('steps_from') IN ('auto', 'nvtx'))
+       OR (source = 'step_function' AND getvariable('steps_from') IN ('auto', 'step_function')));
+
+SET VARIABLE marked_source = (
+    SELECT CASE WHEN bool_or(step_source = 'nvtx') THEN 'nvtx' ELSE any_value(step_source) END FROM marked_steps);
+
+-- Iteration ends, detected only where no steps are marked: per thread, each candidate with its
+-- signature (what it completes: call, bytes, host memory kind) and its rank (readbacks, graph
+-- replays and the syncs of a worker thread that drains readbacks 1; driver-level syncs 2; recurring
+-- calls 3).
+--   pid, tid: the thread; t: when the iteration ended; wait_ns: the ending call's duration
+--   kind: readback | graph_replay | driver_sync | worker_sync | period; rank: precedence; sig: signature
+CREATE OR REPLACE TEMP TABLE step_ends AS
+WITH rb AS (
+    -- D2H copies with their issuing call (CUPTI): pageable ones block in the call itself
+    SELECT c.pid, c.api_tid AS tid, c.api_name AS name, c.bytes, c.dst_kind AS host_kind, c.api_start_ns AS start_ns,
+           c.api_end_ns AS end_ns
+    FROM copies_with_api c
+    WHERE getvariable('marked_source') IS NULL AND c.copy_kind = 'DtoH' AND c.op = 'memcpy' AND c.api_tid IS NOT NULL
+), syncs AS (
+    SELECT a.pid, a.tid, a.name, a.domain, a.start_ns, a.end_ns
+    FROM calls a SEMI JOIN (SELECT name FROM call_names WHERE sync) USING (name) WHERE getvariable('marked_source') IS NULL
+), issued AS (
+    -- what a later sync on the same thread completes: a D2H into pinned/device memory, a graph replay
+    SELECT pid, tid, name, bytes, host_kind, start_ns, end_ns, 0 AS is_sync FROM rb WHERE host_kind <> 'pageable'
+    UNION ALL
+    SELECT a.pid, a.tid, a.name, NULL, 'graph', a.start_ns, a.end_ns, 0
+    FROM calls a SEMI JOIN (SELECT name FROM call_names WHERE graph_launch) USING (name) WHERE getvariable('marked_source') IS NULL
+    UNION ALL
+    SELECT pid, tid, name, NULL, NULL, start_ns, end_ns, 1 FROM syncs
+), completed AS (
+    -- a sync whose thread's previous event was something it completes (not another sync)
+    SELECT *, lag(is_sync) OVER w AS prev_sync, lag(name) OVER w AS prev_name, lag(bytes) OVER w AS prev_bytes,
+           lag(host_kind) OVER w AS prev_kind
+    FROM issued WINDOW w AS (PARTITION BY pid, tid ORDER BY start_ns, is_sync)
+)
+SELECT pid, tid, end_ns AS t, end_ns - start_ns AS wait_ns,
+       CASE WHEN prev_kind = 'graph' THEN 'graph_replay' ELSE 'readback' END AS kind, 1 AS rank,
+       concat_ws(':', prev_name, prev_bytes, prev_kind, name) AS sig
+FROM completed WHERE is_sync = 1 AND prev_sync = 0
+UNION ALL
+SELECT pid, tid, end_ns, end_ns - start_ns, 'readback', 1, concat_ws(':', name, bytes, host_kind)
+FROM rb WHERE host_kind = 'pageable'
+UNION ALL
+-- host-probe-only traces know no memory kinds: there, small D2H copy calls (sampled tokens) mark them
+SELECT a.pid, a.tid, a.end_ns, a.end_ns - a.start_ns, 'readback', 1, concat_ws(':', a.name, a.bytes)
+FROM api_calls a
+WHERE getvariable('marked_source') IS NULL AND a.source = 'ebpf' AND a.copy_kind = 'DtoH' AND a.bytes < 65536 AND NOT (SELECT copies FROM cupti_present)
+UNION ALL
+-- a worker thread that only waits drains what the launching thread read back
+SELECT pid, tid, end_ns, end_ns - start_ns, 'worker_sync', 1, name
+FROM syncs WHERE (pid, tid) NOT IN (SELECT (pid, tid) FROM launchers)
+UNION ALL
+SELECT pid, tid, end_ns, end_ns - start_ns, 'driver_sync', 2, name
+FROM syncs WHERE domain = 'driver' AND (pid, tid) IN (SELECT (pid, tid) FROM launchers);
+
+-- Recurring calls, only where nothing above marks an iteration: every call but launches and syncs,
+-- by (name, bytes, copy kind) on its thread.
+SET VARIABLE detect_period = getvariable('marked_source') IS NULL AND NOT EXISTS (SELECT 1 FROM step_ends);
+INSERT INTO step_ends
+SELECT a.pid, a.tid, a.start_ns, 0, 'period', 3, concat_ws(':', a.name, a.bytes, a.copy_kind)
+FROM calls a SEMI JOIN (SELECT name FROM call_names WHERE NOT launch AND NOT sync) USING (name)
+WHERE getvariable('detect_period');
+
+-- Candidate groups: one signature on one thread, or (for a thread whose readbacks mix several places
+-- in the step, as HF generate's .item() calls do) one signature in one context, the number of calls
+-- the thread made since its previous candidate (in powers of 4). The steps are the group that is
+-- regular (80% of its gaps within 0.5-1.5x the median gap) of the first rank with the most members.
+--   n: members; regular: share of regular gaps; wait_ns: its calls' total time; grp: signature[/context]
+CREATE OR REPLACE TEMP TABLE step_groups AS
+WITH e AS (
+    SELECT *, t - lag(t) OVER (PARTITION BY pid, tid, rank, sig ORDER BY t) AS gap FROM step_ends
+), g AS (
+    SELECT pid, tid, rank, sig AS grp, any_value(kind) AS kind, count(*) AS n, sum(wait_ns) AS wait_ns,
+           median(gap) AS med,
+           count(*) FILTER (WHERE gap BETWEEN 0.5 * med_gap AND 1.5 * med_gap) / greatest(count(gap), 1) AS regular
+    FROM (SELECT *, median(gap) OVER (PARTITION BY pid, tid, rank, sig) AS med_gap FROM e)
+    GROUP BY ALL
+)
+SELECT pid, tid, rank, grp, kind, n, wait_ns, regular FROM g;
+
+SET VARIABLE split_context = NOT EXISTS (
+    SELECT 1 FROM step_groups WHERE n >= getvariable('min_steps') AND regular >= 0.8 AND rank < 3);
+CREATE OR REPLACE TEMP TABLE step_ends_ctx AS
+WITH c AS (
+    SELECT pid, tid, start_ns, row_number() OVER (PARTITION BY pid, tid ORDER BY start_ns) AS i
+    FROM calls WHERE getvariable('split_context') AND (pid, tid) IN (SELECT pid, tid FROM step_ends WHERE rank < 3)
+), e AS (
+    SELECT s.*, c.i FROM step_ends s ASOF JOIN c ON s.pid = c.pid AND s.tid = c.tid AND s.t >= c.start_ns
+    WHERE s.rank < 3
+), k AS (
+    SELECT *, i - lag(i) OVER (PARTITION BY pid, tid, rank, sig ORDER BY t) AS since FROM e
+)
+SELECT pid, tid, t, wait_ns, kind, rank, sig || '/' || floor(log(4, 1 + since))::INT AS grp,
+       t - lag(t) OVER (PARTITION BY pid, tid, rank, sig, floor(log(4, 1 + since)) ORDER BY t) AS gap
+FROM k WHERE since IS NOT NULL;
+
+INSERT INTO step_groups
+SELECT pid, tid, rank, grp, any_value(kind), count(*), sum(wait_ns),
+       count(*) FILTER (WHERE gap BETWEEN 0.5 * med_gap AND 1.5 * med_gap) / greatest(count(gap), 1)
+FROM (SELECT *, median(gap) OVER (PARTITION BY pid, tid, rank, grp) AS med_gap FROM step_ends_ctx)
+GROUP BY pid, tid, rank, grp;
+
+CREATE OR REPLACE TEMP TABLE step_pick AS
+WITH g AS (
+    SELECT *, n >= getvariable('min_steps') AND regular >= 0.8 AS ok FROM step_groups
+    WHERE getvariable('steps_from') IN ('auto', kind)
+)
+SELECT * EXCLUDE (ok) FROM g
+ORDER BY n >= getvariable('min_steps') DESC, ok DESC, rank, n DESC, wait_ns DESC, grp
+LIMIT 1;
+
+-- The steps: marked ranges, else the intervals between consecutive ends of the picked group.
+--   step: 1-based, in time order; name: the range's name or the detector's kind; pid, tid: its thread
+--   start_ns, end_ns: the step; step_source: nvtx | step_function | readback | graph_replay |
+--   driver_sync | worker_sync | period
+CREATE OR REPLACE TEMP TABLE steps AS
+WITH ends AS (
+    SELECT e.pid, e.tid, e.t, p.kind FROM step_ends e JOIN step_pick p
+        ON e.pid = p.pid AND e.tid = p.tid AND e.rank = p.rank AND e.sig = p.grp
+    UNION ALL
+    SELECT e.pid, e.tid, e.t, p.kind FROM step_ends_ctx e JOIN step_pick p
+        ON e.pid = p.pid AND e.tid = p.tid AND e.rank = p.rank AND e.grp = p.grp
+), detected AS (
+    SELECT kind AS name, pid, tid, lag(t) OVER (ORDER BY t) AS start_ns, t AS end_ns, kind AS step_source FROM ends
+)
+SELECT row_number() OVER (ORDER BY start_ns) AS step, * FROM (
+    SELECT name, pid, tid, start_ns, end_ns, step_source FROM marked_steps
+    WHERE step_source = getvariable('marked_source')
+    UNION ALL
+    SELECT * FROM detected WHERE start_ns IS NOT NULL AND getvariable('marked_source') IS NULL
+);
+
+-- The analysed window: first step start to last step end, else everything recorded.
+--   start_ns, end_ns: the window; steps: how many; nvtx: steps are NVTX ranges; step_source: how
+--   steps were found (none without); step_median_ns, step_p10_ns, step_p90_ns: how regular they are
+CREATE OR REPLACE TEMP TABLE win AS
+WITH ev AS (
+    SELECT start_ns, end_ns FROM copies UNION ALL SELECT start_ns, end_ns FROM api_calls
+    UNION ALL SELECT start_ns, end_ns FROM kernels
+)
+SELECT coalesce((SELECT min(start_ns) FROM steps), (SELECT min(start_ns) FROM ev)) AS start_ns,
+       coalesce((SELECT max(end_ns) FROM steps), (SELECT max(end_ns) FROM ev)) AS end_ns,
+       (SELECT count(*) FROM steps) AS steps,
+       coalesce((SELECT any_value(step_source) FROM steps), 'none') = 'nvtx' AS nvtx,
+       coalesce((SELECT any_value(step_source) FROM steps), 'none') AS step_source,
+       (SELECT median(end_ns - start_ns) FROM steps) AS step_median_ns,
+       (SELECT quantile_cont(end_ns - start_ns, 0.1) FROM steps) AS step_p10_ns,
+       (SELECT quantile_cont(end_ns - start_ns, 0.9) FROM steps) AS step_p90_ns;
