@@ -1,27 +1,13 @@
 -- name: callsites
 -- answers: Which lines of Python cause the lost time? Per call site (the innermost frame outside the frameworks, `record --callsite-skip/--callsite-keep`) and category: calls, bytes, lost time, per step.
--- needs: calls, concurrency
--- params: every parameter of the category queries (small_bytes, normal_call_us, alloc_window_us, ...)
+-- needs: categories
 -- columns: callsite, function, category, calls, bytes, lost_ms, per_step, lost_per_step_us
--- Each lost stretch of time is tied to the runtime call that lost it (its correlation id; an
--- alloc-and-copy pair to its copy call, a copy delayed by other streams to its own call), and the
+-- Each lost stretch of time (category_events) is tied to the call that lost it (its correlation id;
+-- an alloc-and-copy pair to its copy call, a copy delayed by other streams to its own call), and the
 -- call to its Python stack's call site. Calls recorded without a stack (--no-stacks, host probes,
 -- threads with no Python) count under a null callsite and function.
 WITH ev AS (
-    SELECT 'small_crossings' AS category, pid, correlation_id, bytes, excess_ns AS ns FROM xfer_costs WHERE small
-    UNION ALL
-    SELECT 'stream_concurrency', x.pid, x.correlation_id, x.bytes, w.ns
-    FROM (SELECT pid, stream_id, copy_start_ns, sum(wait_ns) AS ns FROM bridge_waits GROUP BY ALL) w
-    JOIN xfer_dir x ON x.pid = w.pid AND x.stream_id = w.stream_id AND x.start_ns = w.copy_start_ns
-    UNION ALL
-    SELECT 'async_stalls', pid, correlation_id, NULL, stall_ns FROM async_calls WHERE stall_ns > 0
-    UNION ALL
-    SELECT 'alloc_and_copy', p.pid, c.correlation_id, p.copy_bytes, p.alloc_call_ns + p.copy_call_ns
-    FROM alloc_copy_pairs p
-    LEFT JOIN (SELECT pid, start_ns, min(correlation_id) AS correlation_id FROM api_calls
-               WHERE stack_id IS NOT NULL GROUP BY ALL) c ON c.pid = p.pid AND c.start_ns = p.copy_call_start_ns
-    UNION ALL
-    SELECT 'sync_waits', pid, correlation_id, NULL, wait_ns FROM sync_calls
+    SELECT k.category, e.pid, e.correlation_id, e.bytes, e.ns FROM category_events e JOIN categories k USING (c)
 ), called AS (  -- the one call (with a stack) behind each event
     SELECT ev.*, a.stack_id
     FROM ev LEFT JOIN (SELECT pid, correlation_id, min(stack_id) AS stack_id FROM api_calls
