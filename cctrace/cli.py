@@ -279,6 +279,11 @@ def _print_record_summary(out: Path, summary: dict) -> None:
         b = (p.get("sources") or {}).get("bridge")
         if b and str(b.get("status", "")).startswith("off"):
             _err(f"  pid {p.get('pid')}: bridge emulation {b['status']}")
+        stacks = ((p.get("sources") or {}).get("cupti") or {}).get("stacks") or {}
+        state = str(stacks.get("state", ""))
+        if p in off or not state or state == "on" or "--no-stacks" in state:
+            continue
+        _err(f"  pid {p.get('pid')}: no Python stacks (call sites): {state.removeprefix('off: ')}")
     from cctrace.trace.injections import injected_summary
     from cctrace.ui.render import describe_injected
 

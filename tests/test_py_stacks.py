@@ -322,3 +322,25 @@ def test_doctor_says_whether_this_python_gives_call_sites():
         "ok",
         f"CPython 3.{sys.version_info.minor}: frames readable without the GIL",
     )
+
+
+def test_record_summary_says_why_a_traced_process_has_no_stacks(tmp_path, capsys):
+    import json
+
+    from cctrace.cli import _print_record_summary
+
+    def proc(pid, cupti, state):
+        return {"pid": pid, "cupti": cupti, "sources": {"cupti": {"stacks": {"state": state}}}}
+
+    procs = [
+        proc(1, "active", "on"),
+        proc(2, "active", "off: CPython 3.13's frame layout is not known to cctrace (3.11 and 3.12 are)"),
+        proc(3, "active", "off (--no-stacks)"),
+        proc(4, "off: no NVIDIA driver here", "off: runtime calls not recorded by the shim"),
+    ]
+    (tmp_path / "manifest.json").write_text(json.dumps({"processes": procs}))
+    _print_record_summary(tmp_path, {})
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "stacks" in ln]
+    assert lines == [
+        "cctrace:   pid 2: no Python stacks (call sites): CPython 3.13's frame layout is not known to cctrace (3.11 and 3.12 are)"
+    ]
