@@ -146,3 +146,16 @@ def test_html_report_says_where_each_category_was_lost(synth, tmp_path):
     assert r.returncode == 0, r.stderr
     stall = SITES["stall"]
     assert f"Most of it at <code>{APP}:{stall} Server.line{stall}</code>." in out.read_text()
+
+
+def test_callsite_diff_orders_calls_without_a_stack_too():
+    from cctrace.analyze.analysis import callsite_diff
+
+    def rep(rows):
+        return {"steps": 2, "callsites": rows}
+
+    site = {"callsite": "/a.py:1", "function": "f", "category": "sync_waits", "lost_ms": 4.0}
+    none = {"callsite": None, "function": None, "category": "sync_waits", "lost_ms": 4.0}
+    rows = callsite_diff(rep([]), rep([none, site]))
+    assert [r["callsite"] for r in rows] == [None, "/a.py:1"]  # ties: the unknown site first, then by name
+    assert [r["delta_ms_per_step"] for r in rows] == [2.0, 2.0]

@@ -563,5 +563,5 @@ def callsite_diff(b: dict, t: dict, limit: int = 10) -> list[dict]:
         }
         for k in pb.keys() | pt.keys()
     ]
-    rows.sort(key=lambda r: (-abs(r["delta_ms_per_step"]), r["callsite"], r["category"]))
+    rows.sort(key=lambda r: (-abs(r["delta_ms_per_step"]), r["callsite"] or "", r["category"]))
     return rows[:limit]
