@@ -312,9 +312,11 @@ def outer(a: argparse.Namespace) -> int:
         sys.exit(f"the traced run failed (exit {rc})")
     summary = json.loads(line.split(" ", 1)[1])
     rows, stacks = table(summary), stacks_table(summary)
+    result = {"workload": a.workload, "rounds": a.rounds, "block": a.block, "rows": rows, "stacks": stacks, **summary}
+    if os.environ.get("OUT"):  # the GPU machine's results folder
+        Path(os.environ["OUT"], f"cupti_inprocess-{a.workload}.json").write_text(json.dumps(result, indent=1))
     if a.json:
-        out = {"workload": a.workload, "rounds": a.rounds, "block": a.block, "rows": rows, "stacks": stacks}
-        print(json.dumps({**out, **summary}))
+        print(json.dumps(result))
         return 0
     print(f"workload {a.workload}: {a.rounds} rounds x {a.block}-step blocks per config, one process")
     head = f"{'config':<22}{'median step ms':>15}{'slowdown':>10}{'p25..p75':>18}{'added us/step':>15}"

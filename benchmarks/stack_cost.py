@@ -101,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             })  # fmt: skip
         shim.cct_api_flush(1)
         stats = py_stacks.stats(shim)
+    result = {"python": sys.version.split()[0], "calls": a.calls, "rounds": a.rounds, "rows": rows, "stats": stats}
+    if os.environ.get("OUT"):  # the GPU machine's results folder
+        Path(os.environ["OUT"], "stack_cost.json").write_text(json.dumps(result, indent=1))
     if a.json:
-        print(json.dumps({"python": sys.version.split()[0], "rows": rows, "stats": stats}))
+        print(json.dumps(result))
         return 0
     print(
         f"Python {sys.version.split()[0]}, {a.calls} calls per block, {a.rounds} rounds; distinct stacks {stats['stacks']}"
