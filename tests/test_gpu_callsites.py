@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -52,6 +53,13 @@ def serve_crossing_lines() -> dict[str, set[int]]:
     return out
 
 
+def _note(name: str, value) -> None:
+    """A figure for the lead: printed (pytest -s) and written under $OUT when set."""
+    print(name, json.dumps(value))
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], f"callsites-{name}.json").write_text(json.dumps(value, indent=1))
+
+
 def _sites(trace: Path) -> dict[tuple[int, int], tuple[str, int, str]]:
     return {
         (r["pid"], r["stack_id"]): (r["file"], r["line"], r["function"])
@@ -91,14 +99,14 @@ def test_every_crossing_of_serve_names_its_line(serve_trace):
         got[c["copy_kind"]][line] = got[c["copy_kind"]].get(line, 0) + 1
     want = serve_crossing_lines()
     assert {k: set(v) for k, v in got.items()} == want
-    print("serve.py crossings per line:", json.dumps(got))
+    _note("serve-crossings-per-line", got)
 
 
 def test_copies_and_syncs_carry_a_call_site(serve_trace):
     rows = [r for r in _rows(serve_trace, "api_calls") if r["source"] == "cupti" and COPY_OR_SYNC.match(r["name"])]
     sites = _sites(serve_trace)
     with_site = sum(1 for r in rows if (r["pid"], r["stack_id"]) in sites)
-    print(f"call-site coverage: {with_site} of {len(rows)} copy/sync calls ({100 * with_site / len(rows):.2f}%)")
+    _note("coverage", {"copy_sync_calls": len(rows), "with_call_site": with_site})
     assert rows and with_site >= 0.99 * len(rows)
 
 
