@@ -206,6 +206,10 @@ def test_call_site_patterns():
     assert py_stacks.callsite_index(frames, ["torch"], ["torch"]) == 0
     assert py_stacks.callsite_index(frames, ["torch", "threading", "app"], []) == 0  # nothing left: innermost
     assert py_stacks.callsite_index([("/a/torch.py", 1, "f"), ("/a/b.py", 2, "g")], ["torch"], []) == 1
+    # cctrace's own frames are skipped by the package's path, not by a folder's name
+    pkg = Path(py_stacks.__file__).resolve().parents[2]
+    own = [(str(pkg / "record" / "tracer.py"), 5, "wrapped"), ("/root/cctrace/examples/serve.py", 9, "step")]
+    assert py_stacks.callsite_index(own, py_stacks.default_skip(), []) == 1
 
 
 def test_no_stacks_is_handed_to_the_traced_process():

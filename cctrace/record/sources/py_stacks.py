@@ -21,6 +21,7 @@ import struct
 import sys
 import sysconfig
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 STK_MAGIC = 0x31304B5453544343  # "CCTSTK01", CCT_STK_MAGIC in native/py_stacks.h
 _HEAD = struct.Struct("<II")  # stack id, frames
@@ -32,11 +33,12 @@ Frame = tuple[str, int, str]  # file, line, function
 
 
 def default_skip() -> list[str]:
-    """The frameworks, this Python's standard library and cctrace itself: none of them is the line
-    a user wants named."""
+    """The frameworks, this Python's standard library and cctrace's own package (its wrappers, e.g.
+    --step-function's): none of them is the line a user wants named. Folders are given as paths, so
+    a checkout that merely has such a name in its path (…/cctrace/examples/serve.py) is not skipped."""
     stdlib = sysconfig.get_paths().get("stdlib")
     extra = [stdlib.rstrip("/") + "/"] if stdlib else []
-    return [*FRAMEWORKS, *extra, "<frozen *", "cctrace"]
+    return [*FRAMEWORKS, *extra, "<frozen *", str(Path(__file__).resolve().parents[2]) + "/"]
 
 
 def patterns(raw: str | None) -> list[str]:
