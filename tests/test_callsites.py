@@ -159,3 +159,20 @@ def test_callsite_diff_orders_calls_without_a_stack_too():
     rows = callsite_diff(rep([]), rep([none, site]))
     assert [r["callsite"] for r in rows] == [None, "/a.py:1"]  # ties: the unknown site first, then by name
     assert [r["delta_ms_per_step"] for r in rows] == [2.0, 2.0]
+
+
+def test_call_sites_show_relative_to_the_commands_directory(synth, tmp_path):
+    import json
+    import shutil
+
+    from tests.conftest import cctrace
+
+    d, spec, _ = synth
+    t = tmp_path / "t"
+    shutil.copytree(d, t)
+    m = json.loads((t / "manifest.json").read_text())
+    (t / "manifest.json").write_text(json.dumps({**m, "cwd": "/srv/app"}))
+    md = cctrace("report", str(t), "--markdown", "--param", f"normal_call_us={spec.normal_call_ns / 1000}").stdout
+    stall = SITES["stall"]
+    assert f"Most of it at `serve.py:{stall} Server.line{stall}`." in md
+    assert f"| `serve.py:{SITES['small']} Server.line{SITES['small']}` | small crossings |" in md

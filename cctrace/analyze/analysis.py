@@ -358,6 +358,7 @@ def report(trace: Path, params: dict[str, object] | None = None, profile: Path |
             "trace": str(trace),
             "partial": partial_of(a.con),  # what the trace is missing: the views print PARTIAL
             "command": m.get("command"),
+            "cwd": m.get("cwd"),  # where the traced command ran: call sites are shown relative to it
             "gpu": [g.get("name") for g in (m.get("gpu") or {}).get("gpus", [])],
             "driver": (m.get("gpu") or {}).get("driver_version"),
             "sources": {

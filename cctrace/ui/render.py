@@ -12,21 +12,26 @@ from cctrace.ui.safe import cell, clean, markup
 NO_STACK = "(no stack)"  # calls recorded without a Python stack (--no-stacks, host probes, no Python)
 
 
-def site(row: dict) -> str:
+def relative(text: str, cwd: str | None) -> str:
+    """A call site's path shown relative to the traced command's working directory when under it."""
+    return text[len(cwd) + 1 :] if cwd and text.startswith(cwd.rstrip("/") + "/") else text
+
+
+def site(row: dict, cwd: str | None = None) -> str:
     """`file:line function` of a callsites row, control characters escaped."""
     if row.get("callsite") is None:
         return NO_STACK
-    return clean(f"{row['callsite']} {row.get('function') or ''}".strip())
+    return clean(relative(f"{row['callsite']} {row.get('function') or ''}".strip(), cwd))
 
 
-def callsite_table(rows: list[dict], title: str, limit: int = 10) -> Table:
+def callsite_table(rows: list[dict], title: str, limit: int = 10, cwd: str | None = None) -> Table:
     """The call sites that lost the most time (rows of the callsites query)."""
     t = Table(title=title)
     for c in ("call site", "category", "calls", "per step", "lost ms", "per step µs"):
         t.add_column(c, justify="left" if c in ("call site", "category") else "right", overflow="fold")
     for r in rows[:limit]:
         t.add_row(
-            cell(site(r)),
+            cell(site(r, cwd)),
             LABELS.get(r["category"], r["category"]),
             str(r["calls"]),
             f"{r['per_step']:.2f}",
@@ -105,11 +110,12 @@ def print_report(r: dict, console: Console) -> None:
         if c["advice"]:
             console.print(f"• {LABELS[c['category']]}: {c['advice']}")
             if c.get("where"):
-                console.print(f"    most of it at [bold]{markup(c['where'])}[/bold]")
+                console.print(f"    most of it at [bold]{markup(relative(c['where'], r.get('cwd')))}[/bold]")
             for row in r["top"].get(c["category"], [])[:2]:
                 console.print(f"    [dim]{markup(_brief(row), 400)}[/dim]")
     if any(row["callsite"] is not None for row in r.get("callsites") or []):
-        console.print(callsite_table(r["callsites"], "Top call sites (innermost frame outside the frameworks)"))
+        title = "Top call sites (innermost frame outside the frameworks)"
+        console.print(callsite_table(r["callsites"], title, cwd=r.get("cwd")))
     cm = Table(title="Crossing cost model (fitted on this trace)")
     for col in ("copy_kind", "host_kind", "copies", "toll_us", "gbps", "bandwidth_assumed"):
         cm.add_column(col)
@@ -144,7 +150,7 @@ def report_markdown(r: dict) -> str:
     lines.append("")
     lines += [
         f"- **{LABELS[c['category']]}**: {c['advice']}"
-        + (f" Most of it at `{clean(c['where'])}`." if c.get("where") else "")
+        + (f" Most of it at `{clean(relative(c['where'], r.get('cwd')))}`." if c.get("where") else "")
         for c in r["categories"]
         if c["advice"]
     ]
@@ -152,7 +158,7 @@ def report_markdown(r: dict) -> str:
     if sites:
         lines += ["", "| call site | category | calls | per step | lost ms |", "| --- | --- | ---: | ---: | ---: |"]
         lines += [
-            f"| `{site(row)}` | {LABELS.get(row['category'], row['category'])} | {row['calls']} | {row['per_step']:.2f} | "
+            f"| `{site(row, r.get('cwd'))}` | {LABELS.get(row['category'], row['category'])} | {row['calls']} | {row['per_step']:.2f} | "
             f"{row['lost_ms']:.3f} |"
             for row in sites[:10]
         ]
