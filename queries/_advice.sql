@@ -3,7 +3,7 @@
 -- answers: What does the trace already do of the known remedies? (the advice leaves those out)
 
 -- One row of facts about the window.
---   host_only: no CUPTI records (host probes only): memory kinds and streams are unknown
+--   host_only: no copy records (host probes only): GPU times, memory kinds and streams are unknown
 --   packed_h2d: at most one small H2D crossing per step (the per-step inputs are packed)
 --   staging_stream: most small H2D copies run on a stream where no kernel ran (a staging stream)
 --   async_readback: no small D2H blocks (none into pageable memory) and a thread that launches
@@ -16,7 +16,7 @@ WITH x AS (  -- one pass over the small transfers
            count(*) FILTER (WHERE copy_kind = 'DtoH' AND host_kind = 'pageable') AS d2h_blocking
     FROM xfer_costs WHERE small
 )
-SELECT NOT (SELECT copies FROM cupti_present) AND NOT (SELECT calls FROM cupti_present) AS host_only,
+SELECT NOT EXISTS (SELECT 1 FROM copies) AS host_only,
        x.h2d > 0 AND x.h2d <= (SELECT steps FROM win) AS packed_h2d,
        EXISTS (SELECT 1 FROM kernels) AND x.h2d > 0 AND 2 * x.h2d_idle >= x.h2d AS staging_stream,
        x.d2h > 0 AND x.d2h_blocking = 0

@@ -70,7 +70,9 @@ WITH rb AS (
     FROM calls a SEMI JOIN (SELECT name FROM call_names WHERE sync) USING (name) WHERE getvariable('marked_source') IS NULL
 ), issued AS (
     -- what a later sync on the same thread completes: a D2H into pinned/device memory, a graph replay
-    SELECT pid, tid, name, bytes, host_kind, start_ns, end_ns, 0 AS is_sync FROM rb WHERE host_kind <> 'pageable'
+    -- (a graph's own memcpy nodes are its replay's, counted once as the replay)
+    SELECT pid, tid, name, bytes, host_kind, start_ns, end_ns, 0 AS is_sync FROM rb
+    WHERE host_kind <> 'pageable' AND name NOT IN (SELECT name FROM call_names WHERE graph_launch)
     UNION ALL
     SELECT a.pid, a.tid, a.name, NULL, 'graph', a.start_ns, a.end_ns, 0
     FROM calls a SEMI JOIN (SELECT name FROM call_names WHERE graph_launch) USING (name) WHERE getvariable('marked_source') IS NULL
@@ -103,18 +105,24 @@ SELECT pid, tid, end_ns, end_ns - start_ns, 'driver_sync', 2, name
 FROM syncs WHERE domain = 'driver' AND (pid, tid) IN (SELECT (pid, tid) FROM launchers);
 
 -- Recurring calls, only where nothing above marks an iteration: every call but launches and syncs,
--- by (name, bytes, copy kind) on its thread.
+-- by (name, bytes, copy kind) on its thread (a CUPTI call's bytes and kind are its copy's).
 SET VARIABLE detect_period = getvariable('marked_source') IS NULL AND NOT EXISTS (SELECT 1 FROM step_ends);
 INSERT INTO step_ends
-SELECT a.pid, a.tid, a.start_ns, 0, 'period', 3, concat_ws(':', a.name, a.bytes, a.copy_kind)
+SELECT a.pid, a.tid, a.start_ns, 0, 'period', 3,
+       concat_ws(':', a.name, coalesce(a.bytes, c.bytes), coalesce(a.copy_kind, c.copy_kind))
 FROM calls a SEMI JOIN (SELECT name FROM call_names WHERE NOT launch AND NOT sync) USING (name)
+LEFT JOIN copies c ON c.pid = a.pid AND c.correlation_id = a.correlation_id AND a.correlation_id > 0
 WHERE getvariable('detect_period');
 
 -- Candidate groups: one signature on one thread, or (for a thread whose readbacks mix several places
 -- in the step, as HF generate's .item() calls do) one signature in one context, the number of calls
--- the thread made since its previous candidate (in powers of 4). The steps are the group that is
--- regular (80% of its gaps within 0.5-1.5x the median gap) of the first rank with the most members.
---   n: members; regular: share of regular gaps; wait_ns: its calls' total time; grp: signature[/context]
+-- the thread made since the signature's previous candidate (in powers of 4). A group marks steps
+-- (ok) when it has min_steps members, is regular (80% of its gaps within 0.5-1.5x the median gap)
+-- and is not sparse (a quarter of the members of its rank's largest group, so that a swap every 25
+-- steps does not stand for the step). The steps are the ok group of the first rank with the most
+-- members; without one, the first rank's largest group.
+--   pid, tid, rank, kind; grp: signature[/context]; n: members; wait_ns: its calls' total time
+--   regular: the share of regular gaps
 CREATE OR REPLACE TEMP TABLE step_groups AS
 WITH e AS (
     SELECT *, t - lag(t) OVER (PARTITION BY pid, tid, rank, sig ORDER BY t) AS gap FROM step_ends
@@ -127,8 +135,12 @@ WITH e AS (
 )
 SELECT pid, tid, rank, grp, kind, n, wait_ns, regular FROM g;
 
-SET VARIABLE split_context = NOT EXISTS (
-    SELECT 1 FROM step_groups WHERE n >= getvariable('min_steps') AND regular >= 0.8 AND rank < 3);
+--   step_groups' columns, and ok: the group marks steps
+CREATE OR REPLACE TEMP VIEW step_groups_ok AS
+SELECT *, n >= getvariable('min_steps') AND regular >= 0.8 AND 4 * n >= max(n) OVER (PARTITION BY rank) AS ok
+FROM step_groups WHERE getvariable('steps_from') IN ('auto', kind);
+
+SET VARIABLE split_context = NOT EXISTS (SELECT 1 FROM step_groups_ok WHERE ok AND rank < 3);
 CREATE OR REPLACE TEMP TABLE step_ends_ctx AS
 WITH c AS (
     SELECT pid, tid, start_ns, row_number() OVER (PARTITION BY pid, tid ORDER BY start_ns) AS i
@@ -150,11 +162,7 @@ FROM (SELECT *, median(gap) OVER (PARTITION BY pid, tid, rank, grp) AS med_gap F
 GROUP BY pid, tid, rank, grp;
 
 CREATE OR REPLACE TEMP TABLE step_pick AS
-WITH g AS (
-    SELECT *, n >= getvariable('min_steps') AND regular >= 0.8 AS ok FROM step_groups
-    WHERE getvariable('steps_from') IN ('auto', kind)
-)
-SELECT * EXCLUDE (ok) FROM g
+SELECT * EXCLUDE (ok) FROM step_groups_ok
 ORDER BY n >= getvariable('min_steps') DESC, ok DESC, rank, n DESC, wait_ns DESC, grp
 LIMIT 1;
 

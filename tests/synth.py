@@ -210,3 +210,174 @@ def generate(out: Path, spec: Spec) -> Spec:
     truth["step_ns"] = sum(step_ns) / len(step_ns)
     spec.truth = truth
     return spec
+
+
+# ---- loops without NVTX: what step detection must find ------------------------------------------
+
+
+class Loop:
+    """A trace of one thread's calls, copies and kernels written call by call, for the step detectors:
+    each helper appends one call (with its copy when it has one) at the running clock and advances it."""
+
+    def __init__(self, pid: int = PID, tid: int = TID, domain: str = "runtime") -> None:
+        self.pid, self.tid, self.domain = pid, tid, domain
+        self.t = 1_000_000_000
+        self.cid = 0
+        self.apis: list[tuple] = []
+        self.copies: list[tuple] = []
+        self.kernels: list[tuple] = []
+        self.markers: list[tuple] = []
+        self.injections: list[tuple] = []
+
+    def call(self, name: str, dur: int = 5 * US, tid: int | None = None, domain: str | None = None) -> int:
+        self.cid += 1
+        row = (self.pid, tid or self.tid, name, domain or self.domain, self.t, self.t + dur, self.cid, 0, "synthetic")
+        self.apis.append(row)
+        self.t += dur + 2 * US
+        return self.cid
+
+    def copy(
+        self, name: str, kind: str, host: str, nbytes: int, dur: int = 8 * US, corr: int | None = None, toll: int = 0
+    ) -> int:
+        """A copy call and its copy (the copy runs inside the call); `corr`: a copy issued by an earlier
+        call; `toll`: host time the bridge emulator injected before the copy (written as an injection)."""
+        start = self.t
+        c = corr if corr is not None else self.call(name, dur + toll)
+        src, dst = (host, "device") if kind == "HtoD" else ("device", host)
+        t0 = start + US + toll
+        self.copies.append((self.pid, "memcpy", kind, src, dst, nbytes, t0, t0 + 2 * US, 0, 1, 7, c, True, "synthetic"))
+        if toll:
+            d = "h2d" if kind == "HtoD" else "d2h"
+            self.injections.append((self.pid, self.tid, start + US, toll, "toll", d, nbytes, name, c, "emulator"))
+        return c
+
+    def launches(self, n: int, kernel_ns: int = 20 * US) -> None:
+        for _ in range(n):
+            c = self.call("cudaLaunchKernel" if self.domain == "runtime" else "cuLaunchKernel", 3 * US)
+            self.kernels.append((self.pid, "k", self.t, self.t + kernel_ns, 0, 1, 7, c, "synthetic"))
+
+    def idle(self, ns: int) -> None:
+        self.t += ns
+
+    def write(self, out: Path, command: str = "synthetic-loop") -> Path:
+        out = Path(out)
+        w = ShardWriter(out, self.pid)
+        for table, cols, rows in (
+            ("api_calls", API, self.apis),
+            ("copies", COPY, self.copies),
+            ("kernels", KERNEL, self.kernels),
+            ("markers", MARKER, self.markers),
+            ("bridge_injections", INJECTION, self.injections),
+        ):
+            if rows:
+                w.extend(table, cols, rows)
+        w.close()
+        (out / "manifest.json").write_text(json.dumps({"command": [command], "processes": []}))
+        load(out)
+        return out
+
+
+INJECTION = ("pid", "tid", "ts_ns", "ns", "kind", "direction", "bytes", "call", "correlation_id", "source")
+
+
+def serve_loop(steps: int = 300, warmup: int = 1, toll: int = 0, jitter: int = 0, seed: int = 0) -> Loop:
+    """serve.py without NVTX: 3 small H2D, launches, a 128 B pageable readback (.tolist()) per step;
+    every 25th step a 4 MiB pinned D2H swap completed by a stream sync. Steps: the readbacks' intervals.
+    `toll`: injected before each small H2D copy; `jitter`: up to this much idle time added per step."""
+    import random
+
+    rng = random.Random(seed)
+    lp = Loop()
+    for i in range(warmup + steps):
+        for n in (128, 64, 4096):
+            lp.copy("cudaMemcpyAsync", "HtoD", "pageable", n, toll=toll)
+        lp.launches(6)
+        if i % 25 == 0:
+            lp.copy("cudaMemcpyAsync", "DtoH", "pinned", 4 << 20)
+            lp.call("cudaStreamSynchronize", 40 * US)
+        lp.copy("cudaMemcpyAsync", "DtoH", "pageable", 128, dur=60 * US)
+        lp.idle(100 * US + (rng.randrange(jitter) if jitter else 0))
+    return lp
+
+
+def hf_generate_loop(requests: int = 6, tokens: int = 64) -> Loop:
+    """HF generate: each forward ends in the stopping check, a 1-byte pinned D2H + cudaStreamSynchronize
+    (.item()); two forwards in three also read back a mask check early on (the same 1-byte signature);
+    each request starts with an eos check readback. Steps: the stopping checks' intervals (their context,
+    the calls since the previous readback, tells them from the mask checks)."""
+    lp = Loop()
+
+    def item(wait: int) -> None:
+        lp.copy("cudaMemcpyAsync", "DtoH", "pinned", 1)
+        lp.call("cudaStreamSynchronize", wait)
+
+    for _ in range(requests):
+        lp.copy("cudaMemcpyAsync", "HtoD", "pageable", 8 * 32)
+        item(10 * US)  # eos check
+        for tok in range(tokens):
+            lp.launches(3)
+            if tok % 3:
+                item(30 * US)  # mask check, early in the forward
+            lp.launches(24)
+            item(400 * US)  # stopping check: waits for the forward
+            lp.idle(150 * US)
+        lp.copy("cudaMemcpyAsync", "DtoH", "pageable", 8 * 96)
+        lp.idle(3_000 * US)
+    return lp
+
+
+def jax_loop(steps: int = 200, warmup: int = 1, correlate: bool = True) -> Loop:
+    """A JAX jit loop: driver calls only: H2D (pageable) then cuStreamSynchronize, launches, a pinned D2H
+    completed by cuEventSynchronize. Steps: the readbacks' intervals. `correlate`=False: the copies
+    were not recorded (only the driver syncs mark the loop)."""
+    lp = Loop(domain="driver")
+    for _ in range(warmup + steps):
+        if correlate:
+            lp.copy("cuMemcpyHtoDAsync_v2", "HtoD", "pageable", 8 * 512 * 4)
+            lp.call("cuStreamSynchronize", 10 * US)
+            lp.launches(4)
+            lp.copy("cuMemcpyDtoHAsync_v2", "DtoH", "pinned", 32)
+        else:
+            lp.call("cuMemcpyHtoDAsync_v2")
+            lp.call("cuStreamSynchronize", 10 * US)
+            lp.launches(4)
+            lp.call("cuMemcpyDtoHAsync_v2")
+        lp.call("cuEventSynchronize", 200 * US)
+        lp.idle(300 * US)
+    return lp
+
+
+def graph_loop(replays: int = 150, warmup: int = 3) -> Loop:
+    """A CUDA-graph replay loop: eager warm-up steps (pinned H2D and D2H, no sync each) and one device
+    sync, then replays: cudaGraphLaunch (its memcpy nodes are copies with the launch's correlation id)
+    and a stream sync. Steps: the replays' intervals."""
+    lp = Loop()
+    for _ in range(warmup):
+        lp.copy("cudaMemcpyAsync", "HtoD", "pinned", 4096)
+        lp.launches(2)
+        lp.copy("cudaMemcpyAsync", "DtoH", "pinned", 1024)
+    lp.call("cudaDeviceSynchronize", 50 * US)
+    for _ in range(replays):
+        start = lp.t
+        c = lp.call("cudaGraphLaunch", 8 * US)
+        lp.t = start
+        lp.copy("", "HtoD", "pinned", 4096, corr=c)
+        lp.copy("", "DtoH", "pinned", 1024, corr=c)
+        lp.t = start + 10 * US
+        lp.kernels.append((lp.pid, "graph k", start + 4 * US, start + 200 * US, 0, 1, 7, c, "synthetic"))
+        lp.call("cudaStreamSynchronize", 200 * US)
+        lp.idle(80 * US)
+    return lp
+
+
+def periodic_loop(steps: int = 100) -> Loop:
+    """A loop that never waits: two H2D copies of fixed sizes, launches and a memset per step. Steps:
+    the period of its recurring calls."""
+    lp = Loop()
+    for _ in range(steps):
+        lp.copy("cudaMemcpyAsync", "HtoD", "pageable", 4096)
+        lp.launches(3)
+        lp.copy("cudaMemcpyAsync", "HtoD", "pinned", 64)
+        lp.call("cudaMemsetAsync")
+        lp.idle(200 * US)
+    return lp

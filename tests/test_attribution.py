@@ -242,3 +242,77 @@ def test_parameters_are_bound_not_pasted(synth):
         assert a.scalar("SELECT count(*) FROM copies") > 0
     finally:
         a.close()
+
+
+# ---- one fact in one place ------------------------------------------------------------------------
+
+
+def _sql_texts() -> dict[str, str]:
+    from cctrace.analyze.analysis import QUERY_DIR
+
+    return {p.name: p.read_text() for p in sorted(QUERY_DIR.glob("*.sql"))}
+
+
+def test_every_parameter_is_bound_from_the_table_and_the_sql_has_no_defaults():
+    import re
+
+    from cctrace.analyze.analysis import PARAMS
+    from cctrace.analyze.categories import code_variables
+
+    texts = _sql_texts()
+    read = {v for t in texts.values() for v in re.findall(r"getvariable\('(\w+)'\)", t)}
+    set_in_sql = {v for t in texts.values() for v in re.findall(r"SET VARIABLE (\w+)", t)}
+    assert read - set_in_sql == set(PARAMS) | set(code_variables())  # every one read is bound, none unused
+    fallbacks = [n for n, t in texts.items() if re.search(r"coalesce\(getvariable\('\w+'\),\s*['\d]", t)]
+    assert fallbacks == []
+
+
+def test_categories_come_from_one_table(synth):
+    import re
+
+    from cctrace.analyze.categories import CATEGORIES, LABELS, NAMES
+    from cctrace.ui import render
+
+    _, _, a = synth
+    texts = "\n".join(_sql_texts().values())
+    assert set(re.findall(r"getvariable\('c_(\w+)'\)", texts)) == set(NAMES)
+    assert [r["category"] for r in sorted(a.rows("attribution"), key=lambda r: NAMES.index(r["category"]))] == list(
+        NAMES
+    )
+    assert a.run("step_timeline").column_names[3:] == [f"{n}_us" for n in NAMES]
+    assert {q.name for q in list_queries()} >= {c.query for c in CATEGORIES}
+    assert render.LABELS is LABELS and len({c.code for c in CATEGORIES}) == len(CATEGORIES)
+
+
+def test_a_query_builds_only_the_modules_it_needs(synth):
+    d, _, _ = synth
+    a = Analysis(d)
+    try:
+        a.run("cost_model")
+        assert a._built == {"steps", "transfers", "cost_model"}
+        a.run("stream_concurrency")
+        assert a._built == {"steps", "transfers", "cost_model", "concurrency"}
+        a.scalar("SELECT count(*) FROM category_totals")  # SQL of any kind: every module
+        assert "categories" in a._built and "truth" in a._built
+    finally:
+        a.close()
+    r = cctrace("query", "--list")
+    assert r.returncode == 0
+    assert "small_bytes" in r.stdout and "steps_from" in r.stdout and "(default auto)" in r.stdout
+
+
+def test_advice_leaves_out_what_measured_worse_and_what_needs_cupti():
+    from cctrace.analyze.categories import advise
+
+    h100 = "NVIDIA H100 80GB HBM3"
+    # the staging stream measured -8.8% on the H100: advised elsewhere, never there
+    assert "staging stream" in advise("async_stalls", {}, "Other GPU", False)
+    assert "staging stream" not in advise("async_stalls", {}, h100, False)
+    assert "one idle stream" not in advise("stream_concurrency", {}, h100, False)
+    # what the trace already does is not advised
+    assert "pack" in advise("small_crossings", {}, h100, False)
+    assert "already one copy per step" in advise("small_crossings", {"packed_h2d": True}, h100, False)
+    assert "worker thread" not in advise("sync_waits", {"async_readback": True}, h100, False)
+    # host probes cannot tell memory kinds or streams
+    assert "record with CUPTI" in advise("small_crossings", {}, h100, True)
+    assert "staging stream" not in advise("async_stalls", {}, "Other GPU", True)

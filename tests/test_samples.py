@@ -160,3 +160,36 @@ def test_host_probe_only_sample_detects_steps_and_names_the_toll(samples):
     r = reports["serve-hostonly"]
     assert r["step_source"] == "readback" and r["steps"] == 304  # one per readback after the first
     assert max(r["categories"], key=lambda c: c["lost_ms"])["category"] == "small_crossings"
+
+
+def test_advice_fits_each_sample(samples):
+    """Nothing the trace already does (the remedied run packs its H2D, stages it and drains readbacks on
+    a worker), nothing that measured worse on the calibrated H100 (the staging stream, -8.8%), and
+    host-only words for the host-probe-only sample."""
+    _, reports = samples
+    advice = {n: {c["category"]: c["advice"] or "" for c in r["categories"]} for n, r in reports.items()}
+    assert "pack per-step inputs" in advice["serve-bridge"]["small_crossings"]
+    assert "pack" not in advice["serve-bridge-remedied"]["small_crossings"]
+    assert "worker thread" not in advice["serve-bridge-remedied"]["sync_waits"]
+    assert reports["serve-bridge-remedied"]["facts"] == {
+        "host_only": False,
+        "packed_h2d": True,
+        "staging_stream": True,
+        "async_readback": True,
+    }
+    assert all("staging stream" not in text for a in advice.values() for text in a.values())
+    assert reports["serve-hostonly"]["host_only"] and "record with CUPTI" in advice["serve-hostonly"]["small_crossings"]
+
+
+def test_traces_recorded_before_per_injection_rows_keep_the_whole_run_truth(samples):
+    """The samples predate bridge_injections: the report and diff keep the manifest's whole-run counters,
+    labelled as such; a diff of two runs of serve.py judges, a diff against the remedied program warns."""
+    dirs, reports = samples
+    assert all(r["ground_truth"] is None for r in reports.values())
+    d = diff(dirs["serve-zero-bridge"], dirs["serve-bridge"])
+    assert d["bridge_injected_scope"] == "whole_run" and d["same_program"]
+    assert d["warnings"] == []
+    d = diff(dirs["serve-bridge"], dirs["serve-bridge-remedied"])
+    assert not d["same_program"] and any("different programs" in w for w in d["warnings"])
+    d = diff(dirs["serve-bridge"], dirs["serve-hostonly"])
+    assert any("host probes only" in w for w in d["warnings"])

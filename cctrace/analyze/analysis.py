@@ -352,7 +352,7 @@ def report(trace: Path, params: dict[str, object] | None = None, profile: Path |
         m = read_manifest(trace if Path(trace).is_dir() else Path(trace).parent)
 
         def ms(ns):
-            return round(ns / 1e6, 4) if ns is not None else None
+            return round(ns / 1e6, 6) if ns is not None else None
 
         return {
             "trace": str(trace),
