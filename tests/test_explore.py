@@ -125,10 +125,14 @@ async def test_escape_leaves_any_input_and_keys_stay_visible(trace):
             app.query_one(filt, Input).focus()
             await pilot.press("escape", "2")
             assert app.query_one(TabbedContent).active == "timeline"
-        # the go-to box: escape cancels
+        # the go-to box: a number out of range keeps it open; escape cancels
         await pilot.press("g")
         await pilot.pause()
-        assert app.screen.query_one("#step-input", Input)
+        step_box = app.screen.query_one("#step-input", Input)
+        step_box.value = "301"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen.query_one("#step-input", Input) is step_box
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is app.screen_stack[0]
@@ -315,3 +319,49 @@ def _screen_text(svg: str) -> list[str]:
     import re
 
     return [html.unescape(t) for t in re.findall(r"<text [^>]*>([^<]*)</text>", svg)]
+
+
+def test_explore_in_a_real_terminal(trace):
+    """`cctrace explore` on a real pty at 80x24: it draws, the keys reach it, q quits with status 0."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    from tests.conftest import project_env
+
+    main, sub = pty.openpty()
+    fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = project_env() | {"TERM": "xterm-256color", "COLUMNS": "80", "LINES": "24"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cctrace", "explore", str(trace)], stdin=sub, stdout=sub, stderr=sub, env=env
+    )
+    os.close(sub)
+    seen = b""
+
+    def read_until(needle: bytes, limit_s: float = 120) -> None:
+        nonlocal seen
+        end = time.monotonic() + limit_s  # a generous cap so a hang fails instead of blocking CI
+        while needle not in seen.replace(b"\x1b", b"") and time.monotonic() < end:
+            import select
+
+            if select.select([main], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(main, 65536)
+                except OSError:
+                    break
+        assert needle in seen.replace(b"\x1b", b""), seen[-2000:]
+
+    try:
+        read_until(b"Overview")
+        os.write(main, b"2")
+        read_until(b"thread")
+        os.write(main, b"q")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(main)

@@ -66,7 +66,11 @@ class StepScreen(ModalScreen[int | None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        self.dismiss(int(event.value) if event.value.strip().isdigit() else None)
+        text = event.value.strip()
+        if not text.isdigit() or not 1 <= int(text) <= self.steps:
+            self.notify(f"a step number from 1 to {self.steps}, please", severity="warning")
+            return
+        self.dismiss(int(text))
 
     def action_cancel(self) -> None:
         self.dismiss(None)
