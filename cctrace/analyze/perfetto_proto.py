@@ -5,6 +5,7 @@ test decodes the output with the `perfetto` package's generated protos)."""
 
 from __future__ import annotations
 
+import functools
 import struct
 
 # field numbers (TracePacket, TrackDescriptor, ProcessDescriptor, ThreadDescriptor, TrackEvent, DebugAnnotation)
@@ -25,7 +26,7 @@ SEQUENCE_ID = 1  # one writer: every packet on one sequence
 VARINT, FIXED64, LEN = 0, 1, 2
 
 
-def _varint(n: int) -> bytes:
+def _encode_varint(n: int) -> bytes:
     n &= (1 << 64) - 1  # negative int64 as two's complement, as protobuf does
     out = bytearray()
     while n > 0x7F:
@@ -35,34 +36,46 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+_SMALL = [_encode_varint(n) for n in range(1 << 14)]  # keys, lengths, small ids: a lookup, not a loop
+
+
+def _varint(n: int) -> bytes:
+    return _SMALL[n] if 0 <= n < 16384 else _encode_varint(n)
+
+
 def _key(field: int, wire: int) -> bytes:
-    return _varint(field << 3 | wire)
+    return _SMALL[field << 3 | wire]
 
 
 def vint(field: int, n: int) -> bytes:
-    return _key(field, VARINT) + _varint(int(n))
+    return _SMALL[field << 3 | VARINT] + _varint(int(n))
 
 
 def fixed64(field: int, n: int) -> bytes:
-    return _key(field, FIXED64) + struct.pack("<Q", n & ((1 << 64) - 1))
+    return _SMALL[field << 3 | FIXED64] + struct.pack("<Q", n & ((1 << 64) - 1))
 
 
 def double(field: int, x: float) -> bytes:
-    return _key(field, FIXED64) + struct.pack("<d", x)
+    return _SMALL[field << 3 | FIXED64] + struct.pack("<d", x)
 
 
 def blob(field: int, data: bytes) -> bytes:
-    return _key(field, LEN) + _varint(len(data)) + data
+    return _SMALL[field << 3 | LEN] + _varint(len(data)) + data
 
 
+@functools.lru_cache(maxsize=8192)
 def text(field: int, s: str) -> bytes:
+    """A string field; names, categories and annotation keys repeat, so their encodings are cached."""
     return blob(field, s.encode("utf-8", "replace"))
+
+
+_TAIL_FIRST = vint(PKT_SEQ_ID, SEQUENCE_ID) + vint(PKT_SEQ_FLAGS, SEQ_INCREMENTAL_STATE_CLEARED)
+_TAIL = vint(PKT_SEQ_ID, SEQUENCE_ID) + vint(PKT_SEQ_FLAGS, SEQ_NEEDS_INCREMENTAL_STATE)
 
 
 def packet(body: bytes, first: bool = False) -> bytes:
     """One TracePacket as a Trace's repeated field 1 (so a file of them is a valid `Trace`)."""
-    flags = SEQ_INCREMENTAL_STATE_CLEARED if first else SEQ_NEEDS_INCREMENTAL_STATE
-    return blob(TRACE_PACKET, body + vint(PKT_SEQ_ID, SEQUENCE_ID) + vint(PKT_SEQ_FLAGS, flags))
+    return blob(TRACE_PACKET, body + (_TAIL_FIRST if first else _TAIL))
 
 
 def process_track(uuid: int, pid: int, name: str) -> bytes:
