@@ -41,6 +41,7 @@ enter  open the selected row, run the query or the SQL
 [b]timeline[/b]  + -  zoom in / out   [ ] or h l  pan   w  whole window
           n  next step   g  go to step N (from 1, as in the report)
           f  next finding (a stall or wait)
+          times: ms from the window's start, as export --window takes
           e  next copy: its fields, its call, what it waited for
           a cell is a slice of time: bar height = busy share,
           colour = what took most of it (legend under the rows)
@@ -493,7 +494,8 @@ class Explorer(App):
     def check_action(self, action: str, parameters: tuple) -> bool | None:  # noqa: ARG002
         """Timeline keys show (and act) on the timeline only; `escape` shows while a text box has focus."""
         if action in TIMELINE_KEYS:
-            return self.query_one(TabbedContent).active == "timeline"
+            tabs = self.query(TabbedContent)
+            return bool(tabs) and tabs.first().active == "timeline"
         if action == "leave_input":
             return isinstance(self.focused, Input)
         return True
