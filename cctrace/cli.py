@@ -46,17 +46,19 @@ def cli() -> None:
 
 
 def _decode_raw(trace_dir: Path, progress) -> list[str]:
-    """What a killed recording left as raw CUPTI buffers, decoded (the record side's decoder)."""
+    """What a killed recording left as raw CUPTI buffers or interposer records, decoded (the record
+    side's decoders)."""
+    from cctrace.record.sources import interposer
     from cctrace.record.sources.cupti_raw import decode_pending
 
-    return decode_pending(trace_dir, progress)
+    return interposer.decode_trace(trace_dir) + decode_pending(trace_dir, progress)
 
 
 _probe_launches_option = click.option(
     "--probe-launches",
     is_flag=True,
-    help="Host probes also on kernel/graph launches (cuLaunchKernel*): launch stalls without CUPTI, "
-    "at one uprobe trap per launch (most of a decode step's driver calls).",
+    help="Host probes and the interposer also on kernel launches (cuLaunchKernel*): launch stalls without "
+    "CUPTI, at one uprobe trap per launch with probes (most of a decode step's driver calls).",
 )
 
 
@@ -88,6 +90,15 @@ _probe_launches_option = click.option(
     help="eBPF probes at the CUDA driver boundary (need root and bcc; auto: when they can run).",
 )
 @_probe_launches_option
+@click.option(
+    "--interpose",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Preload cctrace's CUDA driver interposer (copies, allocs, syncs, graph replays; no CUPTI needed). "
+    "auto: on where CUPTI cannot run (--kinds none, no cupti-python, Confidential Computing on), and on in "
+    "any process where CUPTI is refused; --kinds none --interpose on is the CUPTI-free mode.",
+)
 @click.option(
     "--emulate-bridge",
     "bridge",
@@ -137,6 +148,7 @@ def record(
     flush_interval,
     host_probes,
     probe_launches,
+    interpose,
     bridge,
     no_stacks,
     callsite_skip,
@@ -196,6 +208,8 @@ def record(
         quiet=quiet,
         host_probes=host_probes,
         probe_launches=probe_launches,
+        interpose=interpose,
+        interpose_launches=probe_launches,
         bridge=spec,
         stacks=not no_stacks,
         callsite_skip=tuple(callsite_skip),

@@ -51,10 +51,12 @@ SELECT a.pid, ac.tid, a.ts_ns AS alloc_ns, a.bytes AS alloc_bytes, coalesce(ac.n
        x.api_end_ns - x.api_start_ns AS copy_call_ns, x.dur_ns AS copy_ns, x.api_start_ns AS copy_call_start_ns,
        x.correlation_id AS copy_correlation_id
 FROM allocs a
-LEFT JOIN api_calls ac ON ac.pid = a.pid AND ac.correlation_id = a.correlation_id AND a.correlation_id > 0
+LEFT JOIN api_calls ac
+       ON ac.pid = a.pid AND ac.correlation_id = a.correlation_id AND ac.source = a.source AND a.correlation_id > 0
 JOIN xfer_dir x ON x.pid = a.pid AND x.copy_kind = 'HtoD' AND x.bytes <= a.bytes
      AND x.api_start_ns >= coalesce(ac.end_ns, a.ts_ns)
      AND x.api_start_ns <= coalesce(ac.end_ns, a.ts_ns) + getvariable('alloc_window_us') * 1000
      AND (ac.tid IS NULL OR x.api_tid = ac.tid)
 WHERE a.op = 'alloc' AND a.memory_kind = 'device'
+  AND (a.source <> 'interposer' OR NOT (SELECT copies FROM cupti_present))
 QUALIFY row_number() OVER (PARTITION BY a.pid, a.ts_ns, a.address ORDER BY x.api_start_ns) = 1;

@@ -9,9 +9,9 @@
 SET VARIABLE win_start_ns = (SELECT start_ns FROM win);
 SET VARIABLE win_end_ns = (SELECT end_ns FROM win);
 CREATE OR REPLACE TEMP TABLE gpu_idle AS
-WITH ev AS (
+WITH ev AS (  -- GPU work only: the interposer's copies carry host call times
     SELECT start_ns, end_ns FROM copies
-    WHERE end_ns > getvariable('win_start_ns') AND start_ns < getvariable('win_end_ns')
+    WHERE end_ns > getvariable('win_start_ns') AND start_ns < getvariable('win_end_ns') AND source <> 'interposer'
     UNION ALL
     SELECT start_ns, end_ns FROM kernels
     WHERE end_ns > getvariable('win_start_ns') AND start_ns < getvariable('win_end_ns')

@@ -8,12 +8,14 @@
 -- period of the call sequence. steps_from picks one of them. Parameters: step_pattern, steps_from,
 -- min_steps. Times are ns on CLOCK_MONOTONIC; works on CUPTI, host-probe-only and merged traces.
 
--- Whether CUPTI recorded copies and calls. Where it did, the probed (source ebpf) calls are the
--- same calls seen again: they add detail, never a second count.
---   copies: CUPTI copy records exist; calls: CUPTI API call records exist
+-- Whether CUPTI recorded copies and calls, and whether the driver interposer did. One call seen by
+-- several sources counts once: CUPTI's record first, else the interposer's, else the probe's (source
+-- ebpf); the others add detail, never a second count.
+--   copies: CUPTI copy records exist; calls: CUPTI API call records exist; interposed: interposer calls exist
 CREATE OR REPLACE TEMP TABLE cupti_present AS
 SELECT EXISTS (SELECT 1 FROM copies WHERE source = 'cupti') AS copies,
-       EXISTS (SELECT 1 FROM api_calls WHERE source = 'cupti') AS calls;
+       EXISTS (SELECT 1 FROM api_calls WHERE source = 'cupti') AS calls,
+       EXISTS (SELECT 1 FROM api_calls WHERE source = 'interposer') AS interposed;
 
 -- Each distinct call name once, with what kind of call it is: names are matched here, not per call.
 --   returns_at_once: meant to return at once (async memset, launch, graph launch, async alloc/free)
@@ -30,9 +32,11 @@ SELECT name,
        regexp_matches(name, '^cuMemcpyDtoH(_v2)?(_ptds)?$') AS blocking_readback_probe
 FROM (SELECT DISTINCT name FROM api_calls);
 
--- The recorded calls, each once: in merged traces the CUPTI record of a call is the call.
+-- The recorded calls, each once: in merged traces the CUPTI record of a call is the call, else the
+-- interposer's, else the probe's.
 CREATE OR REPLACE TEMP VIEW calls AS
-SELECT * FROM api_calls WHERE source <> 'ebpf' OR NOT (SELECT calls FROM cupti_present);
+SELECT a.* FROM api_calls a, cupti_present p
+WHERE CASE a.source WHEN 'ebpf' THEN NOT (p.calls OR p.interposed) WHEN 'interposer' THEN NOT p.calls ELSE true END;
 
 -- The threads that launch kernels or graphs (a thread that only waits is a worker).
 --   pid, tid
@@ -65,6 +69,7 @@ WITH rb AS (
            c.api_end_ns AS end_ns
     FROM copies_with_api c
     WHERE getvariable('marked_source') IS NULL AND c.copy_kind = 'DtoH' AND c.op = 'memcpy' AND c.api_tid IS NOT NULL
+      AND (c.source <> 'interposer' OR NOT (SELECT copies FROM cupti_present))
 ), syncs AS (
     SELECT a.pid, a.tid, a.name, a.domain, a.start_ns, a.end_ns
     FROM calls a SEMI JOIN (SELECT name FROM call_names WHERE sync) USING (name) WHERE getvariable('marked_source') IS NULL
@@ -95,7 +100,8 @@ UNION ALL
 -- host-probe-only traces know no memory kinds: there, small D2H copy calls (sampled tokens) mark them
 SELECT a.pid, a.tid, a.end_ns, a.end_ns - a.start_ns, 'readback', 1, concat_ws(':', a.name, a.bytes)
 FROM api_calls a
-WHERE getvariable('marked_source') IS NULL AND a.source = 'ebpf' AND a.copy_kind = 'DtoH' AND a.bytes < 65536 AND NOT (SELECT copies FROM cupti_present)
+WHERE getvariable('marked_source') IS NULL AND a.source = 'ebpf' AND a.copy_kind = 'DtoH' AND a.bytes < 65536
+  AND NOT (SELECT copies OR interposed FROM cupti_present)
 UNION ALL
 -- a worker thread that only waits drains what the launching thread read back
 SELECT pid, tid, end_ns, end_ns - start_ns, 'worker_sync', 1, name

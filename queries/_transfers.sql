@@ -3,23 +3,28 @@
 -- answers: Every host<->device transfer in the window, with its issuing call and its crossing time.
 -- Parameters: launch_gap_us.
 
--- Every transfer with its issuing call: CUPTI copies, or (host-probe-only traces) the probed copy
--- calls, whose GPU time is unknown and approximated by the call's duration.
+-- Every transfer with its issuing call: CUPTI copies; else the interposer's copies (host call times:
+-- their GPU time is unknown and approximated by the call's duration; the crossings a graph launch
+-- replays have no time of their own and are left out here); else (host-probe-only traces) the probed
+-- copy calls, timed the same way.
 --   copy_row: the copy's row (CUPTI); copy_kind, src_kind, dst_kind, bytes, start_ns, end_ns, stream_id
 --   correlation_id, api_name, api_tid, api_start_ns, api_end_ns: the issuing call
 --   timing: gpu (CUPTI copy times) | host (the call's); on_cpu_ns, off_cpu_ns, ioctl_ns: host probes
+--   (on the interposer's calls too, joined at decode)
 --   api_source: who recorded the call
 CREATE OR REPLACE TEMP VIEW xfers AS
 SELECT c.copy_row, c.pid, c.copy_kind, c.src_kind, c.dst_kind, c.bytes, c.start_ns, c.end_ns, c.stream_id,
-       c.correlation_id, c.api_name, c.api_tid, c.api_start_ns, c.api_end_ns, 'gpu' AS timing,
-       NULL::BIGINT AS on_cpu_ns, NULL::BIGINT AS off_cpu_ns, NULL::BIGINT AS ioctl_ns, c.source AS api_source
+       c.correlation_id, c.api_name, c.api_tid, c.api_start_ns, c.api_end_ns,
+       CASE WHEN c.source = 'interposer' THEN 'host' ELSE 'gpu' END AS timing,
+       c.api_on_cpu_ns AS on_cpu_ns, c.api_off_cpu_ns AS off_cpu_ns, c.api_ioctl_ns AS ioctl_ns, c.source AS api_source
 FROM copies_with_api c WHERE c.op IN ('memcpy', 'p2p')
+  AND (c.source <> 'interposer' OR (NOT (SELECT copies FROM cupti_present) AND c.api_name NOT LIKE 'cuGraphLaunch%'))
 UNION ALL
 SELECT NULL::BIGINT, a.pid, a.copy_kind, 'unknown', 'unknown', a.bytes, a.start_ns, a.end_ns, a.stream::BIGINT,
        a.correlation_id, a.name, a.tid, a.start_ns, a.end_ns, 'host', a.on_cpu_ns, a.off_cpu_ns, a.ioctl_ns, a.source
 FROM api_calls a
 WHERE a.source = 'ebpf' AND a.bytes IS NOT NULL AND a.copy_kind IS NOT NULL
-  AND NOT (SELECT copies FROM cupti_present);
+  AND NOT (SELECT copies OR interposed FROM cupti_present);
 
 -- Each transfer in the window with its crossing time: the GPU copy plus the host work of its call
 -- right before it (staging/encrypting before the copy could start, not waiting for the stream) and

@@ -179,6 +179,7 @@ def test_record_with_host_probes_and_report_on_it(tmp_path, fake_cuda):
     assert hp["state"] == "active" and hp["events"]["calls"] == 20 + 10 + 5 + 1 and hp["lost"] == 0
     assert hp["launches"] is False
     rep = cctrace("report", str(out), "--json", "--param", "normal_call_us=100")
+    assert rep.returncode == 0, rep.stderr
     j = json.loads(rep.stdout)
     cats = {c["category"]: c for c in j["categories"]}
     # host-only copies: bytes and direction from the probed arguments. The H2D calls sleep 5 ms

@@ -100,3 +100,18 @@ def test_table_from_older_writer_gets_new_columns(tmp_path):
     r = read_shard(tmp_path / "copies.5.arrows")
     assert r.data.column("bytes").to_pylist() == [64]
     assert "copy_kind" in r.data.column_names
+
+
+def test_a_stream_appended_after_the_process_is_read_too(tmp_path):
+    """A decoder that runs after the traced process (CUPTI buffers, the interposer) appends a second
+    stream to the process's shard; both are read, and a truncated second one keeps the first."""
+    for rows in ([(1, "a"), (2, "b")], [(3, "c")]):
+        w = ShardWriter(tmp_path, 7)
+        w.extend("markers", ("pid", "name"), rows)
+        w.close()
+    r = read_shard(tmp_path / "markers.7.arrows")
+    assert r.problem is None and r.data.column("name").to_pylist() == ["a", "b", "c"]
+    path = tmp_path / "markers.7.arrows"
+    path.write_bytes(path.read_bytes()[:-20])
+    r = read_shard(path)
+    assert r.problem is not None and r.data.column("name").to_pylist()[:2] == ["a", "b"]

@@ -38,13 +38,14 @@ FORMAT = "cctrace-duckdb/2"  # bump when a loaded file's layout changes: older f
 
 # Views every analysis can rely on; they only join and name, they do not analyse.
 VIEWS = {
-    # each copy with the API call (same process, same correlation id) that issued it; copy_row
-    # (the copy's rowid) keys a copy for the analysis's joins
+    # each copy with the API call (same process, same source, same correlation id) that issued it;
+    # copy_row (the copy's rowid) keys a copy for the analysis's joins
     "copies_with_api": """
-        SELECT c.rowid AS copy_row, c.*, a.name AS api_name, a.tid AS api_tid, a.start_ns AS api_start_ns, a.end_ns AS api_end_ns
+        SELECT c.rowid AS copy_row, c.*, a.name AS api_name, a.tid AS api_tid, a.start_ns AS api_start_ns, a.end_ns AS api_end_ns,
+               a.on_cpu_ns AS api_on_cpu_ns, a.off_cpu_ns AS api_off_cpu_ns, a.ioctl_ns AS api_ioctl_ns
         FROM copies c
         LEFT JOIN api_calls a
-          ON a.pid = c.pid AND a.correlation_id = c.correlation_id AND a.source <> 'ebpf' AND c.correlation_id > 0
+          ON a.pid = c.pid AND a.correlation_id = c.correlation_id AND a.source = c.source AND c.correlation_id > 0
     """,
 }
 

@@ -50,6 +50,8 @@ class RecordOptions:
     callsite_skip: tuple[str, ...] = ()  # --callsite-skip
     callsite_keep: tuple[str, ...] = ()  # --callsite-keep
     step_functions: tuple[str, ...] = ()  # --step-function MODULE:QUALNAME
+    interpose: str = "auto"  # --interpose on | off | auto
+    interpose_launches: bool = False  # --probe-launches, for the interposer
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -163,7 +165,9 @@ def _lock(dfd: int, out: Path) -> int:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
         os.close(fd)
-        raise RecordError(f"{out} is being recorded into by another cctrace (pid {holder}); choose another -o") from None
+        raise RecordError(
+            f"{out} is being recorded into by another cctrace (pid {holder}); choose another -o"
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
@@ -193,14 +197,64 @@ def _clear_earlier_trace(out: Path, present: list[str], lock: int) -> None:
 
 
 def _loadable(name: str) -> bool:
-    """Whether `load` would take this file into the trace (a shard, a process record, raw CUPTI buffers)."""
+    """Whether `load` would take this file into the trace (a shard, a process record, raw CUPTI buffers or
+    interposer records)."""
     from cctrace.trace.manifest import PROC_PREFIX
     from cctrace.trace.shards import parse_shard_name
 
-    return bool(parse_shard_name(Path(name))) or name.startswith((PROC_PREFIX, "cupti.")) or name == MANIFEST
+    return (
+        bool(parse_shard_name(Path(name))) or name.startswith((PROC_PREFIX, "cupti.", "interpose.")) or name == MANIFEST
+    )
 
 
-def child_environment(trace_dir: Path, opts: RecordOptions, base: dict[str, str] | None = None) -> dict[str, str]:
+def plan_interposer(opts: RecordOptions) -> dict:
+    """--interpose: 'on' records from the start, 'standby' preloads it for the tracer to switch on if
+    CUPTI is refused in the process, 'off' leaves the program alone. auto is on when CUPTI cannot run
+    (no kinds asked, cupti-python missing, Confidential Computing on) and standby otherwise."""
+    if opts.interpose == "off":
+        return {"mode": "off", "why": "--interpose off"}
+    why = "asked (--interpose on)" if opts.interpose == "on" else _cupti_cannot_run(opts)
+    plan = {"mode": "on" if why else "standby", "why": why or "CUPTI runs; on only where it is refused"}
+    from cctrace.record import native as N
+
+    try:
+        plan["lib"] = str(N.build_native(N.INTERPOSE_SOURCE))
+    except (N.NativeUnavailable, OSError) as e:
+        if opts.interpose == "on":
+            raise RecordError(f"the driver interposer cannot be built: {e}") from None
+        return {"mode": "off", "why": f"cannot be built: {e}"}
+    return plan
+
+
+def _cupti_cannot_run(opts: RecordOptions) -> str | None:
+    """Why CUPTI will not record here, known before the program starts; None when it should."""
+    import importlib.util
+
+    if not opts.kinds:
+        return "no CUPTI kinds asked for (--kinds none)"
+    if importlib.util.find_spec("cupti") is None:
+        return "cupti-python is not installed"
+    from cctrace.trace.manifest import gpu_facts
+
+    cc = (gpu_facts().get("confidential_computing") or {}) if _have_driver() else {}
+    if cc.get("ccFeature") == "on" and cc.get("devToolsMode") != "on":
+        return "Confidential Computing is on (production mode refuses CUPTI)"
+    return None
+
+
+def _have_driver() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def child_environment(
+    trace_dir: Path, opts: RecordOptions, base: dict[str, str] | None = None, interposer: dict | None = None
+) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     old = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(INJECT_DIR) + (os.pathsep + old if old else "")
@@ -221,7 +275,14 @@ def child_environment(trace_dir: Path, opts: RecordOptions, base: dict[str, str]
         callsite_skip=tuple(opts.callsite_skip),
         callsite_keep=tuple(opts.callsite_keep),
         step_functions=tuple(opts.step_functions),
+        interpose_launches=opts.interpose_launches,
     )
+    if interposer and interposer.get("lib"):
+        # preloaded into every process the command starts (LD_PRELOAD is inherited)
+        handed.interpose = interposer["mode"]
+        handed.native[H.INTERPOSE_LIB.name] = interposer["lib"]
+        old_preload = env.get("LD_PRELOAD")
+        env["LD_PRELOAD"] = interposer["lib"] + (" " + old_preload if old_preload else "")
     env.update(handed.to_env())
     env.update(opts.extra_env)
     return env
@@ -255,6 +316,14 @@ def decode_raw(trace_dir: Path, progress: Callable[[str], None] | None = None) -
     return {"raw_files": n, "decoded": True, "problems": problems}
 
 
+def decode_interposed(trace_dir: Path) -> dict:
+    """The interposer's raw files -> shards (numpy and pyarrow only); what happened, for the manifest."""
+    from cctrace.record.sources.interposer import decode_trace, raw_files
+
+    n = len(raw_files(trace_dir))
+    return {"raw_files": n, "problems": decode_trace(trace_dir)} if n else {"raw_files": 0}
+
+
 def exit_status(returncode: int) -> int:
     """subprocess's negative 'killed by signal N' becomes the shell's 128+N."""
     return 128 - returncode if returncode < 0 else returncode
@@ -273,8 +342,15 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
         options["step_functions"] = list(opts.step_functions)
     probes, options["host_probes"] = start_probes(trace_dir, opts.host_probes, opts.flush_s, opts.probe_launches)
     drop_privileges()
+    try:  # built as the invoking user, into their cache: the program must be able to map it
+        interposer = plan_interposer(opts)
+    except RecordError:
+        if probes:
+            probes.stop()
+        raise
+    options["interpose"] = {k: v for k, v in interposer.items() if k != "lib"}
     try:
-        child = subprocess.Popen(cmd, env=child_environment(trace_dir, opts))
+        child = subprocess.Popen(cmd, env=child_environment(trace_dir, opts, interposer=interposer))
     except (FileNotFoundError, PermissionError) as e:
         if probes:
             probes.stop()
@@ -302,7 +378,9 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
     try:
         finish(trace_dir, cmd, probes, options, opts, started_wall, started_ns, status)
     except Exception as e:  # noqa: BLE001 - the program's exit status must survive any failure of cctrace's
-        _to_stderr(f"the trace in {trace_dir} is incomplete: {type(e).__name__}: {e}; `cctrace load` keeps what was written")
+        _to_stderr(
+            f"the trace in {trace_dir} is incomplete: {type(e).__name__}: {e}; `cctrace load` keeps what was written"
+        )
     return status
 
 
@@ -313,5 +391,6 @@ def finish(trace_dir: Path, cmd: list[str], probes, options: dict, opts: RecordO
         options["host_probes"].update(probes.stop())
         options["host_probes"].update(pid=os.getpid(), rows_written=dict(probes.writer.rows_written))
     options["cupti_decode"] = decode_raw(trace_dir, None if opts.quiet else _to_stderr)
+    options["interpose"]["decode"] = decode_interposed(trace_dir)
     manifest = build_manifest(trace_dir, list(cmd), started_wall, started_ns, status, options)
     write_json_atomic(trace_dir / MANIFEST, manifest)

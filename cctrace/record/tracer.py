@@ -41,6 +41,7 @@ class Tracer:
         bridge: dict | None = None,
         stacks: dict | None = None,
         step_functions: tuple[str, ...] = (),
+        interposer: dict | None = None,
     ) -> None:
         self.trace_dir = Path(trace_dir)
         self.kinds = kinds
@@ -49,6 +50,7 @@ class Tracer:
         self.bridge = bridge  # the launcher's resolved --emulate-bridge spec
         self.step_functions = step_functions  # --step-function MODULE:QUALNAME
         self.stacks = stacks  # {"on": bool, "skip": [...], "keep": [...]} for CuptiSource; None: defaults
+        self.interposer = interposer  # {"mode": on|standby, "lib": path} when the launcher preloaded it
         self.pid = os.getpid()
         self.writer = ShardWriter(self.trace_dir, self.pid)
         self.sources: dict[str, object] = {}
@@ -67,6 +69,7 @@ class Tracer:
         self._write_proc_record(final=False)
         self._start_step_functions()
         self._start_cupti()
+        self._start_interposer()
         self._start_bridge()
         self._write_proc_record(final=False)
         self._start_flusher()
@@ -105,6 +108,16 @@ class Tracer:
         src = StepFunctions(self.writer, self.step_functions)
         src.start()
         self.sources["step_function"] = src
+
+    def _start_interposer(self) -> None:
+        """The preloaded driver interposer: switched on here when it stood by and CUPTI is off."""
+        if not self.interposer:
+            return
+        from cctrace.record.sources.interposer import InterposerSource
+
+        src = InterposerSource(self.interposer["lib"], self.interposer["mode"])
+        src.start(cupti_running=self.cupti_status == "active")
+        self.sources["interposer"] = src
 
     def _start_bridge(self) -> None:
         """--emulate-bridge: act out a CC bridge inside this process's copy calls."""
@@ -274,6 +287,11 @@ def boot_from_env() -> Tracer | None:
         bridge=handed.bridge,
         stacks={"on": handed.stacks, "skip": list(handed.callsite_skip), "keep": list(handed.callsite_keep)},
         step_functions=handed.step_functions,
+        interposer=(
+            {"mode": handed.interpose, "lib": handed.native[H.INTERPOSE_LIB.name]}
+            if handed.interpose != "off" and H.INTERPOSE_LIB.name in handed.native
+            else None
+        ),
     )
     _active.start()
     return _active

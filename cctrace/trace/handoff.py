@@ -58,6 +58,12 @@ STACKS = _var("STACKS", "'off' (--no-stacks): no Python stack captured with each
 CALLSITE_SKIP = _var("CALLSITE_SKIP", "--callsite-skip patterns (newline-separated), added to the frameworks")
 CALLSITE_KEEP = _var("CALLSITE_KEEP", "--callsite-keep patterns (newline-separated): never skipped")
 STEP_FUNCTIONS = _var("STEP_FUNCTIONS", "--step-function MODULE:QUALNAME targets (newline-separated)")
+INTERPOSE = _var(
+    "INTERPOSE", "the preloaded driver interposer: 'on' records, 'standby' waits for the tracer (CUPTI refused)"
+)
+INTERPOSE_LIB = _var("INTERPOSE_LIB", "path of the compiled driver interposer (native/interpose.c), also in LD_PRELOAD")
+INTERPOSE_LIB_ERROR = _var("INTERPOSE_LIB_ERROR", "why the driver interposer could not be built")
+INTERPOSE_LAUNCHES = _var("INTERPOSE_LAUNCHES", "set: the interposer also records kernel launches (cuLaunchKernel*)")
 
 # ---- tunables a user or a benchmark sets ------------------------------------------------------------
 MEMORY_LIMIT = _var("MEMORY_LIMIT", "DuckDB's memory limit for load/report/query (e.g. 3GB); spills beyond", "3GB")
@@ -90,6 +96,8 @@ class Handoff:
     callsite_skip: tuple[str, ...] = ()
     callsite_keep: tuple[str, ...] = ()
     step_functions: tuple[str, ...] = ()  # --step-function MODULE:QUALNAME
+    interpose: str = "off"  # on | standby | off
+    interpose_launches: bool = False
 
     def to_env(self) -> dict[str, str]:
         env = {DIR.name: self.trace_dir, KINDS.name: ",".join(self.kinds) or "none", FLUSH_S.name: str(self.flush_s)}
@@ -108,6 +116,10 @@ class Handoff:
             env[CALLSITE_KEEP.name] = "\n".join(self.callsite_keep)
         if self.step_functions:
             env[STEP_FUNCTIONS.name] = "\n".join(self.step_functions)
+        if self.interpose != "off":
+            env[INTERPOSE.name] = self.interpose
+        if self.interpose_launches:
+            env[INTERPOSE_LAUNCHES.name] = "1"
         return env
 
     @classmethod
@@ -118,7 +130,10 @@ class Handoff:
             return None
         kinds = tuple(k for k in (KINDS.get(env) or "").split(",") if k)
         spec = BRIDGE_SPEC.get(env)
-        native = {v.name: v.get(env) for v in (BRIDGE_LIB, BRIDGE_LIB_ERROR, CUPTI_SHIM, CUPTI_SHIM_ERROR)}
+        native = {
+            v.name: v.get(env)
+            for v in (BRIDGE_LIB, BRIDGE_LIB_ERROR, CUPTI_SHIM, CUPTI_SHIM_ERROR, INTERPOSE_LIB, INTERPOSE_LIB_ERROR)
+        }
         return cls(
             trace_dir=trace_dir,
             kinds=kinds,
@@ -131,4 +146,6 @@ class Handoff:
             callsite_skip=tuple(p for p in (CALLSITE_SKIP.get(env) or "").split("\n") if p),
             callsite_keep=tuple(p for p in (CALLSITE_KEEP.get(env) or "").split("\n") if p),
             step_functions=tuple(p for p in (STEP_FUNCTIONS.get(env) or "").split("\n") if p),
+            interpose=INTERPOSE.get(env) or "off",
+            interpose_launches=INTERPOSE_LAUNCHES.on(env),
         )

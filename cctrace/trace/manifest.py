@@ -85,6 +85,7 @@ def manifest_files(trace_dir: Path, procs: list[dict]) -> list[str]:
             (name.endswith(S.SHARD_SUFFIX) and stem in S.TABLES)
             or (name.startswith(PROC_PREFIX) and name.endswith(".json"))
             or (name.startswith("cupti.") and name.endswith(".cuptiraw"))
+            or (name.startswith("interpose.") and name.endswith(".ipraw"))
         )
         if owned and pid.isdigit() and int(pid) in pids and safefs.is_regular(f):
             out.append(name)

@@ -1,4 +1,5 @@
-"""Building and loading cctrace's small C helpers (the CUPTI buffer shim, the bridge emulator).
+"""Building and loading cctrace's small C helpers (the CUPTI buffer shim, the bridge emulator, the
+driver interposer).
 
 Each is compiled on first use with the system C compiler into a cache keyed by the source's hash,
 so a recording host needs `cc` but no build step at install time. When no compiler is found the
@@ -19,6 +20,7 @@ from cctrace.trace import handoff as H
 
 SOURCE = Path(__file__).with_name("cupti_shim.c")
 BRIDGE_SOURCE = Path(__file__).with_name("bridge_emu.c")
+INTERPOSE_SOURCE = Path(__file__).with_name("interpose.c")  # preloaded (LD_PRELOAD) into traced processes
 
 
 class NativeUnavailable(RuntimeError):

@@ -243,6 +243,7 @@ static __thread struct tbuf *t_buf;
 static __thread uint32_t t_tid;
 static pthread_key_t g_key;
 static volatile int g_on;     /* recording in this process: CCTRACE_DIR set and the file writable */
+static int g_armed;           /* CCTRACE_DIR and CCTRACE_INTERPOSE were set: cct_ip_enable may switch on */
 static int g_launches;        /* CCTRACE_INTERPOSE_LAUNCHES: also record kernel launches */
 static char g_dir[3072];
 static volatile int g_fd = -1;
@@ -1105,7 +1106,14 @@ static void *wrapper_for(int i, void *p) {
     return NULL; /* this wrapper already forwards to another implementation: leave the answer alone */
 }
 
+static int is_wrapper(void *p) {
+    for (int i = 0; i < N_FUNCS; i++)
+        if (g_fns[i].wrapper == p) return 1;
+    return 0;
+}
+
 static void *wrap_answer(const char *symbol, void *p, int version, uint64_t flags) {
+    if (is_wrapper(p)) return p; /* a driver that answers with the global symbol: already ours */
     note_libcuda(p);
     for (int i = 0; i < N_FUNCS; i++) /* the answer is an exported entry point this library wraps */
         if (*g_fns[i].real == p) return g_fns[i].wrapper;
@@ -1144,7 +1152,7 @@ void *dlsym(void *handle, const char *name) {
     if (!p || name[0] != 'c' || name[1] != 'u') return p;
     for (int i = 0; i < N_FUNCS; i++) {
         if (strcmp(g_fns[i].name, name) != 0) continue;
-        if (p == g_fns[i].wrapper) return p;
+        if (is_wrapper(p)) return p;
         if (handle != RTLD_DEFAULT && handle != RTLD_NEXT && !g_libcuda) g_libcuda = handle;
         void *w = wrapper_for(i, p);
         return w ? w : p;
@@ -1157,8 +1165,9 @@ static void after_fork_child(void) {
     for (struct tbuf *b = g_bufs; b; b = b->next) {
         pthread_mutex_init(&b->lock, NULL);
         b->head = b->tail = 0;
-        if (b != t_buf) b->state = 0;
+        b->state = 0;
     }
+    t_buf = NULL; /* the first record claims a ring again, which opens this process's own file */
     pthread_mutex_init(&g_file_lock, NULL);
     pthread_mutex_init(&g_range_lock, NULL);
     pthread_mutex_init(&g_graph_lock, NULL);
@@ -1174,8 +1183,10 @@ static void after_fork_child(void) {
 
 __attribute__((constructor)) static void start(void) {
     pthread_key_create(&g_key, thread_gone);
-    const char *dir = getenv("CCTRACE_DIR");
-    if (getenv("CCTRACE_INTERPOSE_OFF") || !dir || !*dir || strlen(dir) >= sizeof g_dir) return;
+    /* the names are cctrace/trace/handoff.py's DIR, INTERPOSE, FLUSH_S and INTERPOSE_LAUNCHES */
+    const char *dir = getenv("CCTRACE_DIR"), *mode = getenv("CCTRACE_INTERPOSE");
+    if (!mode || (strcmp(mode, "on") && strcmp(mode, "standby"))) return;
+    if (!dir || !*dir || strlen(dir) >= sizeof g_dir) return;
     strcpy(g_dir, dir);
     const char *f = getenv("CCTRACE_FLUSH_S");
     if (f) {
@@ -1184,7 +1195,8 @@ __attribute__((constructor)) static void start(void) {
     }
     g_launches = getenv("CCTRACE_INTERPOSE_LAUNCHES") != NULL;
     pthread_atfork(NULL, NULL, after_fork_child);
-    g_on = 1;
+    g_armed = 1;
+    g_on = !strcmp(mode, "on"); /* standby: the in-process tracer switches it on when CUPTI cannot run */
 }
 
 __attribute__((destructor)) static void finish(void) {
@@ -1199,6 +1211,13 @@ void cct_ip_flush(int last) {
 
 /* 1 when this process records (CCTRACE_DIR was set at start and the file could be opened). */
 int cct_ip_active(void) { return g_on; }
+
+/* Standby -> recording (the tracer found CUPTI refused); 0 when it now records. */
+int cct_ip_enable(void) {
+    if (!g_armed) return -1;
+    g_on = 1;
+    return 0;
+}
 
 void cct_ip_stats(uint64_t out[5]) {
     out[0] = g_records;
