@@ -34,7 +34,7 @@ from cctrace.trace.shards import ShardStream, parse_shard_name
 
 DB_NAME = "trace.duckdb"
 FINGERPRINT_SUFFIX = ".cctrace-hmac"  # beside the DuckDB file: the HMAC that says this user's cctrace built it
-FORMAT = "cctrace-duckdb/2"  # bump when a loaded file's layout changes: older files are rebuilt
+FORMAT = "cctrace-duckdb/3"  # bump when a loaded file's layout changes: older files are rebuilt
 
 # Views every analysis can rely on; they only join and name, they do not analyse.
 VIEWS = {
