@@ -266,6 +266,13 @@ def _load_quietly(out: Path) -> dict:
         return {"error": f"{type(e).__name__}: {e}; run `cctrace load {out}` again"}
 
 
+def _dig(d: dict, *keys: str) -> dict:
+    """d[k1][k2]...: {} where a level is missing or not a mapping (a manifest is read, not trusted)."""
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d if isinstance(d, dict) else {}
+
+
 def _print_record_summary(out: Path, summary: dict) -> None:
     from cctrace.trace.manifest import read_manifest
 
@@ -293,7 +300,7 @@ def _print_record_summary(out: Path, summary: dict) -> None:
         b = (p.get("sources") or {}).get("bridge")
         if b and str(b.get("status", "")).startswith("off"):
             _err(f"  pid {p.get('pid')}: bridge emulation {b['status']}")
-        stacks = ((p.get("sources") or {}).get("cupti") or {}).get("stacks") or {}
+        stacks = _dig(p, "sources", "cupti", "stacks")
         state = str(stacks.get("state", ""))
         if p in off or not state or state == "on" or "--no-stacks" in state:
             continue

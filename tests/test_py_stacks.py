@@ -348,3 +348,19 @@ def test_record_summary_says_why_a_traced_process_has_no_stacks(tmp_path, capsys
     assert lines == [
         "cctrace:   pid 2: no Python stacks (call sites): CPython 3.13's frame layout is not known to cctrace (3.11 and 3.12 are)"
     ]
+
+
+def test_odd_manifests_do_not_break_the_stacks_summary_or_the_report_paths(tmp_path):
+    import json
+
+    from cctrace.trace.manifest import read_manifest, stacks_summary
+
+    odd = [
+        {"pid": 1, "sources": []},
+        {"pid": 2, "sources": {"cupti": "x"}},
+        {"pid": 3, "sources": {"cupti": {"stacks": 5}}},
+    ]
+    assert stacks_summary(odd)["processes"] == {}
+    (tmp_path / "manifest.json").write_text(json.dumps({"cwd": 7, "stacks": [], "processes": odd}))
+    m = read_manifest(tmp_path)
+    assert "cwd" not in m and "stacks" not in m

@@ -33,6 +33,8 @@ SHAPES: dict[str, type | tuple[type, ...]] = {
     "exit_code": (int, type(None)),
     "start_ns": (int, type(None)),
     "end_ns": (int, type(None)),
+    "cwd": str,
+    "stacks": dict,
 }
 
 
@@ -144,8 +146,10 @@ def stacks_summary(procs: list[dict]) -> dict:
     """Whether Python stacks (call sites) were captured, and in which processes; why not, per process."""
     states, counts = {}, {"calls_with_stack": 0, "calls_without_python": 0, "calls_dropped": 0}
     for p in procs:
-        health = ((p.get("sources") or {}).get("cupti") or {}).get("stacks")
-        if not health:
+        sources = p.get("sources")
+        cupti = sources.get("cupti") if isinstance(sources, dict) else None
+        health = cupti.get("stacks") if isinstance(cupti, dict) else None
+        if not isinstance(health, dict):
             continue
         states[str(p.get("pid"))] = health.get("state", "unknown")
         for k in counts:
