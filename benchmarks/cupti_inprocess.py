@@ -86,6 +86,9 @@ def parse_config(c: str) -> tuple[str, bool, bool]:
 
 
 CALLS_PER_STEP = {"launch": 100, "copy": 10, "driver": 10}
+# runtime calls recorded per step (each with a stack when stacks are on): the copies or launches and
+# the step's torch.cuda.synchronize() (launches are recorded with the kernel kind only)
+RECORDED_PER_STEP = {"launch": 101, "copy": 11}
 
 
 # ---- inside the traced process ------------------------------------------------------------
@@ -263,9 +266,10 @@ def table(summary: dict) -> list[dict]:
 
 
 def stacks_table(summary: dict) -> list[dict]:
-    """What Python stacks add: each NAME+stacks config against NAME, round by round."""
+    """What Python stacks add: each NAME+stacks config against NAME, round by round (per call: per
+    recorded runtime call)."""
     blocks = summary["block_ms"]
-    per_call = CALLS_PER_STEP.get(summary["workload"])
+    per_call = RECORDED_PER_STEP.get(summary["workload"])
     return [
         {"config": c, "against": c.removesuffix(STACKS), **_against(ms, blocks[c.removesuffix(STACKS)], per_call)}
         for c, ms in blocks.items()
