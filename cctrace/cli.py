@@ -340,6 +340,8 @@ def load_cmd(trace_dirs, as_json) -> None:
         if not as_json:
             for p in r.problems:
                 _err(f"{d}: skipped: {p}")
+            for p in r.partial:
+                _err(f"{d}: PARTIAL: {p}")
             _err(f"{d}: loaded {r.shards} shards into {r.db_path}")
     if as_json:
         click.echo(json.dumps(results, indent=2))

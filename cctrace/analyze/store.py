@@ -202,6 +202,8 @@ def _fill(con, shards: dict, manifest: dict, result: LoadResult, progress) -> No
                     f"{path.name}: kept {stream.batches} batches ({stream.rows} rows), {stream.problem}"
                 )
             result.problems.extend(f"{path.name}: {note}" for note in stream.notes)
+            if stream.missing_required:
+                result.partial.append(f"{path.name} lacks {', '.join(stream.missing_required)}: loaded as null")
         result.rows[table] = n
         if progress:
             progress(f"{table}: {n:,} rows")
@@ -262,6 +264,8 @@ def resolve_db(trace: Path) -> Path:
         raise LoadError(f"{trace} is not a trace directory or a DuckDB file")
     if fingerprint_ok(db):
         return db
+    if db.name != DB_NAME:
+        raise LoadError(f"{trace} is not a trace directory or a trace.duckdb that cctrace built here")
     home = db.parent
     if not (any(find_shards(home).values()) or os.path.lexists(home / MANIFEST)):
         raise LoadError(f"{db} was not built by cctrace and {home} holds no shards to rebuild it from")

@@ -240,6 +240,10 @@ def parse_shard_name(path: Path) -> tuple[str, int] | None:
     return parts[0], int(parts[1])
 
 
+# columns every writer has always written: a shard without one of them lacks data the analysis needs
+# (newer columns, such as api_calls.stack_id, are simply null in older traces)
+REQUIRED = ("pid", "op", "name", "copy_kind", "bytes", "start_ns", "end_ns", "ts_ns")
+
 # a longer string (a name) is cut to this many characters on load: a hostile shard of a few KB can
 # hold gigabytes of names once decompressed
 MAX_STRING = 16384
@@ -260,6 +264,7 @@ class ShardStream:
         self.rows = 0
         self.problem: str | None = None
         self.notes: list[str] = []
+        self.missing_required: list[str] = []
         self.skipped_bytes = 0
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
@@ -268,11 +273,12 @@ class ShardStream:
         except OSError as e:
             self.problem = f"cannot open ({e.strerror})"
             return
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            self.problem = "not a regular file (skipped)"
+            return
         with os.fdopen(fd, "rb") as f:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                self.problem = "not a regular file (skipped)"
-                return
             size, consumed = st.st_size, 0
             try:
                 reader = ipc.open_stream(f)
@@ -308,6 +314,7 @@ class ShardStream:
         missing = [f.name for f in self.target if f.name not in batch.schema.names]
         if missing and not any("lacks" in n for n in self.notes):
             self.notes.append(f"lacks column(s) {', '.join(missing)} (loaded as null)")
+            self.missing_required = [c for c in missing if c in REQUIRED]
         for fld in self.target:
             if fld.name not in batch.schema.names:
                 cols.append(pa.nulls(batch.num_rows, fld.type))

@@ -1,0 +1,75 @@
+"""The hostile corpus (tests/hostile/) through load, report, diff, export, query and explore (pilot):
+no traceback, one line and the documented exit code for a bad input, no control byte in the output,
+nothing written outside the trace directory, PARTIAL wherever data is missing. The figures are printed
+by the last test (and by `python -m tests.hostile.run`)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.hostile.corpus import make
+from tests.hostile.run import Tally, _snapshot, bad_arguments, run_cli, run_explore
+
+CHUNKS = 8
+TALLY = Tally()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    base, outside, cases = make(root)
+    return root, base, outside, cases, _snapshot(root, (root / "cases", root / "out", base))
+
+
+def _assert_clean(t: Tally) -> None:
+    assert not t.tracebacks, t.tracebacks
+    assert not t.insecure, t.insecure
+    assert not t.silently_wrong, t.silently_wrong
+    assert not t.unexpected, t.unexpected
+    assert t.clean == t.runs
+
+
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_every_command_on_every_case(corpus, chunk):
+    root, base, _, cases, _ = corpus
+    t = Tally()
+    for case in cases[chunk::CHUNKS]:
+        out = root / "out" / case.name
+        out.mkdir(parents=True)
+        run_cli(t, case, base, out)
+        run_explore(t, case)
+    _merge(t)
+    _assert_clean(t)
+
+
+def test_bad_arguments_and_crafted_paths(corpus):
+    root, base, outside, _, _ = corpus
+    out = root / "out" / "_args"
+    out.mkdir(parents=True)
+    t = Tally()
+    bad_arguments(t, base, out, outside)
+    _merge(t)
+    _assert_clean(t)
+    assert not Path("/tmp/cctrace-pwned.csv").exists()
+
+
+def test_zz_nothing_outside_changed_and_the_figures(corpus):
+    root, base, outside, cases, before = corpus
+    after = _snapshot(root, (root / "cases", root / "out", base))
+    assert after == before  # the planted links' targets, the secret file: untouched, nothing created
+    assert sorted(p.name for p in outside.iterdir()) == ["passwd", "victim.txt"]
+    figures = TALLY.figures()
+    print("\nhostile corpus:", json.dumps(figures))
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "hostile.json").write_text(json.dumps(figures, indent=1))
+    assert figures["cases_tried"] >= 9 * len(cases)  # every command ran on every case
+    assert figures["handled_cleanly"] == figures["cases_tried"]
+
+
+def _merge(t: Tally) -> None:
+    TALLY.runs += t.runs
+    TALLY.clean += t.clean
+    for k in ("tracebacks", "insecure", "silently_wrong", "unexpected"):
+        getattr(TALLY, k).extend(getattr(t, k))
