@@ -26,49 +26,19 @@ import run_serve
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-LIB = "#include <stddef.h>\n#include <stdint.h>\nint cuMemcpyHtoDAsync_v2(uint64_t d, const void *s, size_t n, void *st) { return 0; }\n"
-APP = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <stdint.h>
-#include <stddef.h>
-#include <time.h>
-int cuMemcpyHtoDAsync_v2(uint64_t, const void *, size_t, void *);
-int main(int argc, char **argv) {
-    long n = atol(argv[1]); char line[8];
-    if (!fgets(line, sizeof line, stdin)) return 1;
-    struct timespec a, b; clock_gettime(CLOCK_MONOTONIC, &a);
-    for (long i = 0; i < n; i++) cuMemcpyHtoDAsync_v2(0x1000, line, 128, (void *)1);
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    printf("%.1f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n);
-    return 0;
-}
-"""
-
-
-def _build(d: Path) -> None:
-    """The stand-in libcuda and the loop that calls it, compiled into d."""
-    (d / "lib.c").write_text(LIB)
-    (d / "app.c").write_text(APP)
-    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(d / "libcuda.so.1"), str(d / "lib.c")], check=True)
-    subprocess.run(
-        ["cc", "-O2", "-o", str(d / "app"), str(d / "app.c"), str(d / "libcuda.so.1"), f"-Wl,-rpath,{d}"], check=True
-    )
-
 
 def per_call(calls: int, reps: int) -> dict:
-    from cctrace.record.sources.host_probes import HostProbes
+    from cctrace.record.sources.host_probes import HostProbes, build_trap_bench, run_trap_bench
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        _build(d)
+        lib, app = build_trap_bench(d)
         plain, probed, lost = [], [], []
         for rep in range(reps):
-            r = subprocess.run([str(d / "app"), str(calls)], input="go\n", capture_output=True, text=True)
-            plain.append(float(r.stdout))
-            probes = HostProbes(d / f"t{rep}", libcuda=str(d / "libcuda.so.1"))
+            plain.append(run_trap_bench(app, calls))
+            probes = HostProbes(d / f"t{rep}", libcuda=str(lib))
             probes.start()
-            p = subprocess.Popen([str(d / "app"), str(calls)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            p = subprocess.Popen([str(app), str(calls)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             probes.trace_pid(p.pid)
             out, _ = p.communicate("go\n")
             health = probes.stop()
@@ -86,31 +56,6 @@ def per_call(calls: int, reps: int) -> dict:
     }
 
 
-def empty_probe_cost(calls: int) -> float:
-    """Added ns/call with empty uprobe+uretprobe programs: the platform's trap cost, cctrace's floor."""
-    from cctrace.record.sources.host_probes import check_ready, import_bcc
-
-    check_ready()
-    bcc = import_bcc()
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        _build(d)
-
-        def run() -> float:
-            return float(
-                subprocess.run([str(d / "app"), str(calls)], input="go\n", capture_output=True, text=True).stdout
-            )
-
-        plain = run()
-        b = bcc.BPF(text="int e(struct pt_regs *ctx) { return 0; }")
-        lib = str(d / "libcuda.so.1").encode()
-        b.attach_uprobe(name=lib, sym=b"cuMemcpyHtoDAsync_v2", fn_name=b"e")
-        b.attach_uretprobe(name=lib, sym=b"cuMemcpyHtoDAsync_v2", fn_name=b"e")
-        probed = run()
-        b.cleanup()
-    return probed - plain
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=5)
@@ -118,7 +63,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     a = ap.parse_args()
     pc = per_call(a.calls, a.reps)
-    pc["empty_uprobe_ns"] = empty_probe_cost(a.calls)
+    from cctrace.record.sources.host_probes import uprobe_trap_cost
+
+    pc["empty_uprobe_ns"] = uprobe_trap_cost(a.calls)
     print(
         f"per probed call ({a.calls:,} calls x {a.reps} runs): plain {statistics.median(pc['plain_ns']):.1f} ns, "
         f"probed {statistics.median(pc['probed_ns']):.1f} ns, added {pc['added_us_median']:.2f} us "

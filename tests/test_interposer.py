@@ -225,3 +225,47 @@ def test_interpose_off_preloads_nothing(tmp_path) -> None:
     assert plan["mode"] == "on" and "--kinds none" in plan["why"]
     env = child_environment(tmp_path, RecordOptions(kinds=()), base={"LD_PRELOAD": "/x.so"}, interposer=plan)
     assert env["LD_PRELOAD"] == f"{plan['lib']} /x.so" and env[H.INTERPOSE.name] == "on"
+
+
+def test_libcuda_found_as_the_loader_finds_it(built, tmp_path, monkeypatch) -> None:
+    from cctrace.record.sources.host_probes import find_libcuda, from_loader_cache
+
+    monkeypatch.delenv(H.LIBCUDA.name, raising=False)
+    compat = tmp_path / "compat"
+    compat.mkdir()
+    shutil.copy(built["lib"], compat / "libcuda.so.1")
+    # a forward-compatible driver on LD_LIBRARY_PATH wins over the loader cache
+    got = find_libcuda(env={"LD_LIBRARY_PATH": f"/nonexistent::{compat}"})
+    assert got == str((compat / "libcuda.so.1").resolve())
+    listing = (
+        "3 libs found in cache `/etc/ld.so.cache'\n"
+        "\tlibcudart.so.12 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcudart.so.12\n"
+        "\tlibcuda.so.1 (libc6,AArch64) => /usr/lib/aarch64-linux-gnu/libcuda.so.1\n"
+        "\tlibcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1\n"
+    )
+    assert from_loader_cache(listing, "x86_64") == "/usr/lib/x86_64-linux-gnu/libcuda.so.1"
+    assert from_loader_cache(listing, "aarch64") == "/usr/lib/aarch64-linux-gnu/libcuda.so.1"
+    assert from_loader_cache("\tlibcudart.so.12 (libc6,x86-64) => /x\n", "x86_64") is None
+    # attach: the library the process mapped, whatever the loader would pick now
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import ctypes, sys; ctypes.CDLL({str(compat / 'libcuda.so.1')!r}); print(1, flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        assert find_libcuda(holder.pid, env={}) == str((compat / "libcuda.so.1").resolve())
+    finally:
+        holder.communicate("")
+
+
+def test_doctor_says_whether_interposition_works_here(built) -> None:
+    env = project_env() | {H.LIBCUDA.name: str(built["lib"])}
+    r = subprocess.run(
+        [sys.executable, "-m", "cctrace", "doctor", "--json"], env=env, capture_output=True, text=True, timeout=300
+    )
+    checks = {c["check"]: c for c in json.loads(r.stdout)}
+    got = checks["driver interposer (record without CUPTI)"]
+    assert got["status"] == "ok" and str(built["lib"]) in got["detail"]
+    trap = checks["uprobe trap cost (attach)"]
+    if os.geteuid() == 0 and trap["status"] == "ok":
+        assert float(trap["detail"].split()[0]) > 0

@@ -160,4 +160,77 @@ def run_checks() -> list[dict]:
             f"set {H.LIBCUDA.name}=/path/to/libcuda.so.1",
         )
     )
+    out.append(_interposer_check(lib))
+    out.append(_trap_cost_check(root))
     return out
+
+
+# Run under the preloaded interposer: which library answers dlsym and cuGetProcAddress_v2 for a copy call.
+_PROBE = """
+import ctypes, json, sys
+class Info(ctypes.Structure):
+    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p), ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]
+dl = ctypes.CDLL("libdl.so.2")
+def owner(addr):
+    info = Info()
+    return dl.dladdr(ctypes.c_void_p(addr), ctypes.byref(info)) and info.fname.decode()
+cuda = ctypes.CDLL(sys.argv[1])
+out = {"dlsym": owner(ctypes.cast(cuda.cuMemcpyHtoDAsync_v2, ctypes.c_void_p).value)}
+gpa = cuda.cuGetProcAddress_v2
+gpa.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_uint64, ctypes.c_void_p]
+fn = ctypes.c_void_p()
+rc = gpa(b"cuMemcpyHtoDAsync", ctypes.byref(fn), 12000, 0, None)
+out["cuGetProcAddress"] = owner(fn.value) if rc == 0 and fn.value else f"error {rc}"
+print(json.dumps(out))
+"""
+
+
+def _interposer_check(libcuda: str | None) -> dict:
+    """Whether the driver interposer builds and, preloaded, answers for the driver (dlsym and
+    cuGetProcAddress_v2, the two ways programs and the CUDA runtime find driver entry points)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    from cctrace.record.native import INTERPOSE_SOURCE, NativeUnavailable, build_native
+
+    name = "driver interposer (record without CUPTI)"
+    try:
+        built = str(build_native(INTERPOSE_SOURCE))
+    except (NativeUnavailable, OSError) as e:
+        return _check(name, "fail", str(e), "apt-get install gcc (it is compiled on first use)")
+    if not libcuda:
+        return _check(name, "warn", f"built ({built}); no libcuda here to interpose", "install the NVIDIA driver")
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, LD_PRELOAD=built, **{H.DIR.name: tmp, H.INTERPOSE.name: "standby"})
+        r = subprocess.run([sys.executable, "-c", _PROBE, libcuda], env=env, capture_output=True, text=True, timeout=60)
+    try:
+        owners = json.loads(r.stdout)
+    except ValueError:
+        return _check(name, "fail", f"the check did not run: {r.stderr.strip()[-300:]}", None)
+    wrong = {how: who for how, who in owners.items() if who != built}
+    if wrong:
+        got = ", ".join(f"{how} answered by {who}" for how, who in wrong.items())
+        return _check(name, "fail", got, "another preloaded library interposes the driver first (check LD_PRELOAD)")
+    return _check(name, "ok", f"dlsym and cuGetProcAddress_v2 answer with its wrappers ({libcuda})")
+
+
+def _trap_cost_check(root: bool) -> dict:
+    """This machine's uprobe trap cost, measured with an empty probe: what `attach` (or --host-probes
+    with uprobes) adds to every probed call."""
+    from cctrace.record.sources import host_probes as hp
+
+    name = "uprobe trap cost (attach)"
+    if not root:
+        return _check(name, "warn", "not measured (needs root)", "run `sudo cctrace doctor` to measure it")
+    try:
+        ns = hp.uprobe_trap_cost()
+    except Exception as e:  # noqa: BLE001 - bcc raises plain Exception when a probe cannot attach
+        return _check(name, "warn", f"not measured: {e}", None)
+    return _check(
+        name,
+        "ok",
+        f"{ns / 1e3:.2f} us per probed call (empty uprobe + uretprobe); attach adds this to every call it "
+        "sees, the interposer (record) does not pay it",
+    )

@@ -10,7 +10,6 @@ bpf_ktime_get_ns, i.e. CLOCK_MONOTONIC, the clock of every other table.
 from __future__ import annotations
 
 import ctypes as ct
-import glob
 import os
 import re
 import subprocess
@@ -154,29 +153,59 @@ def check_ready() -> None:
         raise ProbesUnavailable("tracefs is not mounted: mount -t tracefs none /sys/kernel/tracing")
 
 
-def find_libcuda(pid: int | None = None) -> str | None:
-    """The libcuda a process mapped (attach), else the one the dynamic loader would find."""
-    if env := H.LIBCUDA.get():
-        return env
+def find_libcuda(pid: int | None = None, env: dict[str, str] | None = None) -> str | None:
+    """The libcuda a process mapped (attach), else the one the dynamic loader would load for a program
+    started with `env`: LD_LIBRARY_PATH first (a container's forward-compatible driver), then the
+    loader cache, then the usual directories."""
+    if lib := H.LIBCUDA.get():
+        return lib
     if pid:
         try:
             with open(f"/proc/{pid}/maps") as maps:
                 for line in maps:
-                    path = line.rsplit(" ", 1)[-1].strip()
+                    path = line.rstrip("\n").split(None, 5)[-1].removesuffix(" (deleted)")
                     if re.search(r"/libcuda\.so", path):
                         return path
         except OSError:
             pass
+    for d in ((env if env is not None else os.environ).get("LD_LIBRARY_PATH") or "").split(":"):
+        candidate = os.path.join(d or ".", LIBCUDA_SONAME)
+        if d and os.path.isfile(candidate):
+            return os.path.realpath(candidate)
     try:
-        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
-        m = re.search(r"libcuda\.so\.1 .*=> (\S+)", out)
-        if m:
-            return os.path.realpath(m.group(1))
+        cached = from_loader_cache(subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout)
     except OSError:
-        pass
-    for d in ("/usr/local/nvidia/lib64", "/usr/lib/x86_64-linux-gnu", "/usr/lib64"):
-        for p in sorted(glob.glob(os.path.join(d, "libcuda.so*"))):
-            return os.path.realpath(p)
+        cached = None
+    if cached:
+        return os.path.realpath(cached)
+    arch = f"{os.uname().machine}-linux-gnu"
+    for d in (
+        "/lib64",
+        "/usr/lib64",
+        f"/lib/{arch}",
+        f"/usr/lib/{arch}",
+        "/lib",
+        "/usr/lib",
+        "/usr/local/nvidia/lib64",
+    ):
+        candidate = os.path.join(d, LIBCUDA_SONAME)
+        if os.path.isfile(candidate):
+            return os.path.realpath(candidate)
+    return None
+
+
+LIBCUDA_SONAME = "libcuda.so.1"
+# how `ldconfig -p` names this machine's ABI in its entries, e.g. "(libc6,x86-64)"
+LOADER_ABI = {"x86_64": "x86-64", "aarch64": "AArch64"}
+
+
+def from_loader_cache(listing: str, machine: str | None = None) -> str | None:
+    """libcuda.so.1 in `ldconfig -p`'s listing, for this machine's ABI when the cache holds several."""
+    abi = LOADER_ABI.get(machine or os.uname().machine)
+    found = re.findall(rf"^\s*{re.escape(LIBCUDA_SONAME)} \(([^)]*)\) => (\S+)", listing, re.M)
+    for flags, path in found:
+        if abi is None or abi in flags.split(","):
+            return path
     return None
 
 
@@ -370,3 +399,60 @@ def _exported_symbols(lib: str) -> set[str]:
             if sym["st_shndx"] != "SHN_UNDEF" and sym["st_info"]["type"] == "STT_FUNC":
                 out.add(sym.name.split("@")[0])
     return out
+
+
+# The trap cost bench: a stand-in libcuda whose copy call returns at once, and a loop that calls it N
+# times (after a line on stdin, so probes can attach to the running process) and prints ns per call.
+TRAP_LIB = "#include <stddef.h>\n#include <stdint.h>\nint cuMemcpyHtoDAsync_v2(uint64_t d, const void *s, size_t n, void *st) { return 0; }\n"
+TRAP_APP = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <stddef.h>
+#include <time.h>
+int cuMemcpyHtoDAsync_v2(uint64_t, const void *, size_t, void *);
+int main(int argc, char **argv) {
+    long n = atol(argv[1]); char line[8];
+    if (!fgets(line, sizeof line, stdin)) return 1;
+    struct timespec a, b; clock_gettime(CLOCK_MONOTONIC, &a);
+    for (long i = 0; i < n; i++) cuMemcpyHtoDAsync_v2(0x1000, line, 128, (void *)1);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    printf("%.1f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n);
+    return 0;
+}
+"""
+
+
+def build_trap_bench(d: Path) -> tuple[Path, Path]:
+    """The trap-cost stand-in library and its loop, compiled into `d`; (library, program)."""
+    (d / "lib.c").write_text(TRAP_LIB)
+    (d / "app.c").write_text(TRAP_APP)
+    lib, app = d / "libcuda.so.1", d / "app"
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(d / "lib.c")], check=True)
+    subprocess.run(["cc", "-O2", "-o", str(app), str(d / "app.c"), str(lib), f"-Wl,-rpath,{d}"], check=True)
+    return lib, app
+
+
+def run_trap_bench(app: Path, calls: int) -> float:
+    """ns per call of one run of the loop."""
+    return float(subprocess.run([str(app), str(calls)], input="go\n", capture_output=True, text=True).stdout)
+
+
+def uprobe_trap_cost(calls: int = 200_000) -> float:
+    """This machine's added ns per call for an empty uprobe + uretprobe pair: the kernel's trap, the
+    floor of what every probed call pays (and what `attach` adds to each call it sees)."""
+    import tempfile
+
+    check_ready()
+    bcc = import_bcc()
+    with tempfile.TemporaryDirectory() as tmp:
+        lib, app = build_trap_bench(Path(tmp))
+        plain = run_trap_bench(app, calls)
+        b = bcc.BPF(text="int e(struct pt_regs *ctx) { return 0; }")
+        try:
+            b.attach_uprobe(name=str(lib).encode(), sym=b"cuMemcpyHtoDAsync_v2", fn_name=b"e")
+            b.attach_uretprobe(name=str(lib).encode(), sym=b"cuMemcpyHtoDAsync_v2", fn_name=b"e")
+            probed = run_trap_bench(app, calls)
+        finally:
+            b.cleanup()
+    return probed - plain
