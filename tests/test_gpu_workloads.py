@@ -138,3 +138,13 @@ def test_report_finds_one_step_per_iteration(runs, name):
     steps = json.loads(r.stdout)["steps"]
     lo, hi = plain["iterations"], plain["iterations_total"]
     assert 0.95 * lo <= steps <= 1.05 * hi, (steps, lo, hi)
+
+
+def test_hf_generate_counted_crossings_are_the_derived_ones(runs):
+    """Two independent counts of what HF generate issues in the window agree: the dispatch mode's
+    (decomposing composite ops, which reach it whole under inference_mode) and the derivation from
+    transformers' source; and the trace holds exactly those, size by size."""
+    plain, _ = runs("hf_generate", None)
+    assert plain["counted"] is not None and plain["counted_agrees"], (plain["counted"], plain["by_size"])
+    _, out = runs("hf_generate", "default")
+    assert window_counts(out)["by_size"] == plain["by_size"]

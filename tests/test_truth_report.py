@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import sys
 import tarfile
@@ -36,6 +37,14 @@ def test_report_phase_fills_the_table_from_tarred_traces(tmp_path):
             "bridge": {"window": {**win, "d2h": 1, "fences": 2}},
         },
         "absent": {"skipped": "jax is not installed"},
+        # recorded before hf_generate counted through inference_mode: its window held only lift_fresh
+        "hf_generate": {
+            "plain": {
+                "window": {"h2d": 18, "d2h": 0, "h2d_bytes": 144, "d2h_bytes": 0},
+                "params": {"requests": 6, "new_tokens": 64, "batch": 8, "prompt": 32},
+                "iterations": 384,
+            },
+        },
     }
     (out / "summaries.json").write_text(json.dumps(summaries))
     rows = {r["workload"]: r for r in truth.report([out])}
@@ -44,3 +53,12 @@ def test_report_phase_fills_the_table_from_tarred_traces(tmp_path):
     assert w["steps_default"] == 300 and w["steps_ok_default"] and w["step_source_default"] == "nvtx"
     assert w["diff_explained_share_of_gap"] is not None  # diff ran on the pair
     assert rows["absent"] == {"workload": "absent", "skipped": "jax is not installed"}
+    assert rows["hf_generate"]["issued"] == {"h2d": 30, "d2h": 792}  # re-derived from its parameters
+    assert w["step_median_ms_default"] > 0 and w["step_p10_ms_default"] <= w["step_p90_ms_default"]
+    lines = truth.table_lines(list(rows.values()))
+    cells = [re.split(r"  +", ln.strip()) for ln in lines]
+    assert cells[1][:5] == ["w", "5/2", "5/2 ok", "5/1 NO", "300"]  # columns apart, never run together
+    assert len({len(ln) for ln in lines[:3]}) == 1  # header, w, hf_generate: one width
+    regular = next(c for c in cells if c[:3] == ["w", "default", "nvtx"])
+    assert regular[3:5] == ["300", "300"] and float(regular[5]) > 0  # steps, iterations, median ms
+    assert "absent: skipped: jax is not installed" in lines

@@ -57,3 +57,23 @@ def test_window_counts_only_the_copies_strictly_between_the_fences(tmp_path):
         "fences": 2,
         "by_size": [["d2h", 4, 1], ["h2d", 64, 2]],
     }
+
+
+def test_hf_generate_derived_window_is_what_cupti_found_on_the_h200():
+    """The derivation from transformers' generate() source against the copies CUPTI found between the
+    fences on the H200 (torch 2.11.0+cu130, transformers 5.17.0): benchmarks/truth.py's run (6 requests x
+    64 tokens) and the sample pair's (3 x 32, sample_traces/hf-generate-*)."""
+    from hf_generate import derived_window
+
+    base = {"batch": 8, "prompt": 32}
+    truth = derived_window(base | {"requests": 6, "new_tokens": 64})
+    assert (truth["h2d"], truth["d2h"]) == (30, 792)
+    assert truth["by_size"] == [["d2h", 1, 786], ["d2h", 6144, 6], ["h2d", 8, 18], ["h2d", 2048, 12]]
+    sample = derived_window(base | {"requests": 3, "new_tokens": 32})
+    assert sample == {
+        "h2d": 15,
+        "d2h": 204,
+        "h2d_bytes": 12360,
+        "d2h_bytes": 12489,
+        "by_size": [["d2h", 1, 201], ["d2h", 4096, 3], ["h2d", 8, 9], ["h2d", 2048, 6]],
+    }

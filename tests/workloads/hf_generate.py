@@ -2,17 +2,26 @@
 download), KV cache on, greedy, `min_new_tokens == max_new_tokens` so every request decodes exactly
 --new-tokens tokens.
 
-Expected, inside the fence window (see _common.py):
+Expected, inside the fence window (see _common.py), exactly:
   iterations  = --requests * --new-tokens forward passes (default 6 * 64 = 384; the first of each
                 request is its prefill), each ending in generate's stopping check, a blocking readback
-  copies the script issues itself, exactly: per request 2 H2D (input ids and attention mask, each
+  copies the script issues itself: per request 2 H2D (input ids and attention mask, each
                 --batch * --prompt * 8 bytes, pageable) and 1 D2H (the output, --batch * (--prompt +
                 --new-tokens) * 8 bytes)
-  copies transformers issues (prefill masks, stopping checks: version-dependent, not knowable a priori):
-                counted with --count-copies, which runs the window under a torch dispatch mode that
-                counts every aten op that crosses host<->device (cross-device _to_copy/copy_,
-                _local_scalar_dense, lift_fresh of a CUDA tensor, nonzero). Its counts are then `window`;
-                without it `window` holds only the script's own copies (`window_exact` false).
+  copies transformers issues, read from its generate() source (5.x, checked on 5.17.0 by an op count
+                on the CPU and by CUPTI on an H200; `derived_window`):
+                per request 3 H2D of 8 bytes (`_prepare_special_tokens`: torch.tensor of the bos, eos
+                and pad ids on the device) and 3 D2H of 1 byte (its checks `isin(eos, pad).any()`,
+                `(eos < 0).any()` and `has_right_padding = any(mask[:, -1] == 0).item()`);
+                per forward pass 2 D2H of 1 byte (masking_utils' `fast_all(padding_mask)` deciding
+                whether SDPA may skip the causal mask, and `StopCheck`'s `bool(unfinished.max() == 0)`)
+                Each 1-byte readback is `_local_scalar_dense` of a bool: a D2H copy into pinned memory
+                followed by cudaStreamSynchronize.
+`window` is that derivation. --count-copies also counts the crossings independently, under a torch
+dispatch mode (`counted`): run under inference_mode, composite ops (`to`, `item`, `is_nonzero`) reach
+a mode whole, and their copies inside stay unseen, so the mode decomposes them itself and counts the
+primitives that cross (cross-device `_to_copy`/`copy_`, `_local_scalar_dense`, `lift_fresh` of a
+CUDA tensor, `nonzero`, `equal`). `counted_agrees` says whether the two counts are the same.
 """
 
 from __future__ import annotations
@@ -47,7 +56,14 @@ def copy_counter():
                 self.ops[op] += 1
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
+            kwargs = kwargs or {}
+            # a composite op (to, item, is_nonzero under inference_mode) reaches the mode whole: run its
+            # decomposition with the mode active, so the primitive copies inside are the ones counted
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+            out = func(*args, **kwargs)
             pkt = func.overloadpacket
             if pkt is aten._local_scalar_dense and is_cuda(args[0]):
                 self._add("_local_scalar_dense", "d2h", args[0].element_size())
@@ -60,12 +76,42 @@ def copy_counter():
                 if isinstance(src, torch.Tensor) and is_cuda(dst) != is_cuda(src):
                     self._add("copy_", "h2d" if is_cuda(dst) else "d2h", nbytes(dst if is_cuda(src) else src))
             elif pkt in (aten.lift_fresh, aten.lift_fresh_copy) and is_cuda(out):
-                self._add("lift_fresh", "h2d", nbytes(out))
+                self._add("lift_fresh", "h2d", nbytes(out))  # torch.tensor(data, device=cuda)
             elif pkt is aten.nonzero and is_cuda(args[0]):
                 self._add("nonzero", "d2h", 4)  # the count of nonzeros (an int) read back to size the output
+            elif pkt is aten.equal and is_cuda(args[0]):
+                self._add("equal", "d2h", 1)  # its bool result, read inside the CUDA kernel's wrapper
             return out
 
     return CopyCounter()
+
+
+def script_copies(params: dict) -> Counter:
+    """(direction, bytes) -> count of the copies the script itself issues in the window."""
+    requests, batch, prompt = params["requests"], params["batch"], params["prompt"]
+    return Counter(
+        {("h2d", batch * prompt * 8): 2 * requests, ("d2h", batch * (prompt + params["new_tokens"]) * 8): requests}
+    )
+
+
+def derived_window(params: dict) -> dict:
+    """The crossings in the fence window, from the parameters and transformers 5.x generate()'s source
+    (see the module docstring): the script's own copies plus generate's. The totals per direction and
+    `by_size` ([direction, bytes, count] rows, sorted), as `window_counts` reads them from a trace."""
+    requests, passes = params["requests"], params["requests"] * params["new_tokens"]
+    sizes = script_copies(params)
+    sizes[("h2d", 8)] += 3 * requests  # bos, eos, pad ids made on the device
+    sizes[("d2h", 1)] += 3 * requests + 2 * passes  # the bool checks read back
+    return _totals(sizes)
+
+
+def _totals(sizes: Counter) -> dict:
+    out: dict = {"h2d": 0, "d2h": 0, "h2d_bytes": 0, "d2h_bytes": 0}
+    for (direction, n), k in sizes.items():
+        out[direction] += k
+        out[direction + "_bytes"] += k * n
+    out["by_size"] = sorted([d, n, k] for (d, n), k in sizes.items())
+    return out
 
 
 def main(argv=None) -> dict:
@@ -78,10 +124,15 @@ def main(argv=None) -> dict:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--vocab", type=int, default=2048)
-    p.add_argument("--count-copies", action="store_true", help="count transformers' own copies (slower)")
+    p.add_argument(
+        "--count-copies",
+        action="store_true",
+        help="also count the crossings under a torch dispatch mode (slower): `counted`",
+    )
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     import torch
+    import transformers
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     if not torch.cuda.is_available():
@@ -135,21 +186,10 @@ def main(argv=None) -> dict:
         torch.cuda.synchronize()
         torch.zeros(FENCE_BYTES, dtype=torch.uint8).to(dev)  # fence: the window ends
         torch.cuda.synchronize()
-    own = {
-        "h2d": 2 * a.requests,
-        "h2d_bytes": 2 * a.requests * a.batch * a.prompt * 8,
-        "d2h": a.requests,
-        "d2h_bytes": a.requests * a.batch * (a.prompt + a.new_tokens) * 8,
-    }
+    derived = derived_window(vars(a))
+    counted = None
     if counter is not None:
-        win = {"h2d": 0, "d2h": 0, "h2d_bytes": 0, "d2h_bytes": 0}
-        for (direction, n), k in counter.copies.items():
-            win[direction] += k
-            win[direction + "_bytes"] += k * n
-        by_size = sorted([d, n, k] for (d, n), k in counter.copies.items())
-        counted = {"by_size": by_size, "ops": dict(counter.ops)}
-    else:
-        win, counted = own, None
+        counted = _totals(counter.copies) | {"ops": dict(counter.ops)}
     timing = t.summary()
     summary = {
         "workload": "hf_generate",
@@ -157,10 +197,13 @@ def main(argv=None) -> dict:
         "iterations": a.requests * a.new_tokens,
         "iterations_total": (a.warmup + a.requests) * a.new_tokens,
         "per_iteration": {"blocking_waits_min": 1},
-        "script_copies": own,
+        "script_copies": _totals(script_copies(vars(a))),
+        "transformers": transformers.__version__,
+        "window": {k: v for k, v in derived.items() if k != "by_size"},
+        "by_size": derived["by_size"],
+        "window_exact": True,
         "counted": counted,
-        "window": win,
-        "window_exact": counter is not None,
+        "counted_agrees": None if counted is None else counted["by_size"] == derived["by_size"],
         "seconds": timing["seconds"],
         "request_ms_median": timing.get("step_ms_median"),
         "step_ms_median": (timing.get("step_ms_median") or 0) / a.new_tokens,
