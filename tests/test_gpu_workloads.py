@@ -25,7 +25,12 @@ WORKLOADS = {
     "cupy_loop": ("cupy", []),
     "graph_replay": ("torch", []),
 }
-MODES = {"default": [], "bridge": ["--emulate-bridge", "b300-tdx"]}
+# interpose: the driver interposer alone (no CUPTI), which must find the same copies
+MODES = {
+    "default": [],
+    "bridge": ["--emulate-bridge", "b300-tdx"],
+    "interpose": ["--kinds", "none", "--interpose", "on"],
+}
 
 
 def summary(stdout: str) -> dict:

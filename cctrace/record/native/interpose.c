@@ -1219,6 +1219,13 @@ int cct_ip_enable(void) {
     return 0;
 }
 
+/* The real entry point behind a wrapped name (benchmarks call both in one process); NULL if not wrapped. */
+void *cct_ip_real(const char *name) {
+    for (int i = 0; i < N_FUNCS; i++)
+        if (!strcmp(g_fns[i].name, name)) return *g_fns[i].real ? *g_fns[i].real : resolve(i);
+    return NULL;
+}
+
 void cct_ip_stats(uint64_t out[5]) {
     out[0] = g_records;
     out[1] = g_lost;
