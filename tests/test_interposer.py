@@ -269,3 +269,25 @@ def test_doctor_says_whether_interposition_works_here(built) -> None:
     trap = checks["uprobe trap cost (attach)"]
     if os.geteuid() == 0 and trap["status"] == "ok":
         assert float(trap["detail"].split()[0]) > 0
+
+
+def test_rtld_next_keeps_meaning_after_the_caller(built, tmp_path) -> None:
+    """A library loaded after the interposer that wraps a libc function finds libc's through
+    dlsym(RTLD_NEXT), not itself (which recursed until the stack ran out)."""
+    (tmp_path / "libx.c").write_text(
+        "#define _GNU_SOURCE\n#include <dlfcn.h>\n#include <stdio.h>\n"
+        "int puts(const char *s) { static int (*real)(const char *);\n"
+        '  if (!real) real = (int (*)(const char *))dlsym(RTLD_NEXT, "puts");\n'
+        '  fputs("[x] ", stdout); return real(s); }\n'
+    )
+    (tmp_path / "app.c").write_text('#include <stdio.h>\nint main(void) { puts("hi"); return 0; }\n')
+    subprocess.run(
+        ["cc", "-shared", "-fPIC", "-o", str(tmp_path / "libx.so"), str(tmp_path / "libx.c"), "-ldl"], check=True
+    )
+    subprocess.run(
+        ["cc", "-o", str(tmp_path / "app"), str(tmp_path / "app.c"), f"-L{tmp_path}", "-lx", f"-Wl,-rpath,{tmp_path}"],
+        check=True,
+    )
+    env = dict(os.environ, LD_PRELOAD=str(built["interposer"]))
+    r = subprocess.run([str(tmp_path / "app")], env=env, capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout) == (0, "[x] hi\n")

@@ -20,6 +20,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <link.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -1146,9 +1147,52 @@ static void *wrap_answer(const char *symbol, void *p, int version, uint64_t flag
     return p;
 }
 
+/* RTLD_NEXT means "after the object that called dlsym", which glibc finds from its caller's address:
+ * called from here it would mean "after this library" (and a library loaded after it that wraps a
+ * libc function would find itself). So it is resolved here for the real caller: the objects in load
+ * order after the one holding `caller`, each asked in turn. */
+#define MAX_OBJECTS 1024
+struct objects {
+    const void *caller;
+    int caller_at, n;
+    char *paths[MAX_OBJECTS];
+};
+
+static int list_object(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)size;
+    struct objects *o = (struct objects *)data;
+    if (o->n == MAX_OBJECTS) return 1;
+    for (int i = 0; i < info->dlpi_phnum && o->caller_at < 0; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD && (uintptr_t)o->caller >= lo && (uintptr_t)o->caller < lo + ph->p_memsz)
+            o->caller_at = o->n;
+    }
+    o->paths[o->n++] = strdup(info->dlpi_name ? info->dlpi_name : "");
+    return 0;
+}
+
+static void *next_after(const void *caller, const char *name) {
+    struct objects o;
+    o.caller = caller;
+    o.caller_at = -1;
+    o.n = 0;
+    dl_iterate_phdr(list_object, &o); /* paths first: dlopen is not called under the loader's lock */
+    void *p = NULL;
+    for (int i = o.caller_at + 1; o.caller_at >= 0 && i < o.n && !p; i++) {
+        if (!o.paths[i][0]) continue;
+        void *h = dlopen(o.paths[i], RTLD_LAZY | RTLD_NOLOAD);
+        if (!h) continue;
+        p = real_dlsym(h, name);
+        dlclose(h);
+    }
+    for (int i = 0; i < o.n; i++) free(o.paths[i]);
+    return p;
+}
+
 /* dlsym on the driver (frameworks, the runtime's loader): a wrapped name gets its wrapper. */
 void *dlsym(void *handle, const char *name) {
-    void *p = real_dlsym(handle, name);
+    void *p = handle == RTLD_NEXT ? next_after(__builtin_return_address(0), name) : real_dlsym(handle, name);
     if (!p || name[0] != 'c' || name[1] != 'u') return p;
     for (int i = 0; i < N_FUNCS; i++) {
         if (strcmp(g_fns[i].name, name) != 0) continue;
