@@ -120,10 +120,40 @@ static __always_inline int exit_call(struct pt_regs *ctx) {
     return 0;
 }
 
-// a thread inside a probed call leaves or returns to the CPU
+#ifdef KERNEL_ONLY
+// No uprobes (the driver interposer records the calls): every off-CPU interval of a traced thread is
+// recorded, and joined to the interposed call it fell in when the trace is decoded.
+struct off_t {
+    u64 since;
+    u32 tgid;
+};
+BPF_HASH(offcpu, u32, struct off_t, 65536);
+#endif
+
+// a thread inside a probed call (KERNEL_ONLY: any traced thread) leaves or returns to the CPU
 TRACEPOINT_PROBE(sched, sched_switch) {
     u64 now = bpf_ktime_get_ns();
     u32 prev = args->prev_pid, next = args->next_pid;
+#ifdef KERNEL_ONLY
+    u64 id = bpf_get_current_pid_tgid();  // the task leaving the CPU
+    if (prev && is_traced(id >> 32)) {
+        struct off_t o = {now, id >> 32};
+        offcpu.update(&prev, &o);
+    }
+    struct off_t *o = offcpu.lookup(&next);
+    if (o) {
+        struct event_t ev = {};
+        ev.type = EV_OFFCPU;
+        ev.func = 0xffffffff;
+        ev.tid = next;
+        ev.pid = o->tgid;
+        ev.start = o->since;
+        ev.end = now;
+        emit(&ev);
+        offcpu.delete(&next);
+    }
+    return 0;
+#endif
     struct call_t *c = inflight.lookup(&prev);
     if (c) c->switched_out = now;
     c = inflight.lookup(&next);

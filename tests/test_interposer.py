@@ -291,3 +291,46 @@ def test_rtld_next_keeps_meaning_after_the_caller(built, tmp_path) -> None:
     env = dict(os.environ, LD_PRELOAD=str(built["interposer"]))
     r = subprocess.run([str(tmp_path / "app")], env=env, capture_output=True, text=True, timeout=30)
     assert (r.returncode, r.stdout) == (0, "[x] hi\n")
+
+
+@pytest.mark.root
+def test_kernel_view_joined_to_interposed_calls(tmp_path) -> None:
+    """--interpose on with host probes: no uprobes (no trap per call), and the off-CPU time the kernel
+    saw lands on the interposed calls it fell in (the stand-in's H2D call sleeps 5 ms)."""
+    from cctrace.record.sources.host_probes import ProbesUnavailable, check_ready
+    from tests.test_host_probes import APP, LIB
+
+    try:
+        check_ready()
+    except ProbesUnavailable as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"host probes must run in CI: {e}")
+        pytest.skip(str(e))
+    (tmp_path / "lib.c").write_text(LIB)
+    (tmp_path / "app.c").write_text(APP)
+    lib = tmp_path / "libcuda.so.1"
+    subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-o", str(lib), str(tmp_path / "lib.c")], check=True)
+    subprocess.run(
+        ["cc", "-O1", "-o", str(tmp_path / "app"), str(tmp_path / "app.c"), str(lib), f"-Wl,-rpath,{tmp_path}"],
+        check=True,
+    )
+    wrapper = f"import subprocess; subprocess.run([{str(tmp_path / 'app')!r}], input='go\\n', text=True, check=True)"
+    out = tmp_path / "rec"
+    r = subprocess.run(
+        [sys.executable, "-m", "cctrace", "record", "-o", str(out), "--no-load", "--kinds", "none", "--interpose", "on",
+         "--host-probes", "on", "--", sys.executable, "-c", wrapper],
+        env=project_env(), capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    hp = json.loads((out / "manifest.json").read_text())["options"]["host_probes"]
+    assert hp["state"] == "active" and hp["uprobes"] is False and hp["attached"] == 0
+    t = _tables(out)
+    calls = _rows(t["api_calls"])
+    assert {c["source"] for c in calls} == {"interposer"}  # the probes recorded no calls themselves
+    h2d = [c for c in calls if c["name"] == "cuMemcpyHtoDAsync_v2"]
+    assert len(h2d) == 20
+    assert all(c["off_cpu_ns"] > 0 and c["on_cpu_ns"] == c["end_ns"] - c["start_ns"] - c["off_cpu_ns"] for c in h2d)
+    assert sum(c["off_cpu_ns"] for c in h2d) >= 20 * 4_000_000
+    assert t["host_waits"].num_rows >= 20
+    sync = [c for c in calls if c["name"] == "cuStreamSynchronize"]
+    assert len(sync) == 5 and all(c["ioctl_ns"] > 0 for c in sync)  # each makes one NVIDIA-type ioctl

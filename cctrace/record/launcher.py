@@ -59,13 +59,14 @@ class RecordError(Exception):
     """Recording cannot start as asked (e.g. --host-probes on where they cannot run)."""
 
 
-def start_probes(trace_dir: Path, mode: str, flush_s: float, launches: bool = False):
-    """Host probes per --host-probes; returns (probes or None, health for the manifest)."""
+def start_probes(trace_dir: Path, mode: str, flush_s: float, launches: bool = False, uprobes: bool = True):
+    """Host probes per --host-probes; returns (probes or None, health for the manifest). Without
+    uprobes (the interposer records the calls) only what the kernel sees: off-CPU time and ioctls."""
     if mode == "off":
         return None, {"state": "off (--host-probes off)"}
     from cctrace.record.sources.host_probes import HostProbes, ProbesUnavailable
 
-    probes = HostProbes(trace_dir, flush_s=flush_s, launches=launches)
+    probes = HostProbes(trace_dir, flush_s=flush_s, launches=launches, uprobes=uprobes)
     try:
         probes.start()
     except ProbesUnavailable as e:
@@ -207,14 +208,21 @@ def _loadable(name: str) -> bool:
     )
 
 
-def plan_interposer(opts: RecordOptions) -> dict:
+def interposer_mode(opts: RecordOptions) -> dict:
     """--interpose: 'on' records from the start, 'standby' preloads it for the tracer to switch on if
     CUPTI is refused in the process, 'off' leaves the program alone. auto is on when CUPTI cannot run
     (no kinds asked, cupti-python missing, Confidential Computing on) and standby otherwise."""
     if opts.interpose == "off":
         return {"mode": "off", "why": "--interpose off"}
     why = "asked (--interpose on)" if opts.interpose == "on" else _cupti_cannot_run(opts)
-    plan = {"mode": "on" if why else "standby", "why": why or "CUPTI runs; on only where it is refused"}
+    return {"mode": "on" if why else "standby", "why": why or "CUPTI runs; on only where it is refused"}
+
+
+def plan_interposer(opts: RecordOptions, mode: dict | None = None) -> dict:
+    """The interposer's mode (interposer_mode) and, unless off, the built library to preload."""
+    plan = dict(mode or interposer_mode(opts))
+    if plan["mode"] == "off":
+        return plan
     from cctrace.record import native as N
 
     try:
@@ -340,10 +348,13 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
         options["emulate_bridge"] = opts.bridge.to_json()
     if opts.step_functions:
         options["step_functions"] = list(opts.step_functions)
-    probes, options["host_probes"] = start_probes(trace_dir, opts.host_probes, opts.flush_s, opts.probe_launches)
+    mode = interposer_mode(opts)
+    probes, options["host_probes"] = start_probes(
+        trace_dir, opts.host_probes, opts.flush_s, opts.probe_launches, uprobes=mode["mode"] != "on"
+    )
     drop_privileges()
     try:  # built as the invoking user, into their cache: the program must be able to map it
-        interposer = plan_interposer(opts)
+        interposer = plan_interposer(opts, mode)
     except RecordError:
         if probes:
             probes.stop()

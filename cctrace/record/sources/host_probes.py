@@ -224,8 +224,10 @@ def dump_program(libcuda: str | None = None, launches: bool = False) -> str:
 
 
 def _program(names: list[str], ringbuf_pages_log2: int = RINGBUF_PAGES_LOG2) -> str:
+    """The eBPF program: the shared part, then an entry/return handler pair per probed entry point;
+    without any (the interposer records the calls) only what the kernel sees, for every traced thread."""
     src = PROBE_SOURCE.read_text().replace("RINGBUF_PAGES_LOG2", str(ringbuf_pages_log2))
-    parts = [src]
+    parts = [src if names else "#define KERNEL_ONLY 1\n" + src]
     for i, name in enumerate(names):
         _kind, nbytes, stream, ptr, out = FUNCS[_base(name)]
         parts.append(
@@ -245,11 +247,17 @@ def _base(name: str) -> str:
 
 class HostProbes:
     def __init__(
-        self, trace_dir: Path, libcuda: str | None = None, flush_s: float = 1.0, launches: bool = False
+        self,
+        trace_dir: Path,
+        libcuda: str | None = None,
+        flush_s: float = 1.0,
+        launches: bool = False,
+        uprobes: bool = True,
     ) -> None:
         self.trace_dir = Path(trace_dir)
         self.libcuda = libcuda
         self.launches = launches
+        self.uprobes = uprobes  # False: the interposer records the calls; only off-CPU and ioctls here
         self.flush_s = flush_s
         self.writer = ShardWriter(self.trace_dir, os.getpid())
         self.attached: list[str] = []
@@ -263,13 +271,15 @@ class HostProbes:
     def start(self, pids: list[int] | None = None) -> None:
         check_ready()
         bcc = import_bcc()
-        lib = self.libcuda or find_libcuda(pids[0] if pids else None)
-        if lib is None or not os.path.exists(lib):
-            raise ProbesUnavailable(f"no libcuda found to probe (set {H.LIBCUDA.name}=/path/to/libcuda.so.1)")
-        self.libcuda = lib
-        names = probe_names(_exported_symbols(lib), self.launches)
-        if not names:
-            raise ProbesUnavailable(f"{lib} exports none of the CUDA driver entry points cctrace probes")
+        names: list[str] = []
+        if self.uprobes:
+            lib = self.libcuda or find_libcuda(pids[0] if pids else None)
+            if lib is None or not os.path.exists(lib):
+                raise ProbesUnavailable(f"no libcuda found to probe (set {H.LIBCUDA.name}=/path/to/libcuda.so.1)")
+            self.libcuda = lib
+            names = probe_names(_exported_symbols(lib), self.launches)
+            if not names:
+                raise ProbesUnavailable(f"{lib} exports none of the CUDA driver entry points cctrace probes")
         self.names = names
         self._kinds = np.array([FUNCS[_base(n)][0] for n in names] + [None], dtype=object)
         self._has_bytes = np.array([FUNCS[_base(n)][1] != "0" for n in names] + [False])
@@ -279,8 +289,8 @@ class HostProbes:
             raise ProbesUnavailable(f"the eBPF program did not compile/load: {str(e)[:300]}") from None
         for i, name in enumerate(names):
             try:
-                self.bpf.attach_uprobe(name=lib, sym=name, fn_name=f"enter_{i}")
-                self.bpf.attach_uretprobe(name=lib, sym=name, fn_name=f"exit_{i}")
+                self.bpf.attach_uprobe(name=self.libcuda, sym=name, fn_name=f"enter_{i}")
+                self.bpf.attach_uretprobe(name=self.libcuda, sym=name, fn_name=f"exit_{i}")
                 self.attached.append(name)
             except Exception as e:  # noqa: BLE001
                 self.errors.append(f"{name}: {e}")
@@ -379,6 +389,7 @@ class HostProbes:
             "libcuda": self.libcuda,
             "attached": len(self.attached),
             "launches": self.launches,
+            "uprobes": self.uprobes,
             "events": dict(self.events),
             "lost": getattr(self, "lost", 0),
             "errors": self.errors[:20],
