@@ -634,9 +634,9 @@ def query(name, trace, list_, params, fmt, output, allow_external_access, profil
     if fmt == "table":
         from rich.console import Console
 
-        from cctrace.ui.render import arrow_table
+        from cctrace.ui.render import print_arrow
 
-        Console().print(arrow_table(t, title=name))
+        print_arrow(t, Console(), title=name)
         return
     if fmt == "csv":
         import io

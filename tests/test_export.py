@@ -202,3 +202,19 @@ def test_parquet_export_round_trips(trace, tmp_path):
     for table in ("copies", "api_calls", "kernels", "markers"):
         n = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         assert pq.read_table(tmp_path / "pq" / f"{table}.parquet").num_rows == n
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_query_table_never_splits_a_number(trace, columns):
+    """On a narrow terminal a wide result prints one block per row instead of folding cells: every value
+    of the JSON result appears whole on the screen, and no line is wider than the terminal."""
+    rows = json.loads(cctrace("query", "small_crossings", str(trace), "--format", "json").stdout)
+    r = cctrace("query", "small_crossings", str(trace), env={"COLUMNS": str(columns)})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert max(len(line) for line in lines) <= columns
+    tokens = r.stdout.replace("│", " ").split()
+    for row in rows:
+        for v in row.values():
+            assert str(v) in tokens, v
+    assert ("-- row 1 --" in r.stdout) == (columns == 80)

@@ -50,6 +50,30 @@ def arrow_table(t: pa.Table, title: str | None = None, limit: int = 200) -> Tabl
     return out
 
 
+def print_arrow(t: pa.Table, console: Console, title: str | None = None, limit: int = 200) -> None:
+    """Query rows for the terminal: a table when it fits the terminal's width, else one block per row
+    (`column  value` lines), so that no number is ever split across lines or cut short."""
+    from rich.measure import Measurement
+
+    table = arrow_table(t, title, limit)
+    if Measurement.get(console, console.options.update_width(1 << 16), table).maximum <= console.width:
+        console.print(table)
+        return
+    if title:
+        console.print(cell(title), style="bold")
+    names = [cell(n) for n in t.column_names]
+    width = max(len(n) for n in names)
+    for i, row in enumerate(t.slice(0, limit).to_pylist(), 1):
+        console.print(f"-- row {i} --", style="dim")
+        for name, v in zip(names, row.values(), strict=True):
+            line = name.copy()
+            line.pad_right(width - len(name) + 2)
+            line.append_text(cell(v))
+            console.print(line, overflow="fold")
+    if t.num_rows > limit:
+        console.print(f"({t.num_rows - limit} more rows: --format csv or json for all)", style="dim")
+
+
 def print_partial(partial: list[str], console: Console) -> None:
     """PARTIAL, with what is missing, when the trace lacks data (the numbers below count only what loaded)."""
     for p in partial:
