@@ -124,7 +124,7 @@ def test_call_sites_render_when_the_report_has_them(page_and_report, browser, tm
         {"callsite": "serve.py:120", "function": "sample", "category": "sync_waits", "lost_ms": 5.2},
     ]
     html = report_page(rep, steps, latency)
-    assert "\x1b" not in html  # never a control character from a trace
+    assert "\x1b" not in html and "serve\\x1b[31m.py" in html  # a control character shows as an escape
     path = tmp_path / "sites.html"
     path.write_text(html)
     page = browser.new_page()

@@ -12,6 +12,7 @@ import html
 import math
 
 from cctrace.ui.render import LABELS
+from cctrace.ui.safe import clean
 
 # one colour per loss category (page only); "unexplained" is grey
 COLOURS = {
@@ -25,8 +26,9 @@ SERIES = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
 
 def _t(value) -> str:
-    """Text from a trace, safe in HTML: control characters dropped, markup escaped."""
-    return html.escape("".join(ch for ch in str(value) if ch.isprintable() or ch == " "))
+    """Text from a trace, safe in HTML: control characters written as escapes (cctrace.ui.safe), markup
+    escaped."""
+    return html.escape(clean(value, None))
 
 
 def _num(x: float, digits: int = 3) -> str:
