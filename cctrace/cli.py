@@ -533,9 +533,12 @@ def report(trace, as_json, markdown, html_out, params, profile) -> None:
     """Attribute the time TRACE lost at the CPU<->GPU boundary, with advice.
 
     TRACE is a trace directory (loaded on first use) or its trace.duckdb. JSON keys: window_ms,
-    steps, step_source, step_ms, categories[{category, events, lost_ms, per_step_us, pct_of_window,
-    gpu_idle_overlap_ms, advice}], explained_ms, unexplained_ms, gpu_idle_ms, cost_model, top, params,
-    bridge_emulation (null unless recorded with --emulate-bridge: the injected ms per kind).
+    steps, step_source (nvtx, step_function, readback, graph_replay, worker_sync, driver_sync, period,
+    none), step_ms, step_median_ms, step_p10_ms, step_p90_ms, categories[{category, events, lost_ms,
+    per_step_us, pct_of_window, gpu_idle_overlap_ms, advice, where}], explained_ms, unexplained_ms,
+    gpu_idle_ms, cost_model, top, facts, host_only, params, ground_truth (null unless the emulator's
+    per-injection rows exist: injected vs explained ms inside the window, per category), bridge_emulation
+    (null unless recorded with --emulate-bridge: the whole run's injected ms per kind).
     """
     from cctrace.analyze.analysis import report as build
     from cctrace.ui.render import print_report, report_markdown
@@ -673,9 +676,11 @@ def diff_cmd(base, trace, as_json, params, profile) -> None:
     is shown beside it (JSON: gap_median_ms_per_step): far apart, some steps were slowed by something
     other than the boundary. JSON keys: base_step_ms, trace_step_ms, gap_ms_per_step, gap_pct,
     base_step_median_ms, trace_step_median_ms, gap_median_ms_per_step, categories[{category,
-    base_ms_per_step, trace_ms_per_step, delta_ms_per_step, share_of_gap}], explained_ms_per_step,
-    unexplained_ms_per_step, explained_share, bridge_injected_ms_per_step (traces recorded with
-    --emulate-bridge: what the emulator injected per step more in TRACE than in BASE, else null).
+    base_ms_per_step, trace_ms_per_step, delta_ms_per_step, share_of_gap, injected_ms_per_step}],
+    explained_ms_per_step, unexplained_ms_per_step, explained_share, noise_ms_per_step,
+    base_step_source, trace_step_source, same_program, warnings (why the gap cannot be judged),
+    bridge_injected_ms_per_step (traces recorded with --emulate-bridge: what the emulator injected per
+    step more in TRACE than in BASE, else null) and bridge_injected_scope (window | whole_run).
     """
     from cctrace.analyze.analysis import diff
 

@@ -40,7 +40,7 @@ class Category:
     injected_kinds: tuple[str, ...] = ()  # bridge_injections kinds whose time this category explains
 
 
-REMEDIES_MEASURED = "benchmarks/remedies.py --reps 5 --steps 300 (sample_traces/README.md)"
+REMEDIES_MEASURED = "run_serve.py remedies --reps 5 --steps 300, H100, 2026-11-26 (benchmarks/README.md)"
 
 
 def _staging(text: str) -> Remedy:
