@@ -167,9 +167,12 @@ SELECT pid, tid, rank, grp, any_value(kind), count(*), sum(wait_ns),
 FROM (SELECT *, median(gap) OVER (PARTITION BY pid, tid, rank, grp) AS med_gap FROM step_ends_ctx)
 GROUP BY pid, tid, rank, grp;
 
+-- (groups within 5% of the most members are as good: of those, the one whose calls waited longest,
+-- the end of the step's GPU work rather than a check early in it)
 CREATE OR REPLACE TEMP TABLE step_pick AS
 SELECT * EXCLUDE (ok) FROM step_groups_ok
-ORDER BY n >= getvariable('min_steps') DESC, ok DESC, rank, n DESC, wait_ns DESC, grp
+ORDER BY n >= getvariable('min_steps') DESC, ok DESC, rank,
+         n >= 0.95 * max(n) OVER (PARTITION BY ok, rank) DESC, wait_ns DESC, n DESC, grp
 LIMIT 1;
 
 -- The steps: marked ranges, else the intervals between consecutive ends of the picked group.

@@ -300,9 +300,10 @@ def serve_loop(steps: int = 300, warmup: int = 1, toll: int = 0, jitter: int = 0
     return lp
 
 
-def hf_generate_loop(requests: int = 6, tokens: int = 64) -> Loop:
+def hf_generate_loop(requests: int = 6, tokens: int = 64, mask_every: int = 3) -> Loop:
     """HF generate: each forward ends in the stopping check, a 1-byte pinned D2H + cudaStreamSynchronize
-    (.item()); two forwards in three also read back a mask check early on (the same 1-byte signature);
+    (.item()); all forwards but every `mask_every`-th (1: every forward, as transformers 4.5x does) also
+    read back a mask check early on (the same 1-byte signature);
     each request starts with an eos check readback. Steps: the stopping checks' intervals (their context,
     the calls since the previous readback, tells them from the mask checks)."""
     lp = Loop()
@@ -316,7 +317,7 @@ def hf_generate_loop(requests: int = 6, tokens: int = 64) -> Loop:
         item(10 * US)  # eos check
         for tok in range(tokens):
             lp.launches(3)
-            if tok % 3:
+            if mask_every == 1 or tok % mask_every:
                 item(30 * US)  # mask check, early in the forward
             lp.launches(24)
             item(400 * US)  # stopping check: waits for the forward

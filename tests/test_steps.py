@@ -21,6 +21,8 @@ LOOPS = {
     "serve": (serve_loop, 300, "readback"),
     # 6 x 64 stopping checks; 256 mask checks with the same 1-byte signature, 6 eos checks
     "hf_generate": (hf_generate_loop, 6 * 64 - 1, "readback"),
+    # the same with a mask check in every forward (2 one-byte readbacks per forward pass)
+    "hf_generate_every": (lambda: hf_generate_loop(mask_every=1), 6 * 64 - 1, "readback"),
     # 1 warm-up + 200 pinned D2H completed by cuEventSynchronize (driver API only)
     "jax": (jax_loop, 200, "readback"),
     # 150 replays completed by a stream sync; the warm-up's readbacks end in one device sync
