@@ -7,9 +7,9 @@ Two phases, because the GPU machine has no duckdb:
     python benchmarks/truth.py record OUTDIR [--only hf_generate,jax_loop]   # on the GPU machine
     python benchmarks/truth.py report OUTDIR [OUTDIR...]                     # where duckdb is
 
-`record` writes OUTDIR/summaries.json (each run's own summary and the copies found between the
-workload's fences, read with pyarrow) and OUTDIR/<workload>-<mode>.tar.gz (each trace, written as soon
-as it exists), and prints the copy counts. `report` loads each trace, runs report and diff, and prints
+`record` writes OUTDIR/summaries.json (each run's own summary, and the copies and the API calls by
+name found between the workload's fences, read with pyarrow) and OUTDIR/<workload>-<mode>.tar.gz
+(each trace, written as soon as it exists), and prints the copy counts. `report` loads each trace, runs report and diff, and prints
 one table: per workload, copies found vs issued (must be exact), steps found vs iterations (within
 ±5%), the explained share of the injected time in the analysis window (90-110%) and diff's explained
 share of the injected per-step gap (>= 90%). `--json` prints the rows instead. OUTDIR defaults to
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS_DIR = ROOT / "tests" / "workloads"
 sys.path.insert(0, str(WORKLOADS_DIR))
-from _common import TAG, window_counts  # noqa: E402
+from _common import TAG, window_calls, window_counts  # noqa: E402
 
 # workload -> (the module it needs, extra args of the plain run: what counts what it issued)
 WORKLOADS = {
@@ -71,7 +71,7 @@ def _run(cmd: list[str], timeout: float) -> tuple[dict | None, str]:
     return s, "" if r.returncode == 0 else f"exit {r.returncode}: {r.stderr[-1500:]}"
 
 
-def record(outdir: Path, only: list[str], timeout: float) -> int:
+def record(outdir: Path, only: list[str], timeout: float, record_opts: list[str]) -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     results_path = outdir / "summaries.json"
     results: dict = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -80,6 +80,8 @@ def record(outdir: Path, only: list[str], timeout: float) -> int:
         need, plain_extra = WORKLOADS[name]
         if importlib.util.find_spec(need) is None:
             results[name] = {"skipped": f"{need} is not installed"}
+            results_path.write_text(json.dumps(results, indent=1, sort_keys=True))
+            print(f"{name:<13} skipped: {need} is not installed", flush=True)
             continue
         script = [sys.executable, str(WORKLOADS_DIR / f"{name}.py"), "--json"]
         entry: dict = {}
@@ -88,11 +90,13 @@ def record(outdir: Path, only: list[str], timeout: float) -> int:
             entry["plain_error"] = err
         for mode, opts in MODES.items():
             trace = tmp / f"{name}-{mode}"
-            cmd = [sys.executable, "-m", "cctrace", "record", "-q", "--no-load", "--force", "-o", str(trace), *opts]
+            cmd = [sys.executable, "-m", "cctrace", "record", "-q", "--no-load", "--force", "-o", str(trace)]
+            cmd += [*opts, *record_opts]
             summary, err = _run([*cmd, "--", *script], timeout)
             run: dict = {"summary": summary, "error": err or None}
             if trace.is_dir():
                 run["window"] = window_counts(trace)
+                run["window_calls"] = window_calls(trace)
                 m = trace / "manifest.json"
                 if m.exists():
                     run["injected"] = (json.loads(m.read_text()).get("bridge_emulation") or {}).get("injected")
@@ -287,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated, from: {', '.join(WORKLOADS)}")
     p.add_argument("--timeout", type=float, default=240, help="seconds per run")
     p.add_argument("--json", action="store_true", help="report: the rows as JSON")
+    p.add_argument(
+        "--record-opt",
+        action="append",
+        default=[],
+        help="record: one more `cctrace record` option for every traced run (repeatable), e.g. --record-opt=--driver",
+    )
     a = p.parse_args(argv)
     outdirs = a.outdir or ([Path(default_out)] if default_out else [])
     if not outdirs or (a.phase == "record" and len(outdirs) > 1):
@@ -296,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown workload(s) {unknown}; known: {', '.join(WORKLOADS)}")
     if a.phase == "record":
-        return record(outdirs[0], only, a.timeout)
+        return record(outdirs[0], only, a.timeout, a.record_opt)
     rows = report(outdirs)
     if a.json:
         print(json.dumps(rows, indent=1))

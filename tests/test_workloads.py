@@ -13,7 +13,7 @@ from tests.conftest import ROOT, project_env
 
 WORKLOADS_DIR = ROOT / "tests" / "workloads"
 sys.path.insert(0, str(WORKLOADS_DIR))
-from _common import FENCE_BYTES, window, window_counts  # noqa: E402
+from _common import FENCE_BYTES, window, window_calls, window_counts  # noqa: E402
 
 NAMES = ("hf_generate", "jax_loop", "cupy_loop", "graph_replay")
 
@@ -77,3 +77,30 @@ def test_hf_generate_derived_window_is_what_cupti_found_on_the_h200():
         "d2h_bytes": 12489,
         "by_size": [["d2h", 1, 201], ["d2h", 4096, 3], ["h2d", 8, 9], ["h2d", 2048, 6]],
     }
+
+
+def test_window_calls_counts_the_calls_between_the_fences_by_name(tmp_path):
+    w = ShardWriter(tmp_path, 1)
+    w.extend(
+        "copies",
+        ("pid", "op", "copy_kind", "bytes", "start_ns", "end_ns"),
+        [(1, "memcpy", "HtoD", FENCE_BYTES, 20, 21), (1, "memcpy", "HtoD", FENCE_BYTES, 60, 61)],
+    )
+    cols = ("pid", "tid", "source", "domain", "name", "start_ns", "end_ns")
+    w.extend(
+        "api_calls",
+        cols,
+        [
+            (1, 7, "cupti", "driver", "cuStreamSynchronize", 10, 11),  # before the window
+            (1, 7, "cupti", "driver", "cuGraphLaunch", 30, 31),
+            (1, 8, "cupti", "driver", "cuMemcpyDtoHAsync_v2", 35, 36),
+            (1, 9, "cupti", "driver", "cuMemcpyDtoHAsync_v2", 40, 41),
+            (1, 7, "cupti", "driver", "cuGraphLaunch", 50, 51),
+            (1, 7, "cupti", "runtime", "cudaStreamSynchronize", 70, 71),  # after
+        ],
+    )
+    w.close()
+    assert window_calls(tmp_path) == [
+        ["cupti", "driver", "cuGraphLaunch", 2, 1],
+        ["cupti", "driver", "cuMemcpyDtoHAsync_v2", 2, 2],
+    ]

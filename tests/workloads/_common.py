@@ -70,17 +70,25 @@ def emit(args: argparse.Namespace, summary: dict) -> None:
         )
 
 
-def window_counts(trace_dir) -> dict:
-    """The H2D/D2H copies a recorded trace holds strictly between a workload's two fence copies, read
-    from the copies shards with pyarrow only (the GPU machine has no duckdb): the same keys as a
-    summary's `window`, plus `by_size` ([direction, bytes, count] rows) and `fences` (how many found)."""
+def _rows(trace_dir, table: str) -> list[dict]:
     from pathlib import Path
 
     from cctrace.trace.shards import read_shard
 
-    rows = [r for f in sorted(Path(trace_dir).glob("copies.*.arrows")) for r in read_shard(f).data.to_pylist()]
+    return [r for f in sorted(Path(trace_dir).glob(f"{table}.*.arrows")) for r in read_shard(f).data.to_pylist()]
+
+
+def _fences(copies: list[dict]) -> list[int]:
+    return sorted(r["start_ns"] for r in copies if r["copy_kind"] == "HtoD" and r["bytes"] == FENCE_BYTES)
+
+
+def window_counts(trace_dir) -> dict:
+    """The H2D/D2H copies a recorded trace holds strictly between a workload's two fence copies, read
+    from the copies shards with pyarrow only (the GPU machine has no duckdb): the same keys as a
+    summary's `window`, plus `by_size` ([direction, bytes, count] rows) and `fences` (how many found)."""
+    rows = _rows(trace_dir, "copies")
     memcpy = [r for r in rows if r["op"] == "memcpy" and r["copy_kind"] in ("HtoD", "DtoH")]
-    fences = sorted(r["start_ns"] for r in memcpy if r["copy_kind"] == "HtoD" and r["bytes"] == FENCE_BYTES)
+    fences = _fences(memcpy)
     out = {"h2d": 0, "d2h": 0, "h2d_bytes": 0, "d2h_bytes": 0, "fences": len(fences), "by_size": []}
     if len(fences) < 2:
         return out
@@ -93,3 +101,18 @@ def window_counts(trace_dir) -> dict:
             sizes[(d, r["bytes"])] = sizes.get((d, r["bytes"]), 0) + 1
     out["by_size"] = sorted([d, n, k] for (d, n), k in sizes.items())
     return out
+
+
+def window_calls(trace_dir) -> list[list]:
+    """The recorded API calls that start between the fences, as [source, domain, name, calls, threads]
+    rows (most calls first): which calls a framework makes per iteration, what a step detector can
+    see, read with pyarrow only. Empty without both fences."""
+    fences = _fences([r for r in _rows(trace_dir, "copies") if r["op"] == "memcpy"])
+    if len(fences) < 2:
+        return []
+    calls: dict[tuple[str, str, str], tuple[int, set]] = {}
+    for r in _rows(trace_dir, "api_calls"):
+        if fences[0] < r["start_ns"] < fences[-1]:
+            n, tids = calls.get((r["source"], r["domain"], r["name"]), (0, set()))
+            calls[(r["source"], r["domain"], r["name"])] = (n + 1, tids | {r["tid"]})
+    return sorted(([*k, n, len(t)] for k, (n, t) in calls.items()), key=lambda r: (-r[3], r[:3]))
