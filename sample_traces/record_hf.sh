@@ -3,7 +3,8 @@
 # tests/workloads/hf_generate.py (random-init Llama, 3 requests x 32 new tokens, batch 8), recorded with the
 # default kinds, once plain (hf-generate-baseline) and once under --emulate-bridge b300-tdx (hf-generate-bridge),
 # each pinned to CPUS (default 2-5). Each trace keeps the recorded run's own summary as workload_summary.json;
-# OUTDIR/hf-generate-issued.json is a plain run with --count-copies: the exact crossings in the fence window.
+# OUTDIR/hf-generate-issued.json is a plain run with --count-copies: the crossings in the fence window counted by a
+# torch dispatch mode (`counted`) and derived from generate()'s source (`window`); `counted_agrees` says they match.
 set -euo pipefail
 out=${1:?usage: record_hf.sh OUTDIR}
 cpus=${CPUS:-2-5}
