@@ -62,6 +62,22 @@ _probe_launches_option = click.option(
 )
 
 
+# record and attach mean the same by these: the window opens DELAY seconds after start, lasts DURATION
+_delay_option = click.option(
+    "--delay",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Seconds after start before tracing begins (nothing is attached before).",
+)
+_duration_option = click.option(
+    "--duration",
+    type=click.FloatRange(0.001),
+    help="Seconds to trace, from start or from the end of --delay; afterwards the program runs on "
+    "untraced (default: until it ends, or Ctrl-C for attach).",
+)
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="Trace directory to write (default: cctrace-<time>)."
@@ -134,6 +150,21 @@ _probe_launches_option = click.option(
     "vllm.v1.engine.core:EngineCore.step): each call is recorded as a marker, in every traced process, "
     "with no code change. Repeatable.",
 )
+@_delay_option
+@_duration_option
+@click.option(
+    "--toggle-signal",
+    metavar="SIG",
+    help="Turn tracing off and on each time cctrace receives SIG (e.g. USR2: `kill -USR2 <cctrace's pid>`). "
+    "cctrace keeps SIG for itself: it is not forwarded to COMMAND, and the traced processes are told "
+    "through a pipe in the trace directory, so a program that uses SIG itself is left alone (send it to "
+    "the program's own pid for that). Host probes do not follow toggles (--host-probes off).",
+)
+@click.option(
+    "--start-detached",
+    is_flag=True,
+    help="Start with tracing off (CUPTI not attached) until the first --toggle-signal.",
+)
 @click.option("--no-load", is_flag=True, help="Do not build trace.duckdb after the run.")
 @click.option("--force", is_flag=True, help="Write into an existing, non-empty output directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No messages from the tracer inside the program.")
@@ -154,6 +185,10 @@ def record(
     callsite_skip,
     callsite_keep,
     step_functions,
+    delay,
+    duration,
+    toggle_signal,
+    start_detached,
     no_load,
     force,
     quiet,
@@ -166,6 +201,12 @@ def record(
     Example:  cctrace record -o trace1 --nvtx -- python examples/serve.py --steps 200
     The exit status is COMMAND's (127 if it cannot be found). The trace directory holds
     Arrow shards, manifest.json and, when duckdb is installed, trace.duckdb.
+
+    \b
+    Bounded tracing of a long-running server (outside its windows CUPTI is detached, not just idle):
+      cctrace record --delay 60 --duration 20 -- python serve.py     # seconds 60..80 only
+      cctrace record --start-detached --toggle-signal USR2 -- python serve.py
+      kill -USR2 <cctrace's pid>                                     # on; again: off
     """
     from cctrace.record.launcher import RecordError, RecordOptions, run_traced
 
@@ -200,6 +241,7 @@ def record(
         except StepFunctionError as e:
             _err(f"--step-function: {e}")
             sys.exit(EXIT_USAGE)
+    window = _window(delay, duration, toggle_signal, start_detached, spec)
     # only once every option is known good: --force clears the earlier trace
     out = _output_dir(output, "cctrace-%Y%m%d-%H%M%S", force)
     opts = RecordOptions(
@@ -215,6 +257,7 @@ def record(
         callsite_skip=tuple(callsite_skip),
         callsite_keep=tuple(callsite_keep),
         step_functions=tuple(step_functions),
+        window=window,
     )
     try:
         status = run_traced(list(command), out, opts)
@@ -232,6 +275,31 @@ def record(
         except Exception as e:  # noqa: BLE001 - the program's exit status must survive
             _err(f"trace written to {out}; summary failed: {type(e).__name__}: {e}")
     sys.exit(status)
+
+
+def _window(delay: float, duration: float | None, toggle: str | None, start_detached: bool, bridge):
+    """--delay/--duration/--toggle-signal/--start-detached as one launcher Window, or None."""
+    import signal
+
+    from cctrace.record.launcher import FORWARDED, Window
+
+    if not (delay or duration is not None or toggle or start_detached):
+        return None
+    sig = None
+    if toggle:
+        name = toggle.upper().removeprefix("SIG")
+        sig = getattr(signal.Signals, "SIG" + name, None)
+        allowed = [s.name.removeprefix("SIG") for s in FORWARDED if s not in (signal.SIGTERM, signal.SIGHUP)]
+        if sig is None or sig.name.removeprefix("SIG") not in allowed:
+            _err(f"--toggle-signal {toggle}: choose one of {', '.join(allowed)}")
+            sys.exit(EXIT_USAGE)
+    if start_detached and sig is None:
+        _err("--start-detached needs --toggle-signal (or use --delay): nothing would turn tracing on")
+        sys.exit(EXIT_USAGE)
+    if bridge is not None:
+        _err("--emulate-bridge acts through CUPTI for the whole run; it cannot be combined with tracing windows")
+        sys.exit(EXIT_USAGE)
+    return Window(delay_s=delay, duration_s=duration, toggle_signal=sig, start_detached=start_detached)
 
 
 _locks: list[int] = []  # the trace directory's lock, held until cctrace exits
@@ -353,13 +421,12 @@ def load_cmd(trace_dirs, as_json) -> None:
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="Trace directory (default: cctrace-attach-<time>)."
 )
-@click.option(
-    "--duration", type=click.FloatRange(0.1), help="Seconds to trace (default: until Ctrl-C or the process ends)."
-)
+@_delay_option
+@_duration_option
 @click.option("--libcuda", help="The libcuda to probe (default: the one the process mapped).")
 @_probe_launches_option
 @click.option("--force", is_flag=True, help="Write into an existing, non-empty output directory.")
-def attach(pid, output, duration, libcuda, probe_launches, force) -> None:
+def attach(pid, output, delay, duration, libcuda, probe_launches, force) -> None:
     """Trace a running process with host probes only (no CUPTI: works in CC production mode).
 
     Needs root and bcc. The trace has api_calls (with byte counts and directions from the probed
@@ -369,7 +436,7 @@ def attach(pid, output, duration, libcuda, probe_launches, force) -> None:
 
     out = _output_dir(output, "cctrace-attach-%Y%m%d-%H%M%S", force)
     try:
-        health = attach_pid(pid, out, duration, libcuda, progress=_err, launches=probe_launches)
+        health = attach_pid(pid, out, duration, libcuda, progress=_err, launches=probe_launches, delay=delay)
     except AttachError as e:
         _err(str(e))
         sys.exit(EXIT_USAGE)

@@ -30,13 +30,24 @@ def attach_pid(
     libcuda: str | None,
     progress: Callable[[str], None] | None = None,
     launches: bool = False,
+    delay: float = 0.0,
 ) -> dict:
+    """Probe `pid` for `duration` seconds (None: until Ctrl-C or its exit), starting `delay` seconds
+    from now: the same window as `record --delay/--duration`."""
     from cctrace.record.sources.host_probes import HostProbes, ProbesUnavailable, find_libcuda
 
     if not _alive(pid):
         raise AttachError(f"no process {pid}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if delay > 0:
+        if progress:
+            progress(f"waiting {delay:g} s before attaching to pid {pid}")
+        until = time.monotonic() + delay
+        while time.monotonic() < until and _alive(pid):
+            time.sleep(min(0.1, max(0.0, until - time.monotonic())))
+        if not _alive(pid):
+            raise AttachError(f"process {pid} ended before the tracing window opened")
     started_wall, started_ns = time.time(), time.monotonic_ns()
     lib = libcuda or find_libcuda(pid)
     probes = HostProbes(out, libcuda=lib, launches=launches)
@@ -74,7 +85,8 @@ def attach_pid(
         "cupti": "off: attach traces host probes only",
     }
     write_json_atomic(proc_record_path(out, pid), rec)
-    options = {"mode": "attach", "host_probes": {"state": "active", **health}}
+    window = {"delay_s": delay, "duration_s": duration, "windows": [[started_ns, rec["end_ns"]]]}
+    options = {"mode": "attach", "host_probes": {"state": "active", **health}, "window": window}
     write_json_atomic(
         out / MANIFEST, build_manifest(out, ["attach", str(pid)], started_wall, started_ns, None, options)
     )

@@ -18,6 +18,7 @@ import fcntl
 import os
 import pwd
 import secrets
+import select
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cctrace.record import control
 from cctrace.record import tracer as T
 from cctrace.record.bridge import BridgeSpec
 from cctrace.resources import PACKAGE
@@ -52,7 +54,40 @@ class RecordOptions:
     step_functions: tuple[str, ...] = ()  # --step-function MODULE:QUALNAME
     interpose: str = "auto"  # --interpose on | off | auto
     interpose_launches: bool = False  # --probe-launches, for the interposer
+    window: Window | None = None  # --delay/--duration/--toggle-signal/--start-detached
     extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Window:
+    """When the traced processes trace: from `delay_s` for `duration_s` (None: to the end), and/or
+    toggled by `toggle_signal` sent to cctrace (starting off with `start_detached`)."""
+
+    delay_s: float = 0.0
+    duration_s: float | None = None
+    toggle_signal: signal.Signals | None = None
+    start_detached: bool = False
+
+    def starts_on(self) -> bool:
+        return not self.start_detached and self.delay_s <= 0
+
+    def schedule(self, t0: float) -> list[tuple[float, bool]]:
+        """(monotonic time, state) changes due by the clock alone."""
+        out = []
+        if self.delay_s > 0:
+            out.append((t0 + self.delay_s, True))
+        if self.duration_s is not None:
+            out.append((t0 + self.delay_s + self.duration_s, False))
+        return out
+
+    def to_json(self) -> dict:
+        sig = self.toggle_signal.name if self.toggle_signal is not None else None
+        return {
+            "delay_s": self.delay_s,
+            "duration_s": self.duration_s,
+            "toggle_signal": sig,
+            "start_detached": self.start_detached,
+        }
 
 
 class RecordError(Exception):
@@ -123,7 +158,7 @@ def drop_privileges() -> None:
 
 
 LOCK = ".cctrace.lock"
-TRACE_FILES = ("manifest.json", "trace.duckdb", "trace.duckdb.wal", "trace.duckdb.cctrace-hmac")
+TRACE_FILES = ("manifest.json", "trace.duckdb", "trace.duckdb.wal", "trace.duckdb.cctrace-hmac", control.STATE_FILE)
 
 
 def prepare_trace_dir(out: Path, force: bool) -> int:
@@ -284,6 +319,7 @@ def child_environment(
         callsite_keep=tuple(opts.callsite_keep),
         step_functions=tuple(opts.step_functions),
         interpose_launches=opts.interpose_launches,
+        window={"start_detached": not opts.window.starts_on()} if opts.window is not None else None,
     )
     if interposer and interposer.get("lib"):
         # preloaded into every process the command starts (LD_PRELOAD is inherited)
@@ -348,16 +384,26 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
         options["emulate_bridge"] = opts.bridge.to_json()
     if opts.step_functions:
         options["step_functions"] = list(opts.step_functions)
+    window = opts.window
+    probes_mode = opts.host_probes
+    if window is not None:
+        probes_mode = _window_probes(window, probes_mode, options)
+        control.publish(trace_dir, window.starts_on())
+    driver = _WindowDriver(trace_dir, window, opts, options) if window is not None else None
     mode = interposer_mode(opts)
     probes, options["host_probes"] = start_probes(
-        trace_dir, opts.host_probes, opts.flush_s, opts.probe_launches, uprobes=mode["mode"] != "on"
+        trace_dir, probes_mode, opts.flush_s, opts.probe_launches, uprobes=mode["mode"] != "on"
     )
+    if "host_probes_window" in options:
+        options["host_probes"] = {"state": options.pop("host_probes_window")}
     drop_privileges()
     try:  # built as the invoking user, into their cache: the program must be able to map it
         interposer = plan_interposer(opts, mode)
     except RecordError:
         if probes:
             probes.stop()
+        if driver:
+            driver.close()
         raise
     options["interpose"] = {k: v for k, v in interposer.items() if k != "lib"}
     try:
@@ -365,6 +411,8 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
     except (FileNotFoundError, PermissionError) as e:
         if probes:
             probes.stop()
+        if driver:
+            driver.close()
         what = "command not found" if isinstance(e, FileNotFoundError) else "permission denied"
         _to_stderr(f"{what}: {cmd[0]}")
         return 127 if isinstance(e, FileNotFoundError) else 126
@@ -377,11 +425,15 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
         except ProcessLookupError:
             pass
 
-    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    forwarded = [s for s in FORWARDED if window is None or s != window.toggle_signal]
+    previous = {s: signal.signal(s, forward) for s in forwarded}
     # Ctrl-C reaches the child through the terminal's process group; the launcher just waits.
     previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        rc = child.wait()
+        if driver is None:
+            rc = child.wait()
+        else:
+            probes, rc = driver.wait(child, probes)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
@@ -405,3 +457,99 @@ def finish(trace_dir: Path, cmd: list[str], probes, options: dict, opts: RecordO
     options["interpose"]["decode"] = decode_interposed(trace_dir)
     manifest = build_manifest(trace_dir, list(cmd), started_wall, started_ns, status, options)
     write_json_atomic(trace_dir / MANIFEST, manifest)
+
+
+def _window_probes(window: Window, mode: str, options: dict) -> str:
+    """Host probes follow one window that opens at the start (--duration): they need root, which
+    cctrace gives up once the program starts, so they cannot start later, nor again."""
+    if mode == "off":
+        return mode
+    why = None
+    if window.toggle_signal is not None:
+        why = "host probes do not follow --toggle-signal"
+    elif not window.starts_on():
+        why = "host probes cannot start after --delay (cctrace gives up root once the program starts)"
+    if why is None:
+        return mode
+    if mode == "on":
+        raise RecordError(f"{why}; use --host-probes off")
+    options["host_probes_window"] = f"off: {why}"
+    return "off"
+
+
+class _WindowDriver:
+    """Opens and closes the tracing windows of a recording: on the clock (--delay, --duration) and on
+    each toggle signal sent to cctrace. Set up before the child starts (a toggle sent early must not
+    kill cctrace), then waits for the child."""
+
+    def __init__(self, trace_dir: Path, window: Window, opts: RecordOptions, options: dict):
+        self.trace_dir, self.window, self.opts = trace_dir, window, opts
+        self.on = window.starts_on()
+        self.opened: list[list] = [[time.monotonic_ns(), None]] if self.on else []
+        options["window"] = {**window.to_json(), "windows": self.opened}
+        self.options = options
+        self.due = window.schedule(time.monotonic())
+        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.previous = None
+        if window.toggle_signal is not None:
+            self.previous = signal.signal(window.toggle_signal, self._on_toggle)
+        self.changes = 0
+
+    def _on_toggle(self, signum, frame) -> None:  # noqa: ARG002
+        try:
+            os.write(self.wake_w, b"t")
+        except OSError:
+            pass
+
+    def wait(self, child: subprocess.Popen, probes):
+        """Until the child ends; returns (host probes still running or None, its returncode)."""
+        pidfd = os.pidfd_open(child.pid)
+        try:
+            while True:
+                timeout = max(0.0, self.due[0][0] - time.monotonic()) if self.due else None
+                ready, _, _ = select.select([pidfd, self.wake_r], [], [], timeout)
+                if pidfd in ready:
+                    break
+                changes: list[bool | None] = []
+                while self.due and self.due[0][0] <= time.monotonic():
+                    changes.append(self.due.pop(0)[1])
+                if self.wake_r in ready:
+                    try:
+                        changes.extend([None] * len(os.read(self.wake_r, 4096)))  # None: a toggle
+                    except BlockingIOError:
+                        pass
+                for want in changes:
+                    probes = self._change(not self.on if want is None else want, probes)
+            return probes, child.wait()
+        finally:
+            os.close(pidfd)
+            self.close()
+
+    def _change(self, on: bool, probes):
+        if on == self.on:
+            return probes
+        self.on = on
+        if on:
+            self.opened.append([time.monotonic_ns(), None])
+        self.changes += 1
+        control.publish(self.trace_dir, on, self.changes)
+        if not on:
+            self.opened[-1][1] = time.monotonic_ns()
+        if not on and probes is not None:  # the probes' one window (--duration) ends
+            self.options["host_probes"].update(probes.stop())
+            probes = None
+        if not self.opts.quiet:
+            _to_stderr(f"tracing {'on' if on else 'off'}")
+        return probes
+
+    def close(self) -> None:
+        if self.previous is not None:
+            signal.signal(self.window.toggle_signal, self.previous)
+            self.previous = None
+        for fd in (self.wake_r, self.wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.opened and self.opened[-1][1] is None:
+            self.opened[-1][1] = time.monotonic_ns()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import select
 import signal
 import sys
 import threading
@@ -42,6 +43,7 @@ class Tracer:
         stacks: dict | None = None,
         step_functions: tuple[str, ...] = (),
         interposer: dict | None = None,
+        window: dict | None = None,
     ) -> None:
         self.trace_dir = Path(trace_dir)
         self.kinds = kinds
@@ -63,12 +65,22 @@ class Tracer:
         self._fork_lock = threading.Lock()
         self._prev_sigterm = None
         self.forked_from: int | None = None
+        # tracing windows (cctrace/record/control.py): None = traced from start to exit
+        self.window = window
+        self._listener = None
+        self.attached = True
+        self.windows: list[list] = []  # [start_ns, end_ns or None] per window this process traced
+        self._wake_r = self._wake_w = -1
+        self._record_lock = threading.Lock()
+        self._final_written = False
 
     # ---- life cycle -------------------------------------------------------------------
     def start(self) -> None:
         self._write_proc_record(final=False)
         self._start_step_functions()
-        self._start_cupti()
+        if self._start_attached():
+            self.windows.append([time.monotonic_ns(), None])
+            self._start_cupti()
         self._start_interposer()
         self._start_bridge()
         self._write_proc_record(final=False)
@@ -135,13 +147,46 @@ class Tracer:
             emu.status = f"off: {e}"
             self._say(f"bridge emulation is off in pid {self.pid}: {e}")
 
+    def _start_attached(self) -> bool:
+        """With windows: listen to the launcher, and start in its state (or as it asked)."""
+        if self.window is None:
+            return True
+        from cctrace.record.control import Listener
+
+        try:
+            self._listener = Listener(self.trace_dir, self.pid)
+        except OSError as e:
+            self._say(f"tracing windows unavailable in pid {self.pid} ({e}); tracing it throughout")
+            return True
+        initial = self._listener.initial
+        self.attached = (not self.window.get("start_detached")) if initial is None else initial
+        if not self.attached:
+            self.cupti_status = "off: detached (no tracing window open yet)"
+        return self.attached
+
     def _start_flusher(self) -> None:
         self._stop = threading.Event()
+        if self._wake_r >= 0:
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._flusher = threading.Thread(target=self._flush_loop, name="cctrace-flusher", daemon=True)
         self._flusher.start()
 
     def _flush_loop(self) -> None:
-        while not self._stop.wait(self.flush_s):
+        """Every flush_s while attached; while detached, asleep until the launcher says otherwise."""
+        while not self._stop.is_set():
+            fds = [self._wake_r] + ([self._listener.fd] if self._listener is not None else [])
+            ready, _, _ = select.select(fds, [], [], self.flush_s if self.attached else None)
+            if self._stop.is_set():
+                return
+            if self._listener is not None and self._listener.fd in ready:
+                want = self._listener.read()
+                if want is not None and want != self.attached:
+                    self.set_attached(want)
+                    continue
+            if not self.attached:
+                continue
             try:
                 # a fork waits for this (see _before_fork): no child inherits CUPTI or the writer mid-flush
                 with self._fork_lock:
@@ -150,6 +195,29 @@ class Tracer:
                     self.writer.flush()
             except Exception as e:  # noqa: BLE001 - a flush failure must not kill the traced program
                 self._error(f"flush failed: {e}")
+
+    def set_attached(self, on: bool) -> None:
+        """Open (CUPTI attached, kinds on) or close (CUPTI detached, everything written) a window."""
+        with self._fork_lock:
+            if on == self.attached or self._stopped:
+                return
+            src = self.sources.get("cupti")
+            try:
+                if on:
+                    self.windows.append([time.monotonic_ns(), None])
+                    if src is None:
+                        self._start_cupti()  # the first window: CUPTI starts only now
+                    else:
+                        src.attach()  # type: ignore[attr-defined]
+                else:
+                    if src is not None:
+                        src.detach()  # type: ignore[attr-defined]
+                    self.writer.flush()
+                    self.windows[-1][1] = time.monotonic_ns()
+            except Exception as e:  # noqa: BLE001 - a window failure must not kill the traced program
+                self._error(f"{'attach' if on else 'detach'} failed: {e}")
+            self.attached = on
+        self._write_proc_record(final=False)
 
     def _before_fork(self) -> None:
         self._fork_lock.acquire()
@@ -163,6 +231,17 @@ class Tracer:
             return
         self._stopped = True
         self._stop.set()
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+        if self._listener is not None:
+            self._listener.close()
+        if self.windows and self.windows[-1][1] is None:
+            self.windows[-1][1] = time.monotonic_ns()
+        if self.window is not None and not self.windows and "cupti" not in self.sources:
+            self.cupti_status = "off: no tracing window opened while it ran"
         for src in self.sources.values():
             try:
                 src.stop()  # type: ignore[attr-defined]
@@ -202,11 +281,18 @@ class Tracer:
     def _after_fork_child(self) -> None:
         """A forked child is a new process: it writes its own shards and its own record."""
         self._fork_lock = threading.Lock()  # the parent's was held across fork by the forking thread
+        self._record_lock = threading.Lock()
+        self._final_written = False
         parent = self.pid
         self.pid = os.getpid()
         self.forked_from = parent
         self.start_ns = time.monotonic_ns()
         self.writer.reopen_for_child(self.pid)
+        if self._listener is not None:  # the parent's pipe: never read here
+            os.close(self._listener.fd)
+            self._listener = None
+        self.attached = True
+        self.windows = [[self.start_ns, None]]
         self._stopped = False
         self._sigterm_pending = False
         for src in self.sources.values():
@@ -239,6 +325,15 @@ class Tracer:
 
     # ---- records ------------------------------------------------------------------------
     def _write_proc_record(self, final: bool) -> None:
+        """One writer at a time, and nothing after the final record (the flusher may still be
+        finishing a window change when the program exits)."""
+        with self._record_lock:
+            if self._final_written and not final:
+                return
+            self._final_written = final
+            self._write_proc_record_now(final)
+
+    def _write_proc_record_now(self, final: bool) -> None:
         health = {}
         for name, src in self.sources.items():
             health[name] = src.health()  # type: ignore[attr-defined]
@@ -253,6 +348,7 @@ class Tracer:
             "exit_reason": getattr(self, "exit_reason", None) if final else None,
             "cupti": self.cupti_status,
             "kinds": list(self.kinds),
+            "windows": self.windows if self.window is not None else None,
             "sources": health,
             "rows_written": dict(self.writer.rows_written),
             "rows_lost": dict(self.writer.rows_lost),
@@ -292,6 +388,7 @@ def boot_from_env() -> Tracer | None:
             if handed.interpose != "off" and H.INTERPOSE_LIB.name in handed.native
             else None
         ),
+        window=handed.window,
     )
     _active.start()
     return _active

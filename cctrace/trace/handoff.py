@@ -64,6 +64,7 @@ INTERPOSE = _var(
 INTERPOSE_LIB = _var("INTERPOSE_LIB", "path of the compiled driver interposer (native/interpose.c), also in LD_PRELOAD")
 INTERPOSE_LIB_ERROR = _var("INTERPOSE_LIB_ERROR", "why the driver interposer could not be built")
 INTERPOSE_LAUNCHES = _var("INTERPOSE_LAUNCHES", "set: the interposer also records kernel launches (cuLaunchKernel*)")
+WINDOW = _var("WINDOW", "tracing windows (--duration/--delay/--toggle-signal) as JSON: {start_detached}")
 
 # ---- tunables a user or a benchmark sets ------------------------------------------------------------
 MEMORY_LIMIT = _var("MEMORY_LIMIT", "DuckDB's memory limit for load/report/query (e.g. 3GB); spills beyond", "3GB")
@@ -98,6 +99,7 @@ class Handoff:
     step_functions: tuple[str, ...] = ()  # --step-function MODULE:QUALNAME
     interpose: str = "off"  # on | standby | off
     interpose_launches: bool = False
+    window: dict | None = None  # {"start_detached": bool}: the launcher opens and closes windows
 
     def to_env(self) -> dict[str, str]:
         env = {DIR.name: self.trace_dir, KINDS.name: ",".join(self.kinds) or "none", FLUSH_S.name: str(self.flush_s)}
@@ -120,6 +122,8 @@ class Handoff:
             env[INTERPOSE.name] = self.interpose
         if self.interpose_launches:
             env[INTERPOSE_LAUNCHES.name] = "1"
+        if self.window is not None:
+            env[WINDOW.name] = json.dumps(self.window)
         return env
 
     @classmethod
@@ -130,6 +134,7 @@ class Handoff:
             return None
         kinds = tuple(k for k in (KINDS.get(env) or "").split(",") if k)
         spec = BRIDGE_SPEC.get(env)
+        window = WINDOW.get(env)
         native = {
             v.name: v.get(env)
             for v in (BRIDGE_LIB, BRIDGE_LIB_ERROR, CUPTI_SHIM, CUPTI_SHIM_ERROR, INTERPOSE_LIB, INTERPOSE_LIB_ERROR)
@@ -148,4 +153,5 @@ class Handoff:
             step_functions=tuple(p for p in (STEP_FUNCTIONS.get(env) or "").split("\n") if p),
             interpose=INTERPOSE.get(env) or "off",
             interpose_launches=INTERPOSE_LAUNCHES.on(env),
+            window=json.loads(window) if window else None,
         )

@@ -98,6 +98,18 @@ def load_shim(path: str | os.PathLike) -> ctypes.CDLL:
     lib.cct_stacks_layout.restype = ctypes.c_int
     lib.cct_stacks_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 4)]
     lib.cct_stacks_stats.restype = None
+    lib.cct_detach_init.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.cct_detach_init.restype = ctypes.c_int
+    lib.cct_detach.argtypes = [ctypes.c_int]
+    lib.cct_detach.restype = ctypes.c_int
+    lib.cct_detach_cancel.argtypes = []
+    lib.cct_detach_cancel.restype = ctypes.c_int
+    lib.cct_reattach.argtypes = []
+    lib.cct_reattach.restype = ctypes.c_int
+    lib.cct_api_resume.argtypes = []
+    lib.cct_api_resume.restype = None
+    lib.cct_detach_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 2)]
+    lib.cct_detach_stats.restype = None
     return lib
 
 

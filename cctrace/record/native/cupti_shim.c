@@ -34,6 +34,7 @@ static next_fn g_next;
 static uint32_t g_kinds[CCT_MAX_FIELDS], g_offsets[CCT_MAX_FIELDS];
 static int g_nfields;
 static int g_fd = -1;
+static register_fn g_register; /* kept for cct_reattach (cupti_detach.h) */
 static volatile uint64_t g_requested, g_completed, g_bytes, g_failed_writes, g_failed_allocs;
 
 static void on_request(uint8_t **buffer, size_t *size, size_t *max_records) {
@@ -137,7 +138,8 @@ int cct_start(void *reg, const char *path, size_t buffer_size) {
     if (buffer_size >= 4096) g_size = buffer_size;
     g_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (g_fd < 0) return -errno;
-    return ((register_fn)reg)(on_request, on_complete);
+    g_register = (register_fn)reg;
+    return g_register(on_request, on_complete);
 }
 
 /* Which record kinds carry string pointers at which offsets; `next` is cuptiActivityGetNextRecord. */
@@ -261,9 +263,12 @@ static inline void call_chain(callback_fn chain, int domain, uint32_t cbid, cons
     }
 }
 
+#include "cupti_detach.h" /* cuptiFinalize at an API exit, and attaching again */
+
 static void on_api(void *ud, int domain, uint32_t cbid, const void *cbdata) {
     (void)ud;
     const CallbackData *d = (const CallbackData *)cbdata;
+    if (detach_hook(domain, d)) return;
     int mine = g_api_on && wanted(domain, cbid) && !nested_driver(domain);
     callback_fn chain = g_chain;
     if (d->callbackSite == 0) {

@@ -164,6 +164,10 @@ class CuptiSource:
         self.delivery = "none"
         self._api_names: dict[tuple[int, int], str] = {}
         self.api_hub = False  # runtime calls come through the shim's callback subscription
+        self.detached = False  # detach(): kinds off, buffers handed over, CUPTI finalized (or pending)
+        self.detach_state = "attached"
+        self.detaches = 0
+        self._finalize_fns: bool | None = None
         opts = stacks or {}
         self.stacks = {  # Python stacks of recorded calls: the manifest's account, and the decoder's patterns
             "state": "off (--no-stacks)" if opts.get("on") is False else "off: runtime calls not recorded by the shim",
@@ -223,9 +227,18 @@ class CuptiSource:
             self._register_callbacks()
         except Exception as e:  # noqa: BLE001 - cuptiError and friends
             raise CuptiUnavailable(f"CUPTI refused to start ({e}); another profiler may hold it") from None
+        self._enable_kinds()
+
+    def _enable_kinds(self) -> None:
+        """Each asked-for kind on, the runtime calls through the shim's subscription."""
+        cupti = self._cupti
+        kind_of = activity_kinds(cupti)
         for name in self.kinds:
             if name == "runtime" and self._shim is not None and not RUNTIME_ACTIVITY:
-                self._start_api_hub()
+                if self.api_hub:  # attach() after a detach that kept the subscription
+                    self.enabled.append("runtime")
+                else:
+                    self._start_api_hub()
                 continue
             try:
                 cupti.activity_enable(kind_of[name])
@@ -268,7 +281,7 @@ class CuptiSource:
             self.errors.append(f"runtime calls not recorded: CUPTI callback subscription failed ({rc}){why}")
             return
         self.api_hub = True
-        if not self.stacks["state"].startswith("off (--no-stacks)"):
+        if self.stacks["state"] != "on" and not self.stacks["state"].startswith("off (--no-stacks)"):
             self.stacks.update(py_stacks.start(self._shim))
         self.enabled.append("runtime")
         self.runtime_filter = (
@@ -408,8 +421,8 @@ class CuptiSource:
 
     def stop(self) -> None:
         cupti = self._cupti
-        if cupti is None or self.forked:
-            return
+        if cupti is None or self.forked or self.detached:
+            return  # a detach handed everything over already
         try:
             cupti.activity_flush_all(1)
         except Exception as e:  # noqa: BLE001
@@ -421,6 +434,72 @@ class CuptiSource:
         end = measure_offset(cupti.get_timestamp)
         self.clock["drift_ns"] = end["offset_ns"] - self._offset
         self.clock["end_measured_at_ns"] = end["measured_at_ns"]
+
+    # ---- detach / attach (bounded tracing; benchmarks/cupti_inprocess.py) ----------------
+    def detach(self, wait_s: float = 2.0) -> str:
+        """Take CUPTI out of the process: recording stops, every activity kind goes off, the buffers
+        are handed over, then CUPTI is finalized at the next CUDA call's exit (the shim's
+        cupti_detach.h). Until attach() no CUPTI function is called. Returns the state reached."""
+        if self._cupti is None or self.forked or self.detached:
+            return self.detach_state
+        if self.api_hub:
+            self._shim.cct_api_flush(1)  # stops recording, writes the calls gathered so far
+        self._disable_all()
+        try:
+            self._cupti.activity_flush_all(1)  # forced: half-full buffers too
+        except Exception as e:  # noqa: BLE001
+            self.errors.append(f"flush at detach failed: {e}")
+        self.detached = True  # drain() from here on makes no CUPTI call
+        self._drain_python()
+        self._count_dropped()
+        self.detaches += 1
+        if self._shim is None or not self._finalize_ready():
+            self.detach_state = "kinds off; CUPTI stays attached (no C shim to finalize it at a CUDA call's exit)"
+            return self.detach_state
+        rc = self._shim.cct_detach(max(1, int(wait_s * 1000)))
+        self.detach_state = {
+            0: "finalized",
+            1: "finalize pending: done at the program's next CUDA call (none returned while waiting)",
+        }.get(rc, f"kinds off; CUPTI stays attached (no callback subscription to finalize from: {rc})")
+        return self.detach_state
+
+    def attach(self) -> str:
+        """Back after detach(): CUPTI attached again (it initializes lazily), the same kinds on."""
+        if not self.detached:
+            return self.detach_state
+        cupti = self._cupti
+        pending = self.detach_state.startswith("finalize pending")
+        cancelled = pending and self._shim.cct_detach_cancel() == 1
+        finalized = self.detach_state == "finalized" or (pending and not cancelled)
+        self.detached = False
+        self.enabled, self._enabled_kinds = [], []
+        try:
+            if finalized:
+                cupti.set_thread_id_type(cupti.ActivityThreadIdType.SYSTEM)
+                rc = self._shim.cct_reattach()
+                if rc != 0:
+                    self.errors.append(f"buffer callbacks not registered again after a detach (status {rc})")
+                self.api_hub = False
+            elif self.api_hub:  # the subscription outlived the detach: select the calls again
+                self.restrict_runtime("kernel" in self.kinds)
+                self._shim.cct_api_resume()
+            self._enable_kinds()
+        except Exception as e:  # noqa: BLE001 - a failed attach leaves the program untraced, not broken
+            self.errors.append(f"attach failed: {e}")
+        self.detach_state = "attached"
+        return self.detach_state
+
+    def _finalize_ready(self) -> bool:
+        """Hand the shim cuptiFinalize & co. once; False when this libcupti lacks them."""
+        if self._finalize_fns is None:
+            lib = loaded_libcupti(self._cupti)
+            try:
+                cu = ctypes.CDLL(lib) if lib else None
+                fns = (cu.cuptiFinalize, cu.cuptiEnableDomain, cu.cuptiSubscribe) if cu else None
+            except AttributeError:
+                fns = None
+            self._finalize_fns = bool(fns) and self._shim.cct_detach_init(*map(address, fns)) == 0
+        return bool(self._finalize_fns)
 
     def after_fork_child(self) -> None:
         """CUPTI does not survive fork(): in a forked child its buffers are never delivered and a
@@ -453,6 +532,7 @@ class CuptiSource:
             "stacks": {**self.stacks, **(py_stacks.stats(self._shim) if self.api_hub else {})},
             "incomplete_dropped": dict(self.incomplete),
             "clock": self.clock,
+            "detach": {"state": self.detach_state, "detaches": self.detaches},
         }
 
     # ---- callbacks ----------------------------------------------------------------------
@@ -471,8 +551,8 @@ class CuptiSource:
         work (clock offset, enum names, flags) is vectorised in pyarrow. Between buffers the GIL is
         handed back (sleep(0)) so the traced program's main thread never waits behind a long drain.
         """
-        if self.forked:
-            return
+        if self.forked or self.detached:
+            return  # detached: no CUPTI call at all (one would attach CUPTI again)
         if self.api_hub:
             self._shim.cct_api_flush(0)  # through ctypes, which lets go of the GIL for the write
         if self._flush_completed is not None and FLUSH_MODE != "none":
@@ -485,6 +565,10 @@ class CuptiSource:
             except Exception as e:  # noqa: BLE001
                 if len(self.errors) < 20:
                     self.errors.append(f"periodic flush: {e}")
+        self._drain_python()
+
+    def _drain_python(self) -> None:
+        """Convert what cupti-python's buffer callbacks queued (no C shim)."""
         pending = self._pending
         while pending:
             activities = pending.popleft()
