@@ -7,8 +7,13 @@ off and on between blocks of steps (cuptiActivityDisable/Enable), in a shuffled 
 block's median step time is divided by the all-off block of the same round; the table gives the median
 and the 25th-75th percentiles of those ratios over the rounds.
 
-What it cannot show: the cost of CUPTI being attached at all (all-off still has it subscribed), which
-`cupti_cost.py --configs plain,none` measures between processes.
+Config `off` switches every kind off but leaves CUPTI attached (its hooks, worker thread and callback
+subscription); config `detached` takes CUPTI out of the process as `record --duration` does outside its
+window (kinds off, buffers handed over, cuptiFinalize at the next CUDA call's exit, the tracer's flusher
+asleep) and attaches it again for the next block. When `detached` is among the configs, a second table
+gives every config against it: what recording costs with nothing left on in the "off" blocks.
+
+    python benchmarks/cupti_inprocess.py --workload serve --rounds 12 --configs detached,off,default --cpus 2-5
 
 Workloads: `serve` (examples/serve.py's decode step; its arguments after `--`), `launch` (100 tiny
 kernel launches and a sync per step: the per-launch price of a kind), `copy` (10 small pinned async
@@ -67,7 +72,9 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "default+kernel+nvtx": (*DEFAULT, "kernel", "nvtx"),
     "default-driver": DEFAULT,  # runtime calls without the kept driver calls (NO_DRIVER)
     "runtime-driver": ("runtime",),
+    "detached": (),  # CUPTI finalized for the block (Switch.set_detached), not just every kind off
 }
+DETACHED = "detached"
 NO_DRIVER = "-driver"
 # with --bridge SPEC, "NAME+bridge" runs config NAME with the bridge emulator acting (else it is off)
 BRIDGED = "+bridge"
@@ -157,9 +164,32 @@ class Switch:
         missing = set(ALL) - self.on
         if missing:
             raise SystemExit(f"kinds not enabled at start: {sorted(missing)}")
+        self.tracer = t
+        self.detached = False
         self.bridge = t.sources.get("bridge")
         self.bridge_on = self.bridge is not None
         self.stacks_state = src.stacks.get("state")
+
+    def set_detached(self, detached: bool) -> None:
+        """CUPTI out of the process (the tracer's own detach, flusher asleep), or back with every kind."""
+        if detached == self.detached:
+            return
+        if detached:
+            # no CUDA call returns while this thread waits: the settle steps' first call finalizes
+            self.tracer.set_attached(False, wait_s=0.001)
+        else:
+            self.tracer.set_attached(True)
+            if self.src.errors:
+                raise SystemExit(f"attaching CUPTI again failed: {self.src.errors[-3:]}")
+            self.on = set(self.src.enabled)  # attach() turned the kinds the run started with back on
+            self.launches = self.driver = True
+        self.detached = detached
+
+    def check_detached(self) -> None:
+        """After the settle steps: CUPTI was really finalized (else the figure would not be 'detached')."""
+        health = self.src.detach_health()
+        if health.get("finalized", 0) < health["detaches"]:
+            raise SystemExit(f"CUPTI was not finalized in a detached block: {health}")
 
     def set_stacks(self, on: bool) -> None:
         if on and self.stacks_state != "on":
@@ -213,13 +243,17 @@ def inner(a: argparse.Namespace) -> None:
         rng.shuffle(order)
         for c in order:
             kinds, bridged, stacks = parse_config(c)
-            switch.set(CONFIGS[kinds], driver=not kinds.endswith(NO_DRIVER))
-            switch.set_bridge(bridged)
-            switch.set_stacks(stacks)
+            switch.set_detached(kinds == DETACHED)
+            if kinds != DETACHED:
+                switch.set(CONFIGS[kinds], driver=not kinds.endswith(NO_DRIVER))
+                switch.set_bridge(bridged)
+                switch.set_stacks(stacks)
             for _ in range(a.settle):
                 step(i)
                 i += 1
             torch.cuda.synchronize()
+            if kinds == DETACHED:
+                switch.check_detached()
             durations = []
             for _ in range(a.block):
                 t0 = time.perf_counter()
@@ -231,6 +265,7 @@ def inner(a: argparse.Namespace) -> None:
             torch.cuda.synchronize()
             blocks[c].append(1e3 * statistics.median(durations))
         print(f"round {r + 1}/{a.rounds} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
+    switch.set_detached(False)
     switch.set(tuple(ALL))  # leave it as it started
     switch.set_bridge(True)
     switch.set_stacks(switch.stacks_state == "on")
@@ -259,10 +294,11 @@ def _against(ms: list[float], ref: list[float], per_call: int | None) -> dict:
     return row
 
 
-def table(summary: dict) -> list[dict]:
+def table(summary: dict, base: str = "off") -> list[dict]:
+    """Every config against `base`, round by round ('off': kinds off, CUPTI attached; 'detached')."""
     blocks = summary["block_ms"]
     per_call = CALLS_PER_STEP.get(summary["workload"])
-    return [{"config": c, **_against(ms, blocks["off"], per_call)} for c, ms in blocks.items()]
+    return [{"config": c, **_against(ms, blocks[base], per_call)} for c, ms in blocks.items()]
 
 
 def stacks_table(summary: dict) -> list[dict]:
@@ -299,6 +335,8 @@ def outer(a: argparse.Namespace) -> int:
     unknown = [c for c in configs if parse_config(c)[0] not in CONFIGS]
     if not a.bridge and any(parse_config(c)[1] for c in configs):
         sys.exit(f"configs ending in {BRIDGED} need --bridge SPEC")
+    if a.bridge and DETACHED in configs:
+        sys.exit(f"config {DETACHED} cannot run with --bridge (the emulator acts through CUPTI's subscription)")
     if unknown or "off" not in configs:
         sys.exit(f"--configs must name 'off' and only known configs ({', '.join(CONFIGS)}); unknown: {unknown}")
     with tempfile.TemporaryDirectory(prefix="cct-inproc-") as tmp:
@@ -316,23 +354,18 @@ def outer(a: argparse.Namespace) -> int:
         sys.exit(f"the traced run failed (exit {rc})")
     summary = json.loads(line.split(" ", 1)[1])
     rows, stacks = table(summary), stacks_table(summary)
+    vs_detached = table(summary, DETACHED) if DETACHED in summary["block_ms"] else []
     result = {"workload": a.workload, "rounds": a.rounds, "block": a.block, "rows": rows, "stacks": stacks, **summary}
+    result["vs_detached"] = vs_detached
     if os.environ.get("OUT"):  # the GPU machine's results folder
         Path(os.environ["OUT"], f"cupti_inprocess-{a.workload}.json").write_text(json.dumps(result, indent=1))
     if a.json:
         print(json.dumps(result))
         return 0
     print(f"workload {a.workload}: {a.rounds} rounds x {a.block}-step blocks per config, one process")
-    head = f"{'config':<22}{'median step ms':>15}{'slowdown':>10}{'p25..p75':>18}{'added us/step':>15}"
-    print(head + (f"{'us/call':>9}" if a.workload in CALLS_PER_STEP else ""))
-    for r in rows:
-        line = (
-            f"{r['config']:<22}{r['median_step_ms']:>15.4f}{r['slowdown_pct']:>9.1f}%"
-            f"{r['p25_pct']:>8.1f}..{r['p75_pct']:>5.1f}%{r['added_us_per_step']:>15.1f}"
-        )
-        if "added_us_per_call" in r:
-            line += f"{r['added_us_per_call']:>9.3f}"
-        print(line)
+    _print_rows(rows, a.workload, "against 'off' (every kind off, CUPTI attached)")
+    if vs_detached:
+        _print_rows(vs_detached, a.workload, "against 'detached' (CUPTI finalized, flusher asleep)")
     for r in stacks:
         per_call = f", {r['added_us_per_call']:+.3f} us per recorded call" if "added_us_per_call" in r else ""
         print(
@@ -340,6 +373,20 @@ def outer(a: argparse.Namespace) -> int:
             f"{r['added_us_per_step']:+.1f} us per step{per_call}"
         )
     return 0
+
+
+def _print_rows(rows: list[dict], workload: str, title: str) -> None:
+    print(title)
+    head = f"{'config':<22}{'median step ms':>15}{'slowdown':>10}{'p25..p75':>18}{'added us/step':>15}"
+    print(head + (f"{'us/call':>9}" if workload in CALLS_PER_STEP else ""))
+    for r in rows:
+        line = (
+            f"{r['config']:<22}{r['median_step_ms']:>15.4f}{r['slowdown_pct']:>9.1f}%"
+            f"{r['p25_pct']:>8.1f}..{r['p75_pct']:>5.1f}%{r['added_us_per_step']:>15.1f}"
+        )
+        if "added_us_per_call" in r:
+            line += f"{r['added_us_per_call']:>9.3f}"
+        print(line, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

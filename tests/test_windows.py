@@ -111,7 +111,7 @@ def test_toggle_signal_detaches_cupti_and_attaches_it_again(tmp_path, standin_en
     assert final["n_finalize"] == 1  # one detach, finalized at a call's exit
     assert final["n_subscribe"] == 2 and final["n_register"] == 2  # attached twice
     health = proc["sources"]["cupti"]
-    assert health["detach"] == {"state": "attached", "detaches": 1}
+    assert health["detach"] == {"state": "attached", "detaches": 1, "finalized": 1, "finalize_status": 0}
     assert proc["cupti"] == "active"
     # two windows in the process, in order, and every recorded copy inside one of them
     (w1, w2) = proc["windows"]

@@ -180,6 +180,11 @@ class Tracer:
             ready, _, _ = select.select(fds, [], [], self.flush_s if self.attached else None)
             if self._stop.is_set():
                 return
+            if self._wake_r in ready:  # set_attached() from another thread: the timeout changed
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
             if self._listener is not None and self._listener.fd in ready:
                 want = self._listener.read()
                 if want is not None and want != self.attached:
@@ -196,8 +201,10 @@ class Tracer:
             except Exception as e:  # noqa: BLE001 - a flush failure must not kill the traced program
                 self._error(f"flush failed: {e}")
 
-    def set_attached(self, on: bool) -> None:
-        """Open (CUPTI attached, kinds on) or close (CUPTI detached, everything written) a window."""
+    def set_attached(self, on: bool, wait_s: float = 2.0) -> None:
+        """Open (CUPTI attached, kinds on) or close (CUPTI detached, everything written) a window.
+        `wait_s`: how long a detach waits for a CUDA call to return and finalize CUPTI (after that,
+        the program's next call does it)."""
         with self._fork_lock:
             if on == self.attached or self._stopped:
                 return
@@ -211,12 +218,17 @@ class Tracer:
                         src.attach()  # type: ignore[attr-defined]
                 else:
                     if src is not None:
-                        src.detach()  # type: ignore[attr-defined]
+                        src.detach(wait_s)  # type: ignore[attr-defined]
                     self.writer.flush()
                     self.windows[-1][1] = time.monotonic_ns()
             except Exception as e:  # noqa: BLE001 - a window failure must not kill the traced program
                 self._error(f"{'attach' if on else 'detach'} failed: {e}")
             self.attached = on
+        if threading.current_thread() is not self._flusher and self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"w")  # the flusher sleeps on a timeout that just changed
+            except OSError:
+                pass
         self._write_proc_record(final=False)
 
     def _before_fork(self) -> None:

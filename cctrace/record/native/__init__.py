@@ -119,6 +119,13 @@ def api_stats(lib: ctypes.CDLL) -> dict:
     return {"api_records": out[0], "api_records_lost": out[1]}
 
 
+def detach_stats(lib: ctypes.CDLL) -> dict:
+    """How often CUPTI was finalized through the shim (cupti_detach.h), and the last status."""
+    out = (ctypes.c_uint64 * 2)()
+    lib.cct_detach_stats(ctypes.byref(out))
+    return {"finalized": out[0], "finalize_status": out[1]}
+
+
 def address(fn) -> int:
     """A C function's address, for handing one library's function to another (CUPTI's to the shim)."""
     return ctypes.cast(fn, ctypes.c_void_p).value

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cctrace.record.native import address, api_stats, chain_hooks, shim_stats
+from cctrace.record.native import address, api_stats, chain_hooks, detach_stats, shim_stats
 from cctrace.record.sources import py_stacks
 from cctrace.trace import handoff as H
 from cctrace.trace import schema as S
@@ -489,6 +489,12 @@ class CuptiSource:
         self.detach_state = "attached"
         return self.detach_state
 
+    def detach_health(self) -> dict:
+        out = {"state": self.detach_state, "detaches": self.detaches}
+        if self._shim is not None and self.detaches:
+            out.update(detach_stats(self._shim))
+        return out
+
     def _finalize_ready(self) -> bool:
         """Hand the shim cuptiFinalize & co. once; False when this libcupti lacks them."""
         if self._finalize_fns is None:
@@ -532,7 +538,7 @@ class CuptiSource:
             "stacks": {**self.stacks, **(py_stacks.stats(self._shim) if self.api_hub else {})},
             "incomplete_dropped": dict(self.incomplete),
             "clock": self.clock,
-            "detach": {"state": self.detach_state, "detaches": self.detaches},
+            "detach": self.detach_health(),
         }
 
     # ---- callbacks ----------------------------------------------------------------------
