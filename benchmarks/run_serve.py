@@ -8,8 +8,19 @@ step ms, the slowdown against the suite's baseline by median steps/s and its boo
 
 Suites: record (cctrace record vs plain and torch.profiler), cupti (one CUPTI setting at a time),
 bridge (the emulator's own cost), remedies (each remedy under an emulated bridge), probes (host
-probes on serve.py; root and bcc), samples (the sample traces; --keep). With $OUT set, the results
-are also written to $OUT/run_serve-SUITE.json.
+probes on serve.py; root and bcc), samples (the sample traces; --keep), overhead (what recording
+costs as users see it, with the in-process figure beside it). With $OUT set, the results are also
+written to $OUT/run_serve-SUITE.json, and each run's figure to $OUT/run_serve-SUITE.log as it comes.
+
+`--workload hf` runs tests/workloads/hf_generate.py (transformers generate on a random-init Llama)
+instead of serve.py: steps are its forward passes; configurations that pass serve.py arguments are
+left out.
+
+The overhead suite (>= 12 reps for its figures) also runs benchmarks/cupti_inprocess.py in one process
+(--inprocess-rounds, serve.py only): the same settings switched between blocks against CUPTI detached,
+printed beside the between-process slowdown with a flag where the two 95% intervals do not overlap:
+
+    python benchmarks/run_serve.py overhead --reps 12 --cpus 2-5 --only default,none,interposer --inprocess-rounds 8
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _serve import ROOT, SERVE, pinned, recorded, serve_summary
+from _serve import ROOT, SERVE, pinned, recorded, serve_summary, summary_line
 
 from cctrace.trace import handoff as H
 
@@ -137,6 +148,25 @@ SUITES: dict[str, Suite] = {
         3000,
         "what the eBPF host probes cost on serve.py (root and bcc)",
     ),
+    "overhead": Suite(
+        {
+            "plain": Config(),
+            "default": _kinds(DEFAULT_KINDS),
+            "none": _kinds("none"),  # the tracer and its flusher, CUPTI never started
+            "memcpy": _kinds("memcpy"),
+            "default-no-periodic-flush": _kinds(DEFAULT_KINDS, {H.CUPTI_FLUSH.name: "none"}),
+            "default-32MB-buffers": _kinds(DEFAULT_KINDS, {H.CUPTI_BUFFER_KB.name: "32768"}),
+            "default+kernels+nvtx": _kinds(DEFAULT_KINDS + ",kernel,nvtx"),
+            # CUPTI never attached: the tracer waiting for a toggle that never comes (outside a window)
+            "detached": Config(("--host-probes", "off", "--start-detached", "--toggle-signal", "USR2")),
+            # host calls through the preloaded driver interposer instead of CUPTI
+            "interposer": Config(("--kinds", "none", "--interpose", "on", "--host-probes", "off")),
+            "torch.profiler": Config(serve=("--torch-profiler",)),
+        },
+        "plain",
+        2000,
+        "what `cctrace record` costs as users see it: a traced run against a plain one, per setting",
+    ),
     "samples": Suite(
         {
             "serve-baseline": Config(RECORDING),
@@ -172,14 +202,32 @@ def records_per_s(trace: Path) -> float | None:
     return total / seconds if seconds else None
 
 
-def run_one(cfg: Config, serve_args: list[str], trace: Path, cpus: str | None, log: Path | None) -> Run:
-    cmd = [sys.executable, SERVE, *cfg.serve, *serve_args]
+HF_GENERATE = ROOT / "tests" / "workloads" / "hf_generate.py"
+# cupti_inprocess.py's config for each overhead-suite configuration it can switch within one process
+INPROCESS = {"default": "default", "memcpy": "memcpy", "default+kernels+nvtx": "default+kernel+nvtx", "none": "off"}
+
+
+def _hf_summary(stdout: str) -> dict | None:
+    """hf_generate.py's summary as serve.py's: forward passes are the steps."""
+    s = summary_line(stdout, "WORKLOAD_SUMMARY")
+    if s is None or not s.get("seconds"):
+        return None
+    return {"steps_per_s": s["iterations"] / s["seconds"], "step_ms_median": s["step_ms_median"]}
+
+
+def run_one(
+    cfg: Config, serve_args: list[str], trace: Path, cpus: str | None, log: Path | None, workload: str = "serve"
+) -> Run:
+    if workload == "hf":
+        cmd = [sys.executable, str(HF_GENERATE), "--json", *serve_args]
+    else:
+        cmd = [sys.executable, SERVE, *cfg.serve, *serve_args]
     if cfg.record is not None:
         cmd = recorded(cmd, trace, list(cfg.record))
     r = subprocess.run(pinned(cmd, cpus), capture_output=True, text=True, cwd=ROOT, env={**os.environ, **cfg.env})
     if log is not None:
         log.write_text(r.stdout + r.stderr)
-    s = serve_summary(r.stdout)
+    s = _hf_summary(r.stdout) if workload == "hf" else serve_summary(r.stdout)
     if r.returncode != 0 or s is None:
         raise SystemExit(f"run failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-2000:]}")
     if trace.is_dir():
@@ -236,6 +284,80 @@ def render(rows: list[dict], baseline: str) -> str:
     return "\n".join(out)
 
 
+def _progress_log(suite: str):
+    """With $OUT: each line appended to $OUT/run_serve-SUITE.log as it comes (a run cut short keeps them)."""
+    out = os.environ.get("OUT")
+    path = Path(out) / f"run_serve-{suite}.log" if out else None
+
+    def write(text: str) -> None:
+        if path is not None:
+            with open(path, "a") as f:
+                f.write(text + "\n")
+
+    return write
+
+
+def median_ci(xs: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the median of xs."""
+    rng = random.Random(seed)
+    draws = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(n))
+    return draws[int(0.025 * n)], draws[int(0.975 * n) - 1]
+
+
+def inprocess_beside(rows: list[dict], rounds: int, cpus: str | None, serve_args: list[str]) -> list[dict]:
+    """cupti_inprocess.py on serve.py with the overhead suite's settings against CUPTI detached; per
+    setting the slowdown by steps/s (as the between-process table gives it), its 95% interval over the
+    rounds, and whether the two methods disagree (intervals apart)."""
+    wanted = [r["config"] for r in rows if r["config"] in INPROCESS]
+    if not wanted:
+        return []
+    configs = ["detached", *dict.fromkeys(INPROCESS[c] for c in wanted)]
+    cmd = [sys.executable, str(Path(__file__).with_name("cupti_inprocess.py")), "--workload", "serve"]
+    cmd += ["--rounds", str(rounds), "--configs", ",".join(configs), "--json"]
+    cmd += [*(["--cpus", cpus] if cpus else []), "--", *serve_args]
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}  # its JSON comes back on stdout
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    if r.returncode != 0:
+        return [{"error": f"cupti_inprocess.py failed ({r.returncode}): {r.stderr.strip()[-500:]}"}]
+    blocks = json.loads(r.stdout.strip().splitlines()[-1])["block_ms"]
+    out = []
+    for row in rows:
+        c = INPROCESS.get(row["config"])
+        if c is None:
+            continue
+        # slowdown by rate per round: 1 - (detached step time / this setting's step time)
+        per_round = [100 * (1 - d / m) for m, d in zip(blocks[c], blocks["detached"], strict=True)]
+        lo, hi = median_ci(per_round)
+        blo, bhi = row["slowdown_ci95_pct"]
+        out.append(
+            {
+                "config": row["config"],
+                "inprocess_config": c,
+                "between_pct": row["slowdown_pct"],
+                "between_ci95_pct": [blo, bhi],
+                "inprocess_pct": statistics.median(per_round),
+                "inprocess_ci95_pct": [lo, hi],
+                "disagree": hi < blo or bhi < lo,
+            }
+        )
+    return out
+
+
+def render_beside(beside: list[dict]) -> str:
+    if beside and "error" in beside[0]:
+        return beside[0]["error"]
+    out = ["between processes vs in one process (CUPTI detached between blocks), slowdown by steps/s:"]
+    out.append(f"{'configuration':28} {'between':>8} {'95% CI':>17} {'in-process':>11} {'95% CI':>17}")
+    for b in beside:
+        (blo, bhi), (ilo, ihi) = b["between_ci95_pct"], b["inprocess_ci95_pct"]
+        flag = "  DISAGREE" if b["disagree"] else ""
+        out.append(
+            f"{b['config']:28} {b['between_pct']:+7.1f}% {f'[{blo:+.1f}, {bhi:+.1f}]%':>17} "
+            f"{b['inprocess_pct']:+10.1f}% {f'[{ilo:+.1f}, {ihi:+.1f}]%':>17}{flag}"
+        )
+    return "\n".join(out)
+
+
 def keep_medians(keep: Path, runs: dict[str, list[Run]]) -> dict:
     """For each configuration, the run with the median steps/s (the lower middle one of an even count)
     copied to KEEP/NAME: chosen by serve.py's own speed, never by what the analysis says."""
@@ -262,32 +384,50 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", help="comma-separated configuration names (the baseline is always run)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--keep", type=Path, help="keep every run's trace in KEEP/runs and the median run in KEEP/NAME")
+    ap.add_argument("--workload", choices=("serve", "hf"), default="serve", help="serve.py, or hf_generate.py")
+    ap.add_argument(
+        "--inprocess-rounds",
+        type=int,
+        default=8,
+        help="overhead suite: rounds of cupti_inprocess.py printed beside the table (0: none)",
+    )
     ap.add_argument("serve_args", nargs="*", help="extra arguments for serve.py (after --)")
     a = ap.parse_args(argv)
     suite = SUITES[a.suite]
-    names = list(suite.configs)
+    names = [n for n in suite.configs if a.workload == "serve" or not suite.configs[n].serve]
     if a.only:
         wanted = set(a.only.split(","))
         if unknown := wanted - set(names):
             raise SystemExit(f"unknown configuration(s) {sorted(unknown)}; {a.suite} has: {', '.join(names)}")
         names = [n for n in names if n in wanted or n == suite.baseline]
-    serve_args = ["--steps", str(a.steps or suite.steps), *a.serve_args]
+    serve_args = ["--steps", str(a.steps or suite.steps), *a.serve_args] if a.workload == "serve" else a.serve_args
     runs: dict[str, list[Run]] = {n: [] for n in names}
+    progress = _progress_log(a.suite)
     with tempfile.TemporaryDirectory() as tmp:
         where = a.keep / "runs" if a.keep else Path(tmp)
         where.mkdir(parents=True, exist_ok=True)
         for rep in range(1, a.reps + 1):
             for n in names:
                 trace, log = where / f"{n}.{rep}", (where / f"{n}.{rep}.log" if a.keep else None)
-                runs[n].append(run_one(suite.configs[n], serve_args, trace, a.cpus, log))
-                print(f"rep {rep}/{a.reps} {n}: {runs[n][-1].steps_per_s:.1f} steps/s", file=sys.stderr, flush=True)
+                runs[n].append(run_one(suite.configs[n], serve_args, trace, a.cpus, log, a.workload))
+                line = f"rep {rep}/{a.reps} {n}: {runs[n][-1].steps_per_s:.1f} steps/s"
+                print(line, file=sys.stderr, flush=True)
+                progress(line)
     rows = table(suite, runs)
     print(f"{a.suite}: {suite.about}")
     print(
         f"serve.py {' '.join(serve_args)}; {a.reps} reps alternating; cpus {a.cpus or 'any'}; baseline {suite.baseline}"
     )
-    print(render(rows, suite.baseline))
+    print(render(rows, suite.baseline), flush=True)
+    progress(render(rows, suite.baseline))
     result = {"suite": a.suite, "reps": a.reps, "cpus": a.cpus, "serve_args": serve_args, "rows": rows}
+    result["workload"] = a.workload
+    if a.suite == "overhead" and a.workload == "serve" and a.inprocess_rounds > 0:
+        beside = inprocess_beside(rows, a.inprocess_rounds, a.cpus, a.serve_args)
+        result["inprocess"] = beside
+        text = render_beside(beside)
+        print(text, flush=True)
+        progress(text)
     if a.keep:
         result["kept"] = keep_medians(a.keep, runs)
     targets = [a.json] if a.json else []
