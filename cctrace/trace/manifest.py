@@ -74,11 +74,12 @@ def read_proc_records(trace_dir: Path) -> list[dict]:
     return out
 
 
-def manifest_files(trace_dir: Path, procs: list[dict]) -> list[str]:
-    """The files of this trace that cctrace wrote (what a later `record --force` may remove)."""
+def manifest_files(trace_dir: Path, procs: list[dict], writers: tuple[int, ...] = ()) -> list[str]:
+    """The files of this trace that cctrace wrote (what a later `record --force` may remove): the
+    traced processes' and those of `writers` (the launcher's host probes)."""
     from cctrace.trace import schema as S
 
-    pids = {p["pid"] for p in procs if isinstance(p.get("pid"), int) and p["pid"] > 0}
+    pids = {p["pid"] for p in procs if isinstance(p.get("pid"), int) and p["pid"] > 0} | set(writers)
     out = []
     for f in sorted(Path(trace_dir).iterdir()):
         name = f.name
@@ -204,7 +205,9 @@ def build_manifest(
     bridge = sum_injected(procs)
     if bridge is not None:
         out["bridge_emulation"] = bridge  # the ground truth of an emulated-bridge run
-    out["files"] = manifest_files(trace_dir, procs)
+    probes = options.get("host_probes") if isinstance(options.get("host_probes"), dict) else {}
+    writers = (probes["pid"],) if isinstance(probes.get("pid"), int) else ()
+    out["files"] = manifest_files(trace_dir, procs, writers)
     return out
 
 
