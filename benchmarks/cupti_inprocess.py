@@ -52,9 +52,11 @@ from pathlib import Path
 
 from _serve import pinned, recorded
 
+from cctrace.record import tracer as T
+
 ROOT = Path(__file__).resolve().parent.parent
-ALL = ("memcpy", "memcpy2", "memset", "memory", "runtime", "overhead", "sync", "kernel", "nvtx")
-DEFAULT = ("memcpy", "memcpy2", "memset", "memory", "runtime", "overhead")
+DEFAULT = T.DEFAULT_KINDS
+ALL = (*DEFAULT, "overhead", "sync", "kernel", "nvtx")  # every kind a config below switches
 CONFIGS: dict[str, tuple[str, ...]] = {
     "off": (),
     "memcpy": ("memcpy",),

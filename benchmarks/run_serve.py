@@ -39,6 +39,7 @@ from pathlib import Path
 
 from _serve import ROOT, SERVE, pinned, recorded, serve_summary, summary_line
 
+from cctrace.record import tracer as T
 from cctrace.trace import handoff as H
 
 
@@ -60,7 +61,7 @@ class Suite:
 
 
 ZERO_BRIDGE = "toll_us=0,bw_ratio=1,serialize=off,async_block=off"
-DEFAULT_KINDS = "memcpy,memcpy2,memset,memory,runtime,overhead"
+DEFAULT_KINDS = ",".join(T.DEFAULT_KINDS)
 BASE4 = "memcpy,memset,memory,sync"
 REMEDIES = ("--packed-h2d", "--staging-stream", "--async-readback")
 EMULATION_ONLY = ("--kinds", "none", "--host-probes", "off")  # the bridge alone: no CUPTI, no probes
@@ -156,6 +157,7 @@ SUITES: dict[str, Suite] = {
             "memcpy": _kinds("memcpy"),
             "default-no-periodic-flush": _kinds(DEFAULT_KINDS, {H.CUPTI_FLUSH.name: "none"}),
             "default-32MB-buffers": _kinds(DEFAULT_KINDS, {H.CUPTI_BUFFER_KB.name: "32768"}),
+            "default+overhead": _kinds(DEFAULT_KINDS + ",overhead"),  # the default before this session
             "default+kernels+nvtx": _kinds(DEFAULT_KINDS + ",kernel,nvtx"),
             # CUPTI never attached: the tracer waiting for a toggle that never comes (outside a window)
             "detached": Config(("--host-probes", "off", "--start-detached", "--toggle-signal", "USR2")),

@@ -25,9 +25,11 @@ from cctrace.trace.shards import ShardWriter
 
 # "sync" (SYNCHRONIZATION records) is not a default: it alone slows serve.py markedly (benchmarks/README.md,
 # the cupti suite), and the RUNTIME records of the sync calls carry what the analysis needs.
-DEFAULT_KINDS = ("memcpy", "memcpy2", "memset", "memory", "runtime", "overhead")
+# "overhead" (CUPTI's records of its own buffer flushes) is not a default either: no analysis reads the
+# `overheads` table, and what recording costs is measured between processes (benchmarks/run_serve.py overhead).
+DEFAULT_KINDS = ("memcpy", "memcpy2", "memset", "memory", "runtime")
 # "kernel" also records the runtime launch calls that pair with the kernels
-OPTIONAL_KINDS = ("kernel", "driver", "nvtx", "sync")
+OPTIONAL_KINDS = ("kernel", "driver", "nvtx", "sync", "overhead")
 
 _active: Tracer | None = None
 

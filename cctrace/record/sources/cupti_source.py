@@ -256,7 +256,9 @@ class CuptiSource:
             self.restrict_runtime("kernel" in self.kinds)
         if "nvtx" in self.enabled:
             self._inject_nvtx()
-        if FLUSH_MODE == "period":
+        if FLUSH_MODE == "period" and self._flush_completed is None:
+            # with the shim the flusher forces a flush each interval already (CUPTI's own period
+            # delivered only full buffers): no second, periodic wake-up of CUPTI's worker
             try:
                 cupti.activity_flush_period(max(1, int(self.flush_s * 1000)))
             except Exception as e:  # noqa: BLE001
