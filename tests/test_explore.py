@@ -365,3 +365,33 @@ def test_explore_in_a_real_terminal(trace):
         if proc.poll() is None:
             proc.kill()
         os.close(main)
+
+
+async def test_trace_without_steps_or_copies(tmp_path):
+    """A trace with one call and no steps: every screen opens, the step keys say there are none."""
+    import json
+
+    from cctrace.analyze.store import load
+    from cctrace.trace.shards import ShardWriter
+
+    d = tmp_path / "bare"
+    w = ShardWriter(d, 7)
+    w.extend(
+        "api_calls", ("pid", "tid", "name", "start_ns", "end_ns", "source"), [(7, 7, "cudaGetDevice", 10, 20, "x")]
+    )
+    w.close()
+    (d / "manifest.json").write_text(json.dumps({"command": ["x"], "processes": [{"pid": 7}]}))
+    load(d)
+    app = Explorer(d)
+    async with app.run_test(size=(80, 24)) as pilot:
+        for key, _, _ in SCREENS[:5]:
+            await pilot.press(key)
+            await pilot.pause()
+        await pilot.press("2", "n", "g", "e")
+        await pilot.pause()
+        tl = app.query_one(Timeline)
+        assert tl.step == 0 and [r.label(False) for r in tl.rows] == ["thread 7"]
+        assert "no copies in this trace" in str(app.query_one("#event-detail", Static).render())
+        assert "no steps" in " ".join(str(n.message) for n in app._notifications)
+        await pilot.press("6")  # no BASE: says how to get a diff
+        assert app.query_one(TabbedContent).active == "timeline"
