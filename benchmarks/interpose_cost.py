@@ -13,7 +13,8 @@
 3. Agreement: serve.py recorded by CUPTI (--interpose off) and by the interposer alone: H2D/D2H copy
    counts and bytes must be equal (tests/test_gpu_interpose.py asserts the same; here they are printed).
 
-Needs a GPU. Results (JSON) go to $OUT/interpose_cost.json when OUT is set; traces under $OUT too.
+Needs a GPU; `--stand-in` runs part 1 against tests/native/fake_libcuda.c instead (any Linux machine
+with cc): the wrapper's own cost around calls that do nothing. Results (JSON) go to $OUT/interpose_cost.json when OUT is set; traces under $OUT too.
 
     python benchmarks/interpose_cost.py --rounds 30 --calls 20000 --reps 5 --steps 300
 """
@@ -45,7 +46,7 @@ static uint64_t now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t
 static int cmp(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
 int main(int argc, char **argv) {
     int rounds = atoi(argv[1]); long calls = atol(argv[2]);
-    void *cuda = dlopen("libcuda.so.1", RTLD_NOW);
+    void *cuda = dlopen(argc > 3 ? argv[3] : "libcuda.so.1", RTLD_NOW);
     void *(*real)(const char *) = (void *(*)(const char *))dlsym(RTLD_DEFAULT, "cct_ip_real");
     if (!cuda || !real) { fprintf(stderr, "needs libcuda and the preloaded interposer\n"); return 2; }
 #define SYM(n) dlsym(cuda, n)
@@ -96,16 +97,20 @@ int main(int argc, char **argv) {
 """
 
 
-def per_call(rounds: int, calls: int, out_dir: Path) -> dict:
+def per_call(rounds: int, calls: int, out_dir: Path, stand_in: bool = False) -> dict:
     """Added ns per interposed call (median and quartiles over rounds), and the recording's health."""
     with tempfile.TemporaryDirectory() as tmp:
         src, exe = Path(tmp) / "bench.c", Path(tmp) / "bench"
         src.write_text(BENCH)
         subprocess.run(["cc", "-O2", "-o", str(exe), str(src), "-ldl"], check=True)
+        args = [str(exe), str(rounds), str(calls)]
+        if stand_in:
+            lib = Path(tmp) / "libcuda.so.1"
+            fake = ROOT / "tests" / "native" / "fake_libcuda.c"
+            subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-Wl,-Bsymbolic", "-o", str(lib), str(fake)], check=True)
+            args.append(str(lib))
         trace = out_dir / "trace-percall"
-        r = subprocess.run(
-            recorded([str(exe), str(rounds), str(calls)], trace, INTERPOSE_ONLY), capture_output=True, text=True
-        )
+        r = subprocess.run(recorded(args, trace, INTERPOSE_ONLY), capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"the per-call bench failed:\n{r.stderr[-2000:]}")
     return {"added": json.loads(r.stdout.strip().splitlines()[-1]), "trace": str(trace)}
@@ -166,12 +171,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: percall,serve,agreement")
+    ap.add_argument("--stand-in", action="store_true", help="part 1 only, against the stand-in libcuda (no GPU)")
     a = ap.parse_args()
     out_dir = Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="cct-interpose-"))
-    skip = set(a.skip.split(","))
+    skip = set(a.skip.split(",")) | ({"serve", "agreement"} if a.stand_in else set())
     result: dict = {}
     if "percall" not in skip:
-        result["per_call"] = per_call(a.rounds, a.calls, out_dir)
+        result["per_call"] = per_call(a.rounds, a.calls, out_dir, a.stand_in)
         for name, v in result["per_call"]["added"].items():
             print(f"{name}: +{v['median_ns']:.0f} ns per call (p25 {v['p25_ns']:.0f}, p75 {v['p75_ns']:.0f})")
     if "agreement" not in skip:
