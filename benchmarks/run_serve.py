@@ -155,6 +155,7 @@ SUITES: dict[str, Suite] = {
             "default": _kinds(DEFAULT_KINDS),
             "none": _kinds("none"),  # the tracer and its flusher, CUPTI never started
             "memcpy": _kinds("memcpy"),
+            "runtime": _kinds("runtime"),  # only the shim's callback subscription (the kept runtime calls)
             "default-no-periodic-flush": _kinds(DEFAULT_KINDS, {H.CUPTI_FLUSH.name: "none"}),
             "default-32MB-buffers": _kinds(DEFAULT_KINDS, {H.CUPTI_BUFFER_KB.name: "32768"}),
             "default+overhead": _kinds(DEFAULT_KINDS + ",overhead"),  # the default before this session
@@ -206,7 +207,13 @@ def records_per_s(trace: Path) -> float | None:
 
 HF_GENERATE = ROOT / "tests" / "workloads" / "hf_generate.py"
 # cupti_inprocess.py's config for each overhead-suite configuration it can switch within one process
-INPROCESS = {"default": "default", "memcpy": "memcpy", "default+kernels+nvtx": "default+kernel+nvtx", "none": "off"}
+INPROCESS = {
+    "default": "default",
+    "memcpy": "memcpy",
+    "runtime": "runtime",
+    "default+kernels+nvtx": "default+kernel+nvtx",
+}
+ATTACHED_OFF = "off"  # in one process: CUPTI attached (subscription included) with every kind off
 
 
 def _hf_summary(stdout: str) -> dict | None:
@@ -313,7 +320,7 @@ def inprocess_beside(rows: list[dict], rounds: int, cpus: str | None, serve_args
     wanted = [r["config"] for r in rows if r["config"] in INPROCESS]
     if not wanted:
         return []
-    configs = ["detached", *dict.fromkeys(INPROCESS[c] for c in wanted)]
+    configs = ["detached", ATTACHED_OFF, *dict.fromkeys(INPROCESS[c] for c in wanted)]
     cmd = [sys.executable, str(Path(__file__).with_name("cupti_inprocess.py")), "--workload", "serve"]
     cmd += ["--rounds", str(rounds), "--configs", ",".join(configs), "--json"]
     cmd += [*(["--cpus", cpus] if cpus else []), "--", *serve_args]
@@ -322,26 +329,34 @@ def inprocess_beside(rows: list[dict], rounds: int, cpus: str | None, serve_args
     if r.returncode != 0:
         return [{"error": f"cupti_inprocess.py failed ({r.returncode}): {r.stderr.strip()[-500:]}"}]
     blocks = json.loads(r.stdout.strip().splitlines()[-1])["block_ms"]
+
+    def against_detached(c: str) -> dict:
+        # slowdown by rate per round: 1 - (detached step time / this setting's step time)
+        per_round = [100 * (1 - d / m) for m, d in zip(blocks[c], blocks["detached"], strict=True)]
+        return {
+            "inprocess_config": c,
+            "inprocess_pct": statistics.median(per_round),
+            "inprocess_ci95_pct": list(median_ci(per_round)),
+        }
+
     out = []
     for row in rows:
         c = INPROCESS.get(row["config"])
         if c is None:
             continue
-        # slowdown by rate per round: 1 - (detached step time / this setting's step time)
-        per_round = [100 * (1 - d / m) for m, d in zip(blocks[c], blocks["detached"], strict=True)]
-        lo, hi = median_ci(per_round)
-        blo, bhi = row["slowdown_ci95_pct"]
+        inside = against_detached(c)
+        (blo, bhi), (lo, hi) = row["slowdown_ci95_pct"], inside["inprocess_ci95_pct"]
         out.append(
             {
                 "config": row["config"],
-                "inprocess_config": c,
                 "between_pct": row["slowdown_pct"],
                 "between_ci95_pct": [blo, bhi],
-                "inprocess_pct": statistics.median(per_round),
-                "inprocess_ci95_pct": [lo, hi],
+                **inside,
                 "disagree": hi < blo or bhi < lo,
             }
         )
+    # what staying attached costs (no between-process twin: `none` never starts CUPTI)
+    out.append({"config": "(attached, every kind off)", **against_detached(ATTACHED_OFF)})
     return out
 
 
@@ -351,12 +366,14 @@ def render_beside(beside: list[dict]) -> str:
     out = ["between processes vs in one process (CUPTI detached between blocks), slowdown by steps/s:"]
     out.append(f"{'configuration':28} {'between':>8} {'95% CI':>17} {'in-process':>11} {'95% CI':>17}")
     for b in beside:
-        (blo, bhi), (ilo, ihi) = b["between_ci95_pct"], b["inprocess_ci95_pct"]
-        flag = "  DISAGREE" if b["disagree"] else ""
-        out.append(
-            f"{b['config']:28} {b['between_pct']:+7.1f}% {f'[{blo:+.1f}, {bhi:+.1f}]%':>17} "
-            f"{b['inprocess_pct']:+10.1f}% {f'[{ilo:+.1f}, {ihi:+.1f}]%':>17}{flag}"
-        )
+        ilo, ihi = b["inprocess_ci95_pct"]
+        if "between_pct" in b:
+            blo, bhi = b["between_ci95_pct"]
+            between = f"{b['between_pct']:+7.1f}% {f'[{blo:+.1f}, {bhi:+.1f}]%':>17}"
+        else:
+            between = f"{'-':>8} {'':>17}"
+        flag = "  DISAGREE" if b.get("disagree") else ""
+        out.append(f"{b['config']:28} {between} {b['inprocess_pct']:+10.1f}% {f'[{ilo:+.1f}, {ihi:+.1f}]%':>17}{flag}")
     return "\n".join(out)
 
 
