@@ -123,6 +123,32 @@ def test_toggle_signal_detaches_cupti_and_attaches_it_again(tmp_path, standin_en
     assert not list(out.glob("control.*.fifo"))  # the tracer removed its pipe
 
 
+@pytest.mark.parametrize("mode", ["idle", "idle-cancel"])
+def test_a_detach_without_cuda_calls_finalizes_at_the_next_call_or_is_called_off(tmp_path, standin_env, mode):
+    """No CUDA call returns while the detach waits: CUPTI is finalized at the program's next call
+    ('idle'), or, when tracing is turned on again first, the finalize is called off ('idle-cancel')."""
+    out = tmp_path / mode
+
+    def answer(proc, msg):
+        if msg["at"] in ("off?", "on?"):
+            proc.send_signal(signal.SIGUSR2)
+
+    msgs = _record(standin_env, out, mode, "--toggle-signal", "USR2", answer=answer)
+    by = {m["at"]: m for m in msgs}
+    assert by["on?"]["state"].startswith("finalize pending")
+    ids, proc = _recorded(out)
+    expected = list(range(100)) + list(range(200, 300))
+    assert ids["copies"] == expected and ids["api_calls"] == expected
+    final = by["done"]["counters"]
+    if mode == "idle":
+        assert by["on?"]["counters"]["n_finalize"] == 1  # at phase B's first call
+        assert (final["n_subscribe"], final["n_register"]) == (2, 2)
+    else:
+        assert final["n_finalize"] == 0  # called off: CUPTI stayed attached, its subscription reused
+        assert (final["n_subscribe"], final["n_register"]) == (1, 1)
+    assert proc["sources"]["cupti"]["detach"]["state"] == "attached"
+
+
 def test_delay_and_duration_trace_one_window_only(tmp_path, standin_env):
     for delay in (0.3, 1.5, 5.0):  # a machine under load may start the program after a short window
         out = tmp_path / f"w{delay}"

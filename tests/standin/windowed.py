@@ -58,6 +58,19 @@ if sys.argv[1] == "toggle":
     calls_until(True, 20000)
     phase(200, 100)
     say("done", counters=counters())
+elif sys.argv[1] in ("idle", "idle-cancel"):  # no CUDA call while the detach waits: finalize left pending
+    phase(0, 100)
+    say("off?")
+    while tracer._active.attached:
+        time.sleep(0.01)
+    state = tracer._active.sources["cupti"].detach_state
+    if sys.argv[1] == "idle":
+        phase(100, 100, pause=0.2)  # the first call's exit finalizes
+    say("on?", state=state, counters=counters())
+    while not tracer._active.attached:
+        time.sleep(0.01)
+    phase(200, 100)
+    say("done", counters=counters())
 else:  # the launcher opens and closes the window by the clock (--delay, --duration)
     opened = calls_until(True, 0)
     closed = calls_until(False, opened)

@@ -423,6 +423,8 @@ class CuptiSource:
 
     def stop(self) -> None:
         cupti = self._cupti
+        if self.detached and self.detach_state.startswith("finalize pending") and self._shim.cct_detach_cancel():
+            self.detach_state = "kinds off; CUPTI stays attached (the program ended before its next CUDA call)"
         if cupti is None or self.forked or self.detached:
             return  # a detach handed everything over already
         try:
