@@ -6,8 +6,8 @@
 --   host_only: no copy records (host probes only): GPU times, memory kinds and streams are unknown
 --   packed_h2d: at most one small H2D crossing per step (the per-step inputs are packed)
 --   staging_stream: most small H2D copies run on a stream where no kernel ran (a staging stream)
---   async_readback: no small D2H blocks (none into pageable memory) and a thread that launches
---   nothing waits in syncs: readbacks are drained by a worker
+--   async_readback: no small D2H blocks (none into pageable memory) and a thread that issues
+--   nothing (no launch, no copy) waits in syncs: readbacks are drained by a worker
 CREATE OR REPLACE TEMP TABLE trace_facts AS
 WITH x AS (  -- one pass over the small transfers
     SELECT count(*) FILTER (WHERE copy_kind = 'HtoD') AS h2d,
@@ -21,5 +21,5 @@ SELECT NOT EXISTS (SELECT 1 FROM copies) AS host_only,
        EXISTS (SELECT 1 FROM kernels) AND x.h2d > 0 AND 2 * x.h2d_idle >= x.h2d AS staging_stream,
        x.d2h > 0 AND x.d2h_blocking = 0
            AND EXISTS (SELECT 1 FROM calls SEMI JOIN (SELECT name FROM call_names WHERE sync) USING (name)
-                       WHERE (pid, tid) NOT IN (SELECT (pid, tid) FROM launchers)) AS async_readback
+                       WHERE (pid, tid) NOT IN (SELECT (pid, tid) FROM issuers)) AS async_readback
 FROM x;

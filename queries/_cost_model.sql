@@ -39,12 +39,12 @@ SELECT *, coalesce(getvariable('small_bytes'), toll_ns * bytes_per_ns) AS small_
 -- Each transfer priced by the model: what its bytes need, and what it cost beyond that. A view: the
 -- join with the few model rows is cheap, a second copy of every transfer is not.
 --   xfer_dir's columns, and the model's toll_ns, bytes_per_ns; byte_ns: what its bytes need
---   excess_ns: its crossing time beyond that; small: below the model's small size
+--   excess_ns: its crossing time beyond that; small: a host<->device crossing below the model's small size
 --   host_ns: the part of its call that was the crossing's own host work (the rest of the call waited)
 CREATE OR REPLACE TEMP VIEW xfer_costs AS
 SELECT x.*, m.toll_ns, m.bytes_per_ns, x.bytes / m.bytes_per_ns AS byte_ns,
        greatest(x.cross_ns - x.bytes / m.bytes_per_ns, 0) AS excess_ns,
-       x.bytes < m.small_below_bytes AS small,
+       x.copy_kind IN ('HtoD', 'DtoH') AND x.bytes < m.small_below_bytes AS small,
        CASE WHEN x.timing = 'gpu' THEN x.pre_ns + x.post_ns
             -- host-probe-only: what the model explains, but never time spent asleep (off-CPU is waiting)
             ELSE least(x.dur_ns - coalesce(x.off_cpu_ns, 0), m.toll_ns + x.bytes / m.bytes_per_ns) END AS host_ns

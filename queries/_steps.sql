@@ -19,13 +19,15 @@ SELECT EXISTS (SELECT 1 FROM copies WHERE source = 'cupti') AS copies,
 
 -- Each distinct call name once, with what kind of call it is: names are matched here, not per call.
 --   returns_at_once: meant to return at once (async memset, launch, graph launch, async alloc/free)
---   async_copy: cudaMemcpy*Async / cuMemcpy*Async; sync: stream/event/device/context synchronize
+--   async_copy: cudaMemcpy*Async / cuMemcpy*Async; copy: any memcpy call
+--   sync: stream/event/device/context synchronize
 --   graph_launch: a CUDA graph replay; launch: a kernel launch (never a step's signature)
 --   blocking_readback_probe: a probed synchronous D2H copy (host-probe-only traces)
 CREATE OR REPLACE TEMP TABLE call_names AS
 SELECT name,
        regexp_matches(name, '^cu(da)?(Memset(D8|D16|D32|2D)?.*Async|LaunchKernel|LaunchCooperativeKernel|GraphLaunch|MallocAsync|FreeAsync|MemAllocAsync|MemFreeAsync)') AS returns_at_once,
        regexp_matches(name, '^cu(da)?Memcpy.*Async') AS async_copy,
+       regexp_matches(name, '^cu(da)?Memcpy') AS copy,
        regexp_matches(name, '^cu(da)?(Stream|Event|Device|Ctx)Synchronize') AS sync,
        regexp_matches(name, '^cu(da)?GraphLaunch') AS graph_launch,
        regexp_matches(name, '^cu(da)?(LaunchKernel|LaunchCooperativeKernel|LaunchKernelEx)') AS launch,
@@ -38,10 +40,11 @@ CREATE OR REPLACE TEMP VIEW calls AS
 SELECT a.* FROM api_calls a, cupti_present p
 WHERE CASE a.source WHEN 'ebpf' THEN NOT (p.calls OR p.interposed) WHEN 'interposer' THEN NOT p.calls ELSE true END;
 
--- The threads that launch kernels or graphs (a thread that only waits is a worker).
+-- The threads that issue GPU work, launches or copies (a thread that only waits is a worker; with
+-- launches not recorded, the copies still tell the issuing thread).
 --   pid, tid
-CREATE OR REPLACE TEMP VIEW launchers AS
-SELECT DISTINCT pid, tid FROM calls SEMI JOIN (SELECT name FROM call_names WHERE launch OR graph_launch) USING (name);
+CREATE OR REPLACE TEMP VIEW issuers AS
+SELECT DISTINCT pid, tid FROM calls SEMI JOIN (SELECT name FROM call_names WHERE launch OR graph_launch OR copy) USING (name);
 
 -- Marked steps: NVTX ranges, then the user's step function.
 --   step_source: nvtx | step_function
@@ -57,7 +60,8 @@ SET VARIABLE marked_source = (
     SELECT CASE WHEN bool_or(step_source = 'nvtx') THEN 'nvtx' ELSE any_value(step_source) END FROM marked_steps);
 
 -- Iteration ends, detected only where no steps are marked: per thread, each candidate with its
--- signature (what it completes: call, bytes, host memory kind) and its rank (readbacks, graph
+-- signature (what it completes: call, bytes, host memory kind, and the Python stack of the call where
+-- one was recorded: two readbacks of one size from different code are two signatures) and its rank (readbacks, graph
 -- replays and the syncs of a worker thread that drains readbacks 1; driver-level syncs 2; recurring
 -- calls 3).
 --   pid, tid: the thread; t: when the iteration ended; wait_ns: the ending call's duration
@@ -66,35 +70,41 @@ CREATE OR REPLACE TEMP TABLE step_ends AS
 WITH rb AS (
     -- D2H copies with their issuing call (CUPTI): pageable ones block in the call itself
     SELECT c.pid, c.api_tid AS tid, c.api_name AS name, c.bytes, c.dst_kind AS host_kind, c.api_start_ns AS start_ns,
-           c.api_end_ns AS end_ns
+           c.api_end_ns AS end_ns, c.api_stack_id AS stack_id
     FROM copies_with_api c
     WHERE getvariable('marked_source') IS NULL AND c.copy_kind = 'DtoH' AND c.op = 'memcpy' AND c.api_tid IS NOT NULL
       AND (c.source <> 'interposer' OR NOT (SELECT copies FROM cupti_present))
 ), syncs AS (
-    SELECT a.pid, a.tid, a.name, a.domain, a.start_ns, a.end_ns
+    SELECT a.pid, a.tid, a.name, a.domain, a.start_ns, a.end_ns, a.stack_id
     FROM calls a SEMI JOIN (SELECT name FROM call_names WHERE sync) USING (name) WHERE getvariable('marked_source') IS NULL
+), graphs AS (
+    SELECT a.pid, a.tid, a.name, a.start_ns, a.end_ns, a.stack_id
+    FROM calls a SEMI JOIN (SELECT name FROM call_names WHERE graph_launch) USING (name)
+    WHERE getvariable('marked_source') IS NULL
 ), issued AS (
     -- what a later sync on the same thread completes: a D2H into pinned/device memory, a graph replay
     -- (a graph's own memcpy nodes are its replay's, counted once as the replay)
-    SELECT pid, tid, name, bytes, host_kind, start_ns, end_ns, 0 AS is_sync FROM rb
+    SELECT pid, tid, name, bytes, host_kind, start_ns, end_ns, stack_id, 0 AS is_sync FROM rb
     WHERE host_kind <> 'pageable' AND name NOT IN (SELECT name FROM call_names WHERE graph_launch)
     UNION ALL
-    SELECT a.pid, a.tid, a.name, NULL, 'graph', a.start_ns, a.end_ns, 0
-    FROM calls a SEMI JOIN (SELECT name FROM call_names WHERE graph_launch) USING (name) WHERE getvariable('marked_source') IS NULL
+    SELECT pid, tid, name, NULL, 'graph', start_ns, end_ns, stack_id, 0 FROM graphs
     UNION ALL
-    SELECT pid, tid, name, NULL, NULL, start_ns, end_ns, 1 FROM syncs
+    SELECT pid, tid, name, NULL, NULL, start_ns, end_ns, stack_id, 1 FROM syncs
 ), completed AS (
     -- a sync whose thread's previous event was something it completes (not another sync)
     SELECT *, lag(is_sync) OVER w AS prev_sync, lag(name) OVER w AS prev_name, lag(bytes) OVER w AS prev_bytes,
-           lag(host_kind) OVER w AS prev_kind
+           lag(host_kind) OVER w AS prev_kind, lag(stack_id) OVER w AS prev_stack
     FROM issued WINDOW w AS (PARTITION BY pid, tid ORDER BY start_ns, is_sync)
 )
 SELECT pid, tid, end_ns AS t, end_ns - start_ns AS wait_ns,
        CASE WHEN prev_kind = 'graph' THEN 'graph_replay' ELSE 'readback' END AS kind, 1 AS rank,
-       concat_ws(':', prev_name, prev_bytes, prev_kind, name) AS sig
+       concat_ws(':', prev_name, prev_bytes, prev_kind, name, prev_stack) AS sig
 FROM completed WHERE is_sync = 1 AND prev_sync = 0
 UNION ALL
-SELECT pid, tid, end_ns, end_ns - start_ns, 'readback', 1, concat_ws(':', name, bytes, host_kind)
+-- a graph replay begins a step even where no recorded sync completes it (XLA waits otherwise)
+SELECT pid, tid, start_ns, end_ns - start_ns, 'graph_replay', 1, concat_ws(':', name, stack_id, 'launch') FROM graphs
+UNION ALL
+SELECT pid, tid, end_ns, end_ns - start_ns, 'readback', 1, concat_ws(':', name, bytes, host_kind, stack_id)
 FROM rb WHERE host_kind = 'pageable'
 UNION ALL
 -- host-probe-only traces know no memory kinds: there, small D2H copy calls (sampled tokens) mark them
@@ -103,12 +113,12 @@ FROM api_calls a
 WHERE getvariable('marked_source') IS NULL AND a.source = 'ebpf' AND a.copy_kind = 'DtoH' AND a.bytes < 65536
   AND NOT (SELECT copies OR interposed FROM cupti_present)
 UNION ALL
--- a worker thread that only waits drains what the launching thread read back
+-- a worker thread that only waits (issues no launch and no copy) drains what another thread read back
 SELECT pid, tid, end_ns, end_ns - start_ns, 'worker_sync', 1, name
-FROM syncs WHERE (pid, tid) NOT IN (SELECT (pid, tid) FROM launchers)
+FROM syncs WHERE (pid, tid) NOT IN (SELECT (pid, tid) FROM issuers)
 UNION ALL
 SELECT pid, tid, end_ns, end_ns - start_ns, 'driver_sync', 2, name
-FROM syncs WHERE domain = 'driver' AND (pid, tid) IN (SELECT (pid, tid) FROM launchers);
+FROM syncs WHERE domain = 'driver' AND (pid, tid) IN (SELECT (pid, tid) FROM issuers);
 
 -- Recurring calls, only where nothing above marks an iteration: every call but launches and syncs,
 -- by (name, bytes, copy kind) on its thread (a CUPTI call's bytes and kind are its copy's).

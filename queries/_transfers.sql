@@ -1,7 +1,7 @@
 -- module: transfers
 -- needs: steps
 -- answers: Every host<->device transfer in the window, with its issuing call and its crossing time.
--- Parameters: launch_gap_us.
+-- Parameters: launch_gap_us, normal_call_us.
 
 -- Every transfer with its issuing call: CUPTI copies; else the interposer's copies (host call times:
 -- their GPU time is unknown and approximated by the call's duration; the crossings a graph launch
@@ -34,6 +34,14 @@ WHERE a.source = 'ebpf' AND a.bytes IS NOT NULL AND a.copy_kind IS NOT NULL
 --   host_kind: the host side's memory kind (device for DtoD/PtoP); dur_ns: the copy's time
 --   stream_free_ns: when its stream became free (latest end of the copies and kernels before it)
 --   pre_ns, post_ns: the call's host work before and after the copy; cross_ns: dur + pre + post
+-- Copies a graph replay made (its memcpy nodes), per launch: the launch's host time beyond a normal
+-- call is theirs (the bridge tolls each node in the launch), shared equally, and no async stall.
+--   pid, correlation_id: the launch; copies: its memcpy nodes in the trace
+CREATE OR REPLACE TEMP TABLE graph_copies AS
+SELECT pid, correlation_id, count(*) AS copies FROM xfers
+WHERE timing = 'gpu' AND api_name IN (SELECT name FROM call_names WHERE graph_launch)
+GROUP BY ALL;
+
 CREATE OR REPLACE TEMP TABLE xfer_dir AS
 WITH ops AS (
     SELECT pid, stream_id, start_ns, end_ns, rowid AS copy_row FROM copies WHERE op IN ('memcpy', 'p2p')
@@ -48,14 +56,17 @@ WITH ops AS (
            CASE x.copy_kind WHEN 'HtoD' THEN x.src_kind WHEN 'DtoH' THEN x.dst_kind ELSE 'device' END AS host_kind,
            x.end_ns - x.start_ns AS dur_ns, f.stream_free_ns,
            -- a copy that started well after its call returned was held by something else, not by the call
-           CASE WHEN x.timing = 'gpu' AND x.api_start_ns IS NOT NULL
+           CASE WHEN g.copies IS NOT NULL
+                THEN greatest(x.api_end_ns - x.api_start_ns - getvariable('normal_call_us') * 1000, 0) // g.copies
+                WHEN x.timing = 'gpu' AND x.api_start_ns IS NOT NULL
                      AND x.start_ns <= x.api_end_ns + getvariable('launch_gap_us') * 1000
                 THEN greatest(least(x.start_ns, x.api_end_ns) - greatest(x.api_start_ns, coalesce(f.stream_free_ns, 0)), 0)
                 ELSE 0 END AS pre_ns,
-           CASE WHEN x.timing = 'gpu' AND x.api_end_ns IS NOT NULL
+           CASE WHEN x.timing = 'gpu' AND x.api_end_ns IS NOT NULL AND g.copies IS NULL
                 THEN greatest(x.api_end_ns - greatest(x.end_ns, x.api_start_ns), 0)
                 ELSE 0 END AS post_ns
-    FROM xfers x LEFT JOIN stream_free f USING (copy_row), win
+    FROM xfers x LEFT JOIN stream_free f USING (copy_row)
+    LEFT JOIN graph_copies g ON g.pid = x.pid AND g.correlation_id = x.correlation_id AND x.timing = 'gpu', win
     WHERE x.copy_kind IN ('HtoD', 'DtoH', 'DtoD', 'PtoP') AND x.start_ns >= win.start_ns AND x.start_ns <= win.end_ns
 )
 SELECT *, dur_ns + pre_ns + post_ns AS cross_ns FROM d;

@@ -219,8 +219,10 @@ class Loop:
     """A trace of one thread's calls, copies and kernels written call by call, for the step detectors:
     each helper appends one call (with its copy when it has one) at the running clock and advances it."""
 
-    def __init__(self, pid: int = PID, tid: int = TID, domain: str = "runtime") -> None:
+    def __init__(self, pid: int = PID, tid: int = TID, domain: str = "runtime", launch_calls: bool = True) -> None:
         self.pid, self.tid, self.domain = pid, tid, domain
+        self.launch_calls = launch_calls  # False: as without --kernels, launches are not recorded calls
+        self.stack: int | None = None  # the Python stack of the calls made now
         self.t = 1_000_000_000
         self.cid = 0
         self.apis: list[tuple] = []
@@ -232,6 +234,7 @@ class Loop:
     def call(self, name: str, dur: int = 5 * US, tid: int | None = None, domain: str | None = None) -> int:
         self.cid += 1
         row = (self.pid, tid or self.tid, name, domain or self.domain, self.t, self.t + dur, self.cid, 0, "synthetic")
+        row += (self.stack,)
         self.apis.append(row)
         self.t += dur + 2 * US
         return self.cid
@@ -253,7 +256,12 @@ class Loop:
 
     def launches(self, n: int, kernel_ns: int = 20 * US) -> None:
         for _ in range(n):
-            c = self.call("cudaLaunchKernel" if self.domain == "runtime" else "cuLaunchKernel", 3 * US)
+            if self.launch_calls:
+                c = self.call("cudaLaunchKernel" if self.domain == "runtime" else "cuLaunchKernel", 3 * US)
+            else:
+                self.cid += 1
+                c = self.cid
+                self.t += 5 * US
             self.kernels.append((self.pid, "k", self.t, self.t + kernel_ns, 0, 1, 7, c, "synthetic"))
 
     def idle(self, ns: int) -> None:
@@ -263,7 +271,7 @@ class Loop:
         out = Path(out)
         w = ShardWriter(out, self.pid)
         for table, cols, rows in (
-            ("api_calls", API, self.apis),
+            ("api_calls", (*API, "stack_id"), self.apis),
             ("copies", COPY, self.copies),
             ("kernels", KERNEL, self.kernels),
             ("markers", MARKER, self.markers),
@@ -300,27 +308,31 @@ def serve_loop(steps: int = 300, warmup: int = 1, toll: int = 0, jitter: int = 0
     return lp
 
 
-def hf_generate_loop(requests: int = 6, tokens: int = 64, mask_every: int = 3) -> Loop:
+def hf_generate_loop(requests: int = 6, tokens: int = 64, mask_every: int = 3, launch_calls: bool = True) -> Loop:
     """HF generate: each forward ends in the stopping check, a 1-byte pinned D2H + cudaStreamSynchronize
     (.item()); all forwards but every `mask_every`-th (1: every forward, as transformers 4.5x does) also
     read back a mask check early on (the same 1-byte signature);
-    each request starts with an eos check readback. Steps: the stopping checks' intervals (their context,
-    the calls since the previous readback, tells them from the mask checks)."""
-    lp = Loop()
+    each request starts with an eos check readback. Steps: the stopping checks' intervals (their Python
+    stack, or without launch calls recorded their context, the calls since the previous readback, tells
+    them from the mask checks). Stacks: 1 eos check, 2 mask check, 3 stopping check (with launch_calls
+    off; none otherwise)."""
+    lp = Loop(launch_calls=launch_calls)
 
-    def item(wait: int) -> None:
+    def item(wait: int, stack: int) -> None:
+        lp.stack = None if launch_calls else stack
         lp.copy("cudaMemcpyAsync", "DtoH", "pinned", 1)
         lp.call("cudaStreamSynchronize", wait)
+        lp.stack = None
 
     for _ in range(requests):
         lp.copy("cudaMemcpyAsync", "HtoD", "pageable", 8 * 32)
-        item(10 * US)  # eos check
+        item(10 * US, 1)  # eos check
         for tok in range(tokens):
             lp.launches(3)
             if mask_every == 1 or tok % mask_every:
-                item(30 * US)  # mask check, early in the forward
+                item(30 * US, 2)  # mask check, early in the forward
             lp.launches(24)
-            item(400 * US)  # stopping check: waits for the forward
+            item(400 * US, 3)  # stopping check: waits for the forward
             lp.idle(150 * US)
         lp.copy("cudaMemcpyAsync", "DtoH", "pageable", 8 * 96)
         lp.idle(3_000 * US)
@@ -348,10 +360,11 @@ def jax_loop(steps: int = 200, warmup: int = 1, correlate: bool = True) -> Loop:
     return lp
 
 
-def graph_loop(replays: int = 150, warmup: int = 3) -> Loop:
+def graph_loop(replays: int = 150, warmup: int = 3, toll: int = 0) -> Loop:
     """A CUDA-graph replay loop: eager warm-up steps (pinned H2D and D2H, no sync each) and one device
     sync, then replays: cudaGraphLaunch (its memcpy nodes are copies with the launch's correlation id)
-    and a stream sync. Steps: the replays' intervals."""
+    and a stream sync. Steps: the replays' intervals. `toll`: what the emulated bridge adds to each
+    memcpy node, paid inside the launch call (written as injections)."""
     lp = Loop()
     for _ in range(warmup):
         lp.copy("cudaMemcpyAsync", "HtoD", "pinned", 4096)
@@ -360,11 +373,11 @@ def graph_loop(replays: int = 150, warmup: int = 3) -> Loop:
     lp.call("cudaDeviceSynchronize", 50 * US)
     for _ in range(replays):
         start = lp.t
-        c = lp.call("cudaGraphLaunch", 8 * US)
+        c = lp.call("cudaGraphLaunch", 8 * US + 2 * toll)
         lp.t = start
-        lp.copy("", "HtoD", "pinned", 4096, corr=c)
-        lp.copy("", "DtoH", "pinned", 1024, corr=c)
-        lp.t = start + 10 * US
+        lp.copy("graph_launch", "HtoD", "pinned", 4096, corr=c, toll=toll)
+        lp.copy("graph_launch", "DtoH", "pinned", 1024, corr=c, toll=toll)
+        lp.t = start + 10 * US + 2 * toll
         lp.kernels.append((lp.pid, "graph k", start + 4 * US, start + 200 * US, 0, 1, 7, c, "synthetic"))
         lp.call("cudaStreamSynchronize", 200 * US)
         lp.idle(80 * US)
@@ -381,4 +394,32 @@ def periodic_loop(steps: int = 100) -> Loop:
         lp.copy("cudaMemcpyAsync", "HtoD", "pinned", 64)
         lp.call("cudaMemsetAsync")
         lp.idle(200 * US)
+    return lp
+
+
+def cupy_loop(steps: int = 300, warmup: int = 1) -> Loop:
+    """A CuPy loop recorded without --kernels (no launch calls): two H2D, a pinned D2H completed by a
+    stream sync and an 8-byte blocking (pageable) readback per iteration: two readbacks of the same
+    iteration, one step. The thread issues copies: none of its syncs is a worker's."""
+    lp = Loop(launch_calls=False)
+    for _ in range(warmup + steps):
+        lp.copy("cudaMemcpyAsync", "HtoD", "pageable", 4096)
+        lp.copy("cudaMemcpyAsync", "HtoD", "pinned", 512)
+        lp.launches(3)
+        lp.copy("cudaMemcpyAsync", "DtoH", "pinned", 512)
+        lp.call("cudaStreamSynchronize", 100 * US)
+        lp.copy("cudaMemcpy", "DtoH", "pageable", 8, dur=30 * US)
+        lp.idle(100 * US)
+    return lp
+
+
+def xla_graph_loop(steps: int = 200, warmup: int = 1) -> Loop:
+    """XLA with command buffers: one cuGraphLaunch per iteration, an H2D and a D2H copy, and no recorded
+    call that waits (XLA polls). Steps: the replays' starts."""
+    lp = Loop(domain="driver")
+    for _ in range(warmup + steps):
+        lp.copy("cuMemcpyHtoDAsync_v2", "HtoD", "pageable", 16384)
+        lp.call("cuGraphLaunch", 6 * US)
+        lp.copy("cuMemcpyDtoHAsync_v2", "DtoH", "pinned", 32)
+        lp.idle(400 * US)
     return lp

@@ -64,12 +64,6 @@ def test_the_emulator_tolled_every_crossing_of_the_run():
     assert inj["errors"] == inj["records_lost"] == inj["skipped_calls"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="analysis: without --kernels no launch is recorded, so every thread counts as a worker and each "
-    "cudaStreamSynchronize ends a 'worker_sync' step (293); the 1-byte .item() readbacks come twice per forward "
-    "pass (StopCheck and masking_utils' fast_all) from one call site and are told apart only by their full stack",
-)
 @pytest.mark.parametrize("name", NAMES)
 def test_report_finds_one_step_per_forward_pass(samples, name):
     """96 forward passes in the window, 128 with the warm-up request the report cannot tell from them."""
@@ -89,12 +83,6 @@ def test_diff_explains_the_injected_gap_per_step(samples):
     assert d["explained_ms_per_step"] >= 0.9 * d["bridge_injected_ms_per_step"] > 0, d
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="analysis: small crossings (103.0 ms explained against 87.9 ms of tolls injected in the window) also "
-    "count the 664 device-to-device cudaMemcpyAsync of the KV cache (8.8 ms 'excess', copy_kind=DtoD, which no "
-    "bridge tolls) and the crossings' native fixed cost (about 3 ms, what the baseline's H2D/D2H already lose)",
-)
 def test_report_explains_the_injected_time_in_the_window(samples):
     """The bridge run's categories explain 90-110% of the time the emulator injected inside the window."""
     _, reports = samples

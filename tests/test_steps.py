@@ -13,7 +13,20 @@ from cctrace.analyze.analysis import Analysis, diff, report
 from cctrace.analyze.store import load
 from cctrace.trace.shards import ShardWriter
 from tests.conftest import cctrace
-from tests.synth import API, PID, TID, US, Loop, graph_loop, hf_generate_loop, jax_loop, periodic_loop, serve_loop
+from tests.synth import (
+    API,
+    PID,
+    TID,
+    US,
+    Loop,
+    cupy_loop,
+    graph_loop,
+    hf_generate_loop,
+    jax_loop,
+    periodic_loop,
+    serve_loop,
+    xla_graph_loop,
+)
 
 # loop -> (steps, how they were found): n ends of a loop make n - 1 steps (the intervals between them)
 LOOPS = {
@@ -27,6 +40,12 @@ LOOPS = {
     "jax": (jax_loop, 200, "readback"),
     # 150 replays completed by a stream sync; the warm-up's readbacks end in one device sync
     "graph": (graph_loop, 149, "graph_replay"),
+    # without launch calls recorded, two stacks tell the stopping check from the mask check
+    "hf_generate_stacks": (lambda: hf_generate_loop(launch_calls=False), 6 * 64 - 1, "readback"),
+    # two readbacks per iteration (pinned + sync, pageable); no launch calls recorded
+    "cupy": (cupy_loop, 300, "readback"),
+    # one cuGraphLaunch per iteration and no recorded wait (XLA command buffers)
+    "xla_graph": (xla_graph_loop, 200, "graph_replay"),
     # nothing waits: the period of the recurring copies
     "periodic": (periodic_loop, 99, "period"),
 }
@@ -137,6 +156,19 @@ def test_diff_compares_injected_and_explained_over_the_same_window(tmp_path):
     out = cctrace("diff", str(base), str(slow))
     assert out.returncode == 0 and "ground truth (over the analysed windows)" in out.stdout
     assert "injected +0.9000" in out.stdout
+
+
+def test_a_graph_replays_tolls_are_its_memcpy_nodes_once(tmp_path):
+    """The launch call pays both nodes' tolls: each node's crossing gets half of what the launch took
+    beyond a normal call, and the launch is no async stall on top."""
+    d = graph_loop(toll=TOLL).write(tmp_path)
+    r = report(d, {"normal_call_us": 8.0})
+    cats = {c["category"]: c for c in r["categories"]}
+    gt = r["ground_truth"]
+    assert cats["small_crossings"]["events"] == 2 * 149 and cats["async_stalls"]["lost_ms"] == 0
+    assert gt["injected_ms"] == pytest.approx(2 * 149 * TOLL / 1e6)
+    # each node's own 2 us copy is a crossing too
+    assert cats["small_crossings"]["lost_ms"] == pytest.approx(2 * 149 * (TOLL + 2 * US) / 1e6, rel=1e-3)
 
 
 # ---- diff that knows when it cannot judge --------------------------------------------------------

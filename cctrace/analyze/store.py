@@ -42,7 +42,8 @@ VIEWS = {
     # copy_row (the copy's rowid) keys a copy for the analysis's joins
     "copies_with_api": """
         SELECT c.rowid AS copy_row, c.*, a.name AS api_name, a.tid AS api_tid, a.start_ns AS api_start_ns, a.end_ns AS api_end_ns,
-               a.on_cpu_ns AS api_on_cpu_ns, a.off_cpu_ns AS api_off_cpu_ns, a.ioctl_ns AS api_ioctl_ns
+               a.on_cpu_ns AS api_on_cpu_ns, a.off_cpu_ns AS api_off_cpu_ns, a.ioctl_ns AS api_ioctl_ns,
+               a.stack_id AS api_stack_id
         FROM copies c
         LEFT JOIN api_calls a
           ON a.pid = c.pid AND a.correlation_id = c.correlation_id AND a.source = c.source AND c.correlation_id > 0
