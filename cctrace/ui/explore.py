@@ -108,6 +108,14 @@ class Timeline(Static):
         self.step = 0  # the step shown (from 1), 0 when none
         self.rows: list = []  # what was last painted (the busy-fraction test reads it)
         self.row_height = 1  # lines per track in the last painting
+        self._painted_for: tuple = ()  # (lo, hi, cells) of self.rows
+        self.several_pids = (
+            analysis.scalar(
+                "SELECT count(DISTINCT pid) FROM (SELECT pid FROM api_calls UNION SELECT pid FROM copies "
+                "UNION SELECT pid FROM kernels)"
+            )
+            > 1
+        )
 
     def window(self) -> tuple[int, int]:
         return self.start, self.start + self.span
@@ -116,15 +124,17 @@ class Timeline(Static):
         self.refresh_view()
 
     def refresh_view(self) -> None:
-        width = self.size.width or (self.app.size.width - 2 if self.is_attached else 100)
-        self.update(self.render_rows(max(width, 20)))
+        """Paint at the widget's width; before it is laid out (its tab never shown) nothing is asked of
+        DuckDB: the resize that shows it paints."""
+        if self.size.width:
+            self.update(self.render_rows(max(self.size.width, 20)))
 
     def render_rows(self, width: int) -> Text:
         lo, hi = self.window()
-        pids = {r.pid for r in busy_rows(self.a.con, lo, hi, 1)}
-        labels_w = 14 if len(pids) > 1 else 11
+        labels_w = 14 if self.several_pids else 11
         cells = max(width - labels_w - 1, 8)
-        self.rows = busy_rows(self.a.con, lo, hi, cells)
+        if self._painted_for != (lo, hi, cells):  # a resize to the same width asks DuckDB nothing
+            self.rows, self._painted_for = busy_rows(self.a.con, lo, hi, cells), (lo, hi, cells)
         out = Text(no_wrap=True, overflow="crop")
         where = f"step {self.step} of {self.steps}: " if self.step else ""
         head = f"{where}{(lo - self.lo) / 1e6:.3f}-{(hi - self.lo) / 1e6:.3f} ms of the window, {_ms((hi - lo) / cells)}/cell"
@@ -138,7 +148,7 @@ class Timeline(Static):
         for r in self.rows:
             for k, line in enumerate(paint(r, self.row_height)):
                 last = k == self.row_height - 1
-                out.append(f"{r.label(len(pids) > 1)[:labels_w] if last else '':>{labels_w}} ")
+                out.append(f"{r.label(self.several_pids)[:labels_w] if last else '':>{labels_w}} ")
                 out.append_text(line)
                 out.append("\n")
         if not self.rows:
