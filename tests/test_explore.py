@@ -395,3 +395,22 @@ async def test_trace_without_steps_or_copies(tmp_path):
         assert "no steps" in " ".join(str(n.message) for n in app._notifications)
         await pilot.press("6")  # no BASE: says how to get a diff
         assert app.query_one(TabbedContent).active == "timeline"
+
+
+def test_cost_plot_fits_and_names_shared_cells():
+    """Two series whose medians land in one cell draw `*` and are named under the plot; nothing is wider
+    than the width asked for (plus the axis)."""
+    from cctrace.ui.costplot import cost_plot
+
+    def row(kind, host, size, us):
+        return {"copy_kind": kind, "host_kind": host, "size_bytes": size, "copies": 9, "median_us": us, "model_us": us}
+
+    lat = [row("HtoD", "pinned", 64, 300.0), row("DtoH", "pinned", 64, 300.0), row("HtoD", "pinned", 1 << 22, 700.0)]
+    model = [
+        {"copy_kind": k, "host_kind": "pinned", "toll_us": 300.0, "gbps": 10.0, "bandwidth_assumed": False}
+        for k in ("HtoD", "DtoH")
+    ]
+    lines = str(cost_plot(lat, model, 40, 8)).splitlines()
+    assert max(len(line) for line in lines[1:10]) <= 41
+    assert sum(line.count("*") for line in lines[1:9]) == 1 and lines[-1] == "* several series in one cell: 64 B: AB"
+    assert lines[-4].startswith("A DtoH pinned: toll 300.0 us, 10.0 GB/s")
