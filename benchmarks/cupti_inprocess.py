@@ -180,9 +180,10 @@ class Switch:
             # no CUDA call returns while this thread waits: the settle steps' first call finalizes
             self.tracer.set_attached(False, wait_s=0.001)
         else:
+            errors = len(self.src.errors)
             self.tracer.set_attached(True)
-            if self.src.errors:
-                raise SystemExit(f"attaching CUPTI again failed: {self.src.errors[-3:]}")
+            if len(self.src.errors) > errors:
+                raise SystemExit(f"attaching CUPTI again failed: {self.src.errors[errors:]}")
             self.on = set(self.src.enabled)  # attach() turned the kinds the run started with back on
             self.launches = self.driver = True
         self.detached = detached
