@@ -249,6 +249,13 @@ def interposer_mode(opts: RecordOptions) -> dict:
     (no kinds asked, cupti-python missing, Confidential Computing on) and standby otherwise."""
     if opts.interpose == "off":
         return {"mode": "off", "why": "--interpose off"}
+    if opts.window is not None:  # it records from the program's start, and cannot be detached yet
+        if opts.interpose == "on":
+            raise RecordError("--interpose on records from the program's start: it does not follow tracing windows")
+        return {
+            "mode": "off",
+            "why": "tracing windows (--delay/--duration/--toggle-signal): the interposer does not follow them",
+        }
     why = "asked (--interpose on)" if opts.interpose == "on" else _cupti_cannot_run(opts)
     return {"mode": "on" if why else "standby", "why": why or "CUPTI runs; on only where it is refused"}
 
