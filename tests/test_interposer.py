@@ -334,3 +334,38 @@ def test_kernel_view_joined_to_interposed_calls(tmp_path) -> None:
     assert t["host_waits"].num_rows >= 20
     sync = [c for c in calls if c["name"] == "cuStreamSynchronize"]
     assert len(sync) == 5 and all(c["ioctl_ns"] > 0 for c in sync)  # each makes one NVIDIA-type ioctl
+
+
+def test_bridge_emulator_on_the_interposer_without_cupti(built, tmp_path) -> None:
+    """--emulate-bridge with --kinds none --interpose on: the emulator acts through the interposer's
+    CUPTI-shaped callbacks, its tolls land inside the interposed calls, and its ground truth is kept."""
+    code = """
+import ctypes
+cuda = ctypes.CDLL("libcuda.so.1")
+buf = ctypes.create_string_buffer(4096)
+for _ in range(5):
+    cuda.cuMemcpyHtoDAsync_v2(ctypes.c_uint64(0x7f0000001000), buf, ctypes.c_size_t(4096), ctypes.c_void_p(0xAB))
+for _ in range(3):
+    cuda.cuMemcpyDtoHAsync_v2(buf, ctypes.c_uint64(0x7f0000001000), ctypes.c_size_t(1000), ctypes.c_void_p(0xAB))
+"""
+    out = tmp_path / "rec"
+    env = project_env() | {"LD_LIBRARY_PATH": str(built["dir"])}
+    r = subprocess.run(
+        [sys.executable, "-m", "cctrace", "record", "-o", str(out), "--no-load", "--kinds", "none", "--interpose", "on",
+         "--host-probes", "off", "--emulate-bridge", "toll_us=2000,bw_ratio=1,serialize=off,async_block=off",
+         "--", sys.executable, "-c", code],
+        env=env, capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    inj = m["bridge_emulation"]["injected"]
+    assert (inj["h2d_toll_count"], inj["d2h_toll_count"], inj["errors"]) == (5, 3, 0), inj
+    t = _tables(out)
+    rows = _rows(t["bridge_injections"])
+    assert sorted((x["call"], x["direction"], x["ns"]) for x in rows if x["kind"] == "toll") == sorted(
+        [("cuMemcpyHtoDAsync_v2", "h2d", 2_000_000)] * 5 + [("cuMemcpyDtoHAsync_v2", "d2h", 2_000_000)] * 3
+    )
+    calls = [c for c in _rows(t["api_calls"]) if c["name"].startswith("cuMemcpy")]
+    assert len(calls) == 8 and all(c["end_ns"] - c["start_ns"] >= 2_000_000 for c in calls)  # the toll is inside
+    for x in rows:  # each injection lies inside an interposed call of its thread
+        assert any(c["tid"] == x["tid"] and c["start_ns"] <= x["ts_ns"] <= c["end_ns"] for c in calls), x

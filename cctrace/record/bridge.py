@@ -276,7 +276,9 @@ def injection_rows(recs: np.ndarray, pid: int, names: dict[tuple[int, int], str]
         "kind": [KINDS[k] for k in recs["kind"]],
         "direction": [DIRECTIONS[min(d, 2)] for d in recs["direction"]],
         "bytes": recs["bytes"].astype(np.int64),
-        "call": [names.get((int(dm), int(cb)), f"cbid{cb}") for dm, cb in zip(recs["domain"], recs["cbid"], strict=True)],
+        "call": [
+            names.get((int(dm), int(cb)), f"cbid{cb}") for dm, cb in zip(recs["domain"], recs["cbid"], strict=True)
+        ],
         "correlation_id": recs["correlation_id"].astype(np.int64),
         "source": ["emulator"] * len(recs),
     }
@@ -299,7 +301,13 @@ def read_stats(lib: ctypes.CDLL) -> dict:
 class BridgeEmulator:
     """A tracer source that injects rather than records; its health() is the ground truth."""
 
-    def __init__(self, spec: BridgeSpec, hooks: tuple[int, int, int] | None = None, writer=None) -> None:
+    def __init__(
+        self,
+        spec: BridgeSpec,
+        hooks: tuple[int, int, int] | None = None,
+        writer=None,
+        callback_ids: dict[str, int] | None = None,
+    ) -> None:
         self.spec = spec
         self.writer = writer  # the process's ShardWriter: injections become bridge_injections rows
         self.names: dict[tuple[int, int], str] = {}
@@ -307,6 +315,9 @@ class BridgeEmulator:
         # (subscribe, enable, unsubscribe) to use instead of CUPTI's own: CUPTI 13.0 has one
         # callback subscriber per process, and when the CUPTI source holds it the bridge chains on
         self.hooks = hooks
+        # driver call name -> callback id, when the hooks are the driver interposer's (no CUPTI, no
+        # cupti-python: its ids are its own function indices)
+        self.callback_ids = callback_ids
         self.lib: ctypes.CDLL | None = None
         self.errors: list[str] = []
         self.status = "off: not started"
@@ -316,25 +327,18 @@ class BridgeEmulator:
         lib_path = H.BRIDGE_LIB.get()
         if not lib_path:
             raise RuntimeError(H.BRIDGE_LIB_ERROR.get() or "the bridge emulator was not built")
-        try:
-            import cupti.cupti as cupti  # cupti-python
-        except ImportError as e:
-            raise RuntimeError(f"cupti-python is not importable ({e})") from None
-        from cctrace.record.sources.cupti_source import loaded_libcupti
+        if self.callback_ids is not None and self.hooks:
+            subscribe, enable, self._unsubscribe = self.hooks
+            ids = self.callback_ids
 
-        libcupti_path = loaded_libcupti(cupti)
-        if not libcupti_path:
-            raise RuntimeError("libcupti is not mapped in this process")
-        libcupti = ctypes.CDLL(libcupti_path)
-        subscribe, enable, self._unsubscribe = self.hooks or (
-            address(libcupti.cuptiSubscribe),
-            address(libcupti.cuptiEnableCallback),
-            address(libcupti.cuptiUnsubscribe),
-        )
+            def callback_id(domain: int, member: str) -> int | None:
+                return ids.get(member) if domain == _DRV else None
+
+        else:
+            subscribe, enable, self._unsubscribe, callback_id = self._cupti_hooks()
         domains, cbids, flags, missing = [], [], [], []
         for domain, member, fl in CALLS:
-            enum = cupti.runtime_api_trace_cbid if domain == _RT else cupti.driver_api_trace_cbid
-            cb = getattr(enum, member, None)
+            cb = callback_id(domain, member)
             if cb is None:
                 missing.append(member)
                 continue
@@ -367,6 +371,32 @@ class BridgeEmulator:
             raise RuntimeError(f"bridge emulation could not start: {why}")
         self.status = "active"
 
+    def _cupti_hooks(self):
+        """CUPTI's subscribe/enable/unsubscribe (or the hooks given: the CUPTI source's chain) and
+        cupti-python's callback ids."""
+        try:
+            import cupti.cupti as cupti  # cupti-python
+        except ImportError as e:
+            raise RuntimeError(f"cupti-python is not importable ({e})") from None
+        from cctrace.record.sources.cupti_source import loaded_libcupti
+
+        libcupti_path = loaded_libcupti(cupti)
+        if not libcupti_path:
+            raise RuntimeError("libcupti is not mapped in this process")
+        libcupti = ctypes.CDLL(libcupti_path)
+        subscribe, enable, unsubscribe = self.hooks or (
+            address(libcupti.cuptiSubscribe),
+            address(libcupti.cuptiEnableCallback),
+            address(libcupti.cuptiUnsubscribe),
+        )
+
+        def callback_id(domain: int, member: str) -> int | None:
+            enum = cupti.runtime_api_trace_cbid if domain == _RT else cupti.driver_api_trace_cbid
+            cb = getattr(enum, member, None)
+            return None if cb is None else int(cb)
+
+        return subscribe, enable, unsubscribe, callback_id
+
     # tracer source protocol
     def drain(self) -> None:
         """The injections recorded since the last drain, written as `bridge_injections` rows."""
@@ -375,7 +405,8 @@ class BridgeEmulator:
         recs = take_records(self.lib)
         if len(recs):
             self.writer.add_batch(
-                "bridge_injections", rows_to_batch("bridge_injections", injection_rows(recs, self.writer.pid, self.names))
+                "bridge_injections",
+                rows_to_batch("bridge_injections", injection_rows(recs, self.writer.pid, self.names)),
             )
             self.rows += len(recs)
 

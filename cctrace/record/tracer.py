@@ -141,7 +141,11 @@ class Tracer:
 
         cupti_src = self.sources.get("cupti")
         hooks = cupti_src.callback_hooks() if cupti_src is not None else None  # type: ignore[attr-defined]
-        emu = BridgeEmulator(BridgeSpec.from_json(self.bridge), hooks=hooks, writer=self.writer)
+        ids = None
+        interposer = self.sources.get("interposer")
+        if hooks is None and interposer is not None and interposer.recording():  # type: ignore[attr-defined]
+            hooks, ids = interposer.callback_hooks()  # type: ignore[attr-defined]  # no CUPTI needed
+        emu = BridgeEmulator(BridgeSpec.from_json(self.bridge), hooks=hooks, writer=self.writer, callback_ids=ids)
         self.sources["bridge"] = emu
         try:
             emu.start()

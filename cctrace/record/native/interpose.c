@@ -33,6 +33,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cupti_callbacks.h"
+
 typedef int CUresult;
 typedef uint64_t CUdeviceptr;
 typedef void *CUstream, *CUevent, *CUcontext, *CUgraph, *CUgraphExec, *CUgraphNode, *CUmemoryPool;
@@ -736,6 +738,57 @@ static inline int captured(CUstream s) {
 
 static CUresult not_found(void) { return CUDA_ERROR_NOT_FOUND; }
 
+/* ---- a chained callback user: the bridge emulator acting on the interposed calls -----------------
+ * cct_ip_subscribe/enable_callback/unsubscribe stand in for CUPTI's (callback ids: this library's
+ * function indices, domain 1 = driver), so a tool written against CUPTI callbacks runs here without
+ * CUPTI. Its callback runs inside the recorded call (what it injects is part of the call's time), with
+ * the call's leading arguments laid out as CUPTI's parameter structs have them (each 8 bytes here). */
+static callback_fn volatile g_chain;
+static void *volatile g_chain_ud;
+static volatile uint8_t g_chain_want[N_FUNCS];
+static __thread uint32_t t_corr;
+
+static void chain_call(int site, int fn, const uint64_t *params, CUresult *rc) {
+    callback_fn cb = g_chain;
+    if (!cb) return;
+    CallbackData d;
+    memset(&d, 0, sizeof d);
+    d.callbackSite = site;
+    d.functionName = g_fns[fn].name;
+    d.functionParams = params;
+    d.functionReturnValue = rc;
+    d.correlationId = site == 0 ? ++t_corr : t_corr;
+    cb(g_chain_ud, 1, (uint32_t)fn, &d);
+}
+
+int cct_ip_subscribe(void **subscriber, callback_fn cb, void *userdata) {
+    g_chain_ud = userdata;
+    g_chain = cb;
+    *subscriber = (void *)&g_chain;
+    return 0;
+}
+
+int cct_ip_enable_callback(uint32_t enable, void *subscriber, int domain, uint32_t cbid) {
+    (void)subscriber;
+    if (domain != 1 || cbid >= N_FUNCS) return 1; /* CUPTI_ERROR_INVALID_PARAMETER */
+    g_chain_want[cbid] = enable ? 1 : 0;
+    return 0;
+}
+
+int cct_ip_unsubscribe(void *subscriber) {
+    (void)subscriber;
+    g_chain = NULL;
+    memset((void *)g_chain_want, 0, sizeof g_chain_want);
+    return 0;
+}
+
+/* The name behind a callback id (a function index), NULL past the last. */
+const char *cct_ip_function(int i) { return i >= 0 && i < N_FUNCS ? g_fns[i].name : NULL; }
+
+#define CHAIN(a, b, c, d)                                                                                      \
+    (chained = g_chain && g_chain_want[r.fn], cbp[0] = (uint64_t)(uintptr_t)(a), cbp[1] = (uint64_t)(uintptr_t)(b), \
+     cbp[2] = (uint64_t)(uintptr_t)(c), cbp[3] = (uint64_t)(uintptr_t)(d))
+
 static void *resolve(int i);
 
 /* The frame of every wrapper: find the real entry point, time it, fill the record before (PRE) and
@@ -753,9 +806,13 @@ static void *resolve(int i);
         memset(&r, 0, sizeof r);                                                                               \
         r.fn = FN_##sym##_##since;                                                                             \
         r.flags = pt ? F_PTDS : 0;                                                                             \
+        uint64_t cbp[4] = {0, 0, 0, 0}; /* the arguments a chained callback user reads (bridge emulator) */     \
+        int chained = 0;                                                                                       \
         PRE;                                                                                                   \
         r.start = now_ns();                                                                                    \
+        if (chained) chain_call(0, r.fn, cbp, NULL);                                                           \
         CUresult rc = real args;                                                                               \
+        if (chained) chain_call(1, r.fn, cbp, &rc);                                                            \
         r.end = now_ns();                                                                                      \
         r.ret = rc;                                                                                            \
         POST;                                                                                                  \
@@ -766,7 +823,8 @@ static void *resolve(int i);
 #define NOTHING (void)0
 #define COPY_PRE(dst, src, n, s, ck, async)                                                                    \
     r.op = OP_copy, r.ptr = (uint64_t)(dst), r.aux = (uint64_t)(uintptr_t)(src), r.bytes = (n),                \
-    r.stream = (uint64_t)(uintptr_t)(s), r.copy_kind = (ck), r.flags |= (async) ? F_ASYNC : 0;                 \
+    r.stream = (uint64_t)(uintptr_t)(s), r.copy_kind = (ck), r.flags |= (async) ? F_ASYNC : 0,                 \
+    CHAIN(dst, src, n, s);                                                                                     \
     if ((async) && captured(s)) r.flags |= F_CAPTURED
 #define KINDS_POST(sk, dk) r.src_kind = (uint8_t)(sk), r.dst_kind = (uint8_t)(dk)
 
@@ -947,28 +1005,28 @@ static void *resolve(int i);
     } while (0)
 #define DEF_GINST(sym, since, pt)                                                                              \
     WRAP(sym, since, pt, CUresult (*)(CUgraphExec *, CUgraph, unsigned long long),                             \
-         (CUgraphExec * e, CUgraph g, unsigned long long fl), (e, g, fl), NOTHING, INST_POST(e, g))
+         (CUgraphExec * e, CUgraph g, unsigned long long fl), (e, g, fl), CHAIN(e, g, fl, 0), INST_POST(e, g))
 #define DEF_GINST5(sym, since, pt)                                                                             \
     WRAP(sym, since, pt, CUresult (*)(CUgraphExec *, CUgraph, CUgraphNode *, char *, size_t),                  \
-         (CUgraphExec * e, CUgraph g, CUgraphNode * err, char *log, size_t n), (e, g, err, log, n), NOTHING,   \
-         INST_POST(e, g))
+         (CUgraphExec * e, CUgraph g, CUgraphNode * err, char *log, size_t n), (e, g, err, log, n),            \
+         CHAIN(e, g, err, log), INST_POST(e, g))
 #define DEF_GINSTP(sym, since, pt)                                                                             \
     WRAP(sym, since, pt, CUresult (*)(CUgraphExec *, CUgraph, void *), (CUgraphExec * e, CUgraph g, void *prm), \
-         (e, g, prm), NOTHING, INST_POST(e, g))
+         (e, g, prm), CHAIN(e, g, prm, 0), INST_POST(e, g))
 #define DEF_GLAUNCH(sym, since, pt)                                                                            \
     WRAP(sym, since, pt, CUresult (*)(CUgraphExec, CUstream), (CUgraphExec e, CUstream s), (e, s),             \
          (r.op = OP_graph_launch, r.ptr = (uint64_t)(uintptr_t)e, r.stream = (uint64_t)(uintptr_t)s,           \
-          r.flags |= F_ASYNC),                                                                                 \
+          r.flags |= F_ASYNC, CHAIN(e, s, 0, 0)),                                                              \
          graph_launched(&r, e))
 #define DEF_GEXECDESTROY(sym, since, pt)                                                                       \
-    WRAP(sym, since, pt, CUresult (*)(CUgraphExec), (CUgraphExec e), (e), NOTHING, NOTHING)
+    WRAP(sym, since, pt, CUresult (*)(CUgraphExec), (CUgraphExec e), (e), CHAIN(e, 0, 0, 0), NOTHING)
 #define DEF_CAPBEGIN(sym, since, pt)                                                                           \
     WRAP(sym, since, pt, CUresult (*)(CUstream, int), (CUstream s, int mode), (s, mode),                       \
-         (r.op = OP_graph, r.stream = (uint64_t)(uintptr_t)s),                                               \
+         (r.op = OP_graph, r.stream = (uint64_t)(uintptr_t)s, CHAIN(s, mode, 0, 0)),                          \
          if (rc == 0) __sync_fetch_and_add(&g_capturing, 1))
 #define DEF_CAPEND(sym, since, pt)                                                                             \
     WRAP(sym, since, pt, CUresult (*)(CUstream, CUgraph *), (CUstream s, CUgraph * g), (s, g),                 \
-         (r.op = OP_graph, r.stream = (uint64_t)(uintptr_t)s),                                               \
+         (r.op = OP_graph, r.stream = (uint64_t)(uintptr_t)s, CHAIN(s, g, 0, 0)),                             \
          if (g_capturing > 0) __sync_fetch_and_sub(&g_capturing, 1))
 #define LAUNCH_PRE(call, s, f)                                                                                 \
     {                                                                                                          \

@@ -63,6 +63,25 @@ class InterposerSource:
         else:
             self.status = "off: the interposer was not armed (no trace directory at its start)"
 
+    def recording(self) -> bool:
+        return self.lib is not None and self.status.startswith("active")
+
+    def callback_hooks(self) -> tuple[tuple[int, int, int], dict[str, int]]:
+        """CUPTI-shaped subscribe/enable/unsubscribe through which a callback user (the bridge
+        emulator) acts inside the interposed calls, and the callback id of each call's name."""
+        lib = self.lib
+        assert lib is not None
+        lib.cct_ip_function.restype = ctypes.c_char_p
+        lib.cct_ip_function.argtypes = [ctypes.c_int]
+        ids: dict[str, int] = {}
+        i = 0
+        while (name := lib.cct_ip_function(i)) is not None:
+            ids.setdefault(name.decode(), i)
+            i += 1
+        hooks = tuple(ctypes.cast(f, ctypes.c_void_p).value for f in (
+            lib.cct_ip_subscribe, lib.cct_ip_enable_callback, lib.cct_ip_unsubscribe))  # fmt: skip
+        return hooks, ids  # type: ignore[return-value]
+
     def drain(self) -> None:
         """The interposer's own thread appends its rings every flush interval: nothing to do here."""
 
