@@ -313,6 +313,7 @@ def test_advice_leaves_out_what_measured_worse_and_what_needs_cupti():
     assert "pack" in advise("small_crossings", {}, h100, False)
     assert "already one copy per step" in advise("small_crossings", {"packed_h2d": True}, h100, False)
     assert "worker thread" not in advise("sync_waits", {"async_readback": True}, h100, False)
+    assert "readbacks" in advise("small_crossings", {"readbacks_dominate": True}, h100, False)
     # host probes cannot tell memory kinds or streams
     assert "record with CUPTI" in advise("small_crossings", {}, h100, True)
     assert "staging stream" not in advise("async_stalls", {}, "Other GPU", True)

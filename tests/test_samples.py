@@ -176,6 +176,7 @@ def test_advice_fits_each_sample(samples):
         "packed_h2d": True,
         "staging_stream": True,
         "async_readback": True,
+        "readbacks_dominate": False,
     }
     assert all("staging stream" not in text for a in advice.values() for text in a.values())
     assert reports["serve-hostonly"]["host_only"] and "record with CUPTI" in advice["serve-hostonly"]["small_crossings"]

@@ -18,13 +18,14 @@ class Remedy:
     """One piece of advice, with what makes it not fit a trace.
 
     `done_when`: a fact of the trace (a column of `trace_facts`, queries/_advice.sql) under which the
-    trace already does this. `measured`: the change in steps/s this remedy measured per calibrated
+    trace already does this; `needs`: one without which it does not help. `measured`: the change in steps/s this remedy measured per calibrated
     machine (the profile's device name), with where it was measured; worse (< 0) means never advise it
     there."""
 
     key: str
     text: str
     done_when: str | None = None
+    needs: str | None = None  # a fact of the trace without which this remedy does not apply
     measured: dict[str, tuple[float, str]] = field(default_factory=dict)
     cupti_only: bool = False  # needs what only CUPTI sees (memory kinds, streams): not for host-only traces
     host_text: str | None = None  # the advice in the words a host-only trace supports, where they differ
@@ -61,6 +62,12 @@ CATEGORIES: tuple[Category, ...] = (
         "small crossings",
         "small_crossings",
         (
+            Remedy(
+                "fewer_readbacks",
+                "most of it is small readbacks (.item()/.tolist() checks): read several values back at once, "
+                "or check less often (every k steps)",
+                needs="readbacks_dominate",
+            ),
             Remedy(
                 "packed_h2d",
                 "batch small copies: pack per-step inputs into one pinned buffer and copy it once",
@@ -168,7 +175,7 @@ def advise(name: str, facts: dict[str, bool], device: str | None, host_only: boo
     """The first remedy of a category that fits the trace: not what it already does, not one that
     measured worse on the calibrated machine, nothing that needs CUPTI's view on a host-only trace."""
     for r in BY_NAME[name].remedies:
-        if r.done_when and facts.get(r.done_when):
+        if (r.done_when and facts.get(r.done_when)) or (r.needs and not facts.get(r.needs)):
             continue
         if device and r.measured.get(device, (0.0, ""))[0] < 0:
             continue
