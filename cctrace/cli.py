@@ -675,7 +675,8 @@ def query(name, trace, list_, params, fmt, output, allow_external_access, profil
         defaults = default_params()
         click.echo("\nparameters (--param k=v):")
         for p in PARAMS.values():
-            click.echo(f"  {p.name:16s} {p.doc} (default {defaults[p.name]})")
+            default = "unset" if defaults[p.name] is None else defaults[p.name]
+            click.echo(f"  {p.name:16s} {p.doc} (default {default})")
         return
     if not name or not trace:
         _err("usage: cctrace query NAME|FILE.sql TRACE  (or --list)")

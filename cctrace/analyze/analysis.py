@@ -44,7 +44,7 @@ PARAM_TABLE: tuple[Param, ...] = (
         "graph_replay, driver_sync, worker_sync, period; none: no steps, the whole recording is the window",
     ),
     Param("min_steps", int, 3, "fewest iterations a detector must see to mark steps"),
-    Param("small_bytes", int, None, "copies below this many bytes are small (default: toll x bandwidth)"),
+    Param("small_bytes", int, None, "copies below this many bytes are small (unset: toll x bandwidth, from the model)"),
     Param("small_fit_bytes", int, 65536, "copies at most this big fit the fixed toll"),
     Param("large_fit_bytes", int, 1048576, "copies at least this big fit the bandwidth"),
     Param(
