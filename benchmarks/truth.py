@@ -137,8 +137,21 @@ def _traces(outdir: Path) -> Path:
     for tar_path in sorted(outdir.glob("*.tar.gz")):
         if not (dest / tar_path.name.removesuffix(".tar.gz")).exists():
             with tarfile.open(tar_path) as tar:
-                tar.extractall(dest, filter="data")
+                _extract(tar, dest)
     return dest
+
+
+def _extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Plain files and folders inside DEST only: tarfile's 'data' filter where this Python has it
+    (3.11.4+; Debian 12's python3 is 3.11.2), else the same refusal by hand."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    root = dest.resolve()
+    for m in tar.getmembers():
+        if not (m.isfile() or m.isdir()) or not (root / m.name).resolve().is_relative_to(root):
+            raise SystemExit(f"{tar.name}: refusing {m.name!r} (not a plain file or folder inside the archive)")
+    tar.extractall(dest)
 
 
 def _injected_in_window(trace: Path) -> dict | None:
