@@ -6,15 +6,21 @@ tracer that the injected sitecustomize started (`cctrace.record.tracer._active`)
 
 import json
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import duckdb
+import pytest
 
-from tests.conftest import ROOT, cctrace
+from tests.conftest import ROOT, cctrace, project_env
+from tests.test_host_probes import _require_probes, fake_cuda  # noqa: F401 - a fixture
 
 PROVE = textwrap.dedent(
     """
@@ -210,3 +216,204 @@ def test_force_replaces_an_earlier_trace_and_keeps_other_files(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert len(m["processes"]) == 1 and len(list(out.glob("proc.*.json"))) == 1  # the earlier runs are gone
     assert (out / "notes.txt").read_text() == "mine"
+
+
+# ---- hardening: the trace directory, the lock, --force, full disks, cctrace's own death, sudo ----------
+
+
+def _wait_for(path, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+WAITER = """
+import os, sys, time, pathlib
+prove('{tag}')
+pathlib.Path(sys.argv[1], 'started-{tag}').write_text(str(os.getpid()))
+while not pathlib.Path(sys.argv[1], 'go').exists():
+    time.sleep(0.05)
+"""
+
+
+def test_force_removes_only_what_the_earlier_manifest_lists(tmp_path):
+    out = tmp_path / "t"
+    r = cctrace("record", "--no-load", "-o", str(out), "--", sys.executable, "-c", "pass")
+    assert r.returncode == 0, r.stderr
+    for mine in ("data.arrows", "proc.notes.json", "notes.arrows"):  # look like cctrace's, are not
+        (out / mine).write_text("mine")
+    r = cctrace("record", "--force", "--no-load", "-o", str(out), "--", sys.executable, "-c", "pass")
+    assert r.returncode == 0, r.stderr
+    assert all((out / n).read_text() == "mine" for n in ("data.arrows", "proc.notes.json", "notes.arrows"))
+    # an unlisted file that load would take into the trace: refused, nothing removed
+    (out / "copies.99999.arrows").write_text("not from this trace")
+    before = sorted(p.name for p in out.iterdir())
+    r = cctrace("record", "--force", "--no-load", "-o", str(out), "--", sys.executable, "-c", "pass")
+    assert r.returncode == 2 and "does not list (copies.99999.arrows)" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_force_without_an_earlier_manifest_removes_nothing(tmp_path):
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "copies.1.arrows").write_text("a user's file")
+    r = cctrace("record", "--force", "--no-load", "-o", str(out), "--", sys.executable, "-c", "pass")
+    assert r.returncode == 2 and "lists no files" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (out / "copies.1.arrows").read_text() == "a user's file"
+
+
+def test_a_second_record_into_a_directory_being_recorded_is_refused(tmp_path):
+    prog = _script(tmp_path, WAITER.format(tag="first"))
+    out = tmp_path / "t"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "cctrace", "record", "-o", str(out), "--flush-interval", "0.1", "--",
+         sys.executable, str(prog), str(tmp_path)],
+        env=project_env(), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _wait_for(tmp_path / "started-first")
+        for extra in ((), ("--force",)):
+            r = cctrace("record", *extra, "-o", str(out), "--", sys.executable, "-c", "pass")
+            assert r.returncode == 2 and "being recorded into by another cctrace" in r.stderr, r.stderr
+    finally:
+        (tmp_path / "go").write_text("")
+        assert first.wait(60) == 0, first.stderr.read()
+    assert [n for _, n in _markers(out)] == ["first"]  # nothing of the first run was removed
+
+
+def test_an_unusable_output_directory_is_found_before_the_program_runs(tmp_path):
+    marker = tmp_path / "ran"
+    for bad in (tmp_path / "afile" / "t", Path("/proc/cctrace-cannot-be-made")):
+        (tmp_path / "afile").write_text("")
+        r = cctrace("record", "-o", str(bad), "--", sys.executable, "-c", f"open({str(marker)!r}, 'w')")
+        assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert not marker.exists()
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    r = cctrace("record", "-o", str(link), "--", sys.executable, "-c", "pass")
+    assert r.returncode == 2 and "symbolic link" in r.stderr
+
+
+def test_a_full_disk_keeps_the_exit_status_and_whole_batches(tmp_path):
+    """RLIMIT_FSIZE stands in for a full disk: writes past it fail (EFBIG) in cctrace and the program."""
+    prog = _script(
+        tmp_path,
+        """
+        import time
+        for i in range(60):
+            prove(os.urandom(1000).hex() + str(i))
+            time.sleep(0.02)
+        sys.exit(5)
+        """,
+    )
+    out = tmp_path / "trace"
+    limit = 40_000
+    wrapper = (
+        "import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); os.execvp(sys.argv[1], sys.argv[1:])"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", wrapper, sys.executable, "-m", "cctrace", "record", "-o", str(out),
+         "--flush-interval", "0.05", "--no-load", "--", sys.executable, str(prog)],
+        env=project_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 5, r.stderr  # the program's status, whatever failed in cctrace
+    assert "Traceback" not in r.stderr
+    shard = next(out.glob("markers.*.arrows"))
+    assert shard.stat().st_size <= limit
+    (proc,) = [json.loads(p.read_text()) for p in out.glob("proc.*.json")]
+    assert proc["rows_lost"]["markers"] > 0
+    assert proc["rows_written"]["markers"] + proc["rows_lost"]["markers"] == 60
+    from cctrace.trace.shards import read_shard
+
+    got = read_shard(shard)
+    assert got.problem is None  # every batch written was whole: the shard reads to its end
+    assert got.data.num_rows == proc["rows_written"]["markers"]
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no half-written temporaries left
+    r = cctrace("load", str(out))
+    assert r.returncode == 0 and "PARTIAL" in r.stderr and "could not be written" in r.stderr
+
+
+def test_sigkill_of_cctrace_leaves_a_loadable_partial_trace(tmp_path):
+    prog = _script(tmp_path, WAITER.format(tag="survivor"))
+    out = tmp_path / "t"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "cctrace", "record", "-o", str(out), "--flush-interval", "0.1", "--",
+         sys.executable, str(prog), str(tmp_path)],
+        env=project_env(), stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    _wait_for(tmp_path / "started-survivor")
+    pid = int((tmp_path / "started-survivor").read_text())
+    launcher.kill()
+    launcher.wait()
+    (tmp_path / "go").write_text("")  # the program runs on and finishes on its own
+    deadline = time.monotonic() + 60
+    while json.loads((out / f"proc.{pid}.json").read_text()).get("end_ns") is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert not (out / "manifest.json").exists()
+    r = cctrace("report", str(out))
+    assert r.returncode == 0 and "PARTIAL" in r.stdout and "no manifest.json" in r.stdout
+    con = duckdb.connect(str(out / "trace.duckdb"), read_only=True)
+    assert con.execute("SELECT pid FROM processes").fetchall() == [(pid,)]  # taken from the process record
+    con.close()
+    assert [n for _, n in _markers(out)] == ["survivor"]
+
+
+def test_secrets_never_reach_the_trace(tmp_path):
+    out = tmp_path / "t"
+    secret_args = ["--api-key", "sk-live-0123456789abcdefghijkl", "--password=hunter2", "https://u:pw@host/x"]
+    r = cctrace(
+        "record", "-o", str(out), "--", sys.executable, "-c", "pass", *secret_args,
+        env={"HF_TOKEN": "hf_abcdefghijklmnopqrstuvwxyz", "NCCL_PASS": "pw2", "HF_ENDPOINT": "https://a:pw3@h/"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    for f in out.iterdir():
+        data = f.read_bytes()
+        for secret in (b"sk-live", b"hunter2", b":pw@", b"hf_abcdef", b"pw2", b"pw3"):
+            assert secret not in data, (f.name, secret)
+    m = json.loads((out / "manifest.json").read_text())
+    assert "--api-key" in m["command"] and "--password=<redacted>" in m["command"]
+
+
+@pytest.mark.root
+def test_under_sudo_the_program_and_every_trace_file_belong_to_the_user(fake_cuda):  # noqa: F811
+    """As root with sudo's variables: the probes load as root, then the launcher drops to the user for
+    good; the program runs as the user and every file of the trace is the user's."""
+    _require_probes()
+    if os.geteuid() != 0 or not shutil.which("useradd"):
+        pytest.skip("needs root and useradd")
+    user = "cctrace-test"
+    if subprocess.run(["id", user], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "-m", user], check=True)
+    pw = pwd.getpwnam(user)
+    pub = Path(tempfile.mkdtemp(prefix="cctrace-sudo-", dir="/tmp"))
+    try:
+        os.chmod(pub, 0o755)
+        cuda = pub / "cuda"
+        cuda.mkdir(mode=0o755)
+        subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-o", str(cuda / "libcuda.so.1"), str(fake_cuda / "lib.c")], check=True)
+        subprocess.run(["cc", "-O1", "-o", str(cuda / "app"), str(fake_cuda / "app.c"), str(cuda / "libcuda.so.1")], check=True)
+        for p in cuda.iterdir():
+            os.chmod(p, 0o755)
+        home = pub / "home"
+        home.mkdir()
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+        out = home / "trace"
+        script = f"id -u > {home}/uid; echo $HOME > {home}/home; echo go | {pub}/cuda/app"
+        env = {"SUDO_UID": str(pw.pw_uid), "SUDO_GID": str(pw.pw_gid), "SUDO_USER": user,
+               "CCTRACE_LIBCUDA": str(pub / "cuda" / "libcuda.so.1")}  # fmt: skip
+        r = cctrace("record", "-o", str(out), "--host-probes", "on", "--", "sh", "-c", script, env=env)
+        assert r.returncode == 0, r.stderr
+        assert (home / "uid").read_text().strip() == str(pw.pw_uid)
+        assert (home / "home").read_text().strip() == pw.pw_dir  # the user's own cache, not root's
+        owners = {p.name: p.stat().st_uid for p in [out, *out.iterdir()]}
+        assert set(owners.values()) == {pw.pw_uid}, owners
+        m = json.loads((out / "manifest.json").read_text())
+        assert m["options"]["host_probes"]["state"] == "active"
+        con = duckdb.connect(str(out / "trace.duckdb"), read_only=True)
+        assert con.execute("SELECT count(*) FROM api_calls WHERE source = 'ebpf'").fetchall()[0][0] > 0
+        con.close()
+    finally:
+        shutil.rmtree(pub, ignore_errors=True)

@@ -115,3 +115,53 @@ def test_a_stream_appended_after_the_process_is_read_too(tmp_path):
     path.write_bytes(path.read_bytes()[:-20])
     r = read_shard(path)
     assert r.problem is not None and r.data.column("name").to_pylist()[:2] == ["a", "b"]
+
+
+def test_shards_and_records_are_never_written_through_a_planted_link(tmp_path):
+    from cctrace.trace.manifest import write_json_atomic
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    d = tmp_path / "trace"
+    d.mkdir()
+    (d / "copies.7.arrows").symlink_to(victim)
+    (d / "manifest.json").symlink_to(victim)
+    w = ShardWriter(d, 7)
+    w.extend("copies", COLS, _rows(3))
+    try:
+        w.flush()
+        raise AssertionError("wrote through a link")
+    except OSError:
+        pass
+    assert w.rows_lost == {"copies": 3} and w.rows_written == {}
+    write_json_atomic(d / "manifest.json", {"a": 1})  # replaces the link, never follows it
+    assert victim.read_text() == "keep" and not (d / "manifest.json").is_symlink()
+    assert [p.name for p in d.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_failed_write_is_cut_back_so_the_shard_stays_readable(tmp_path):
+    """RLIMIT_FSIZE (in a child) stands in for a full disk."""
+    script = textwrap.dedent(
+        f"""
+        import os, resource, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from cctrace.trace.shards import ShardWriter
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+        w = ShardWriter({str(tmp_path)!r}, 7)
+        for k in range(40):
+            w.extend("markers", ("pid", "name", "start_ns", "end_ns"), [(7, os.urandom(300).hex(), k, k)] * 3)
+            try:
+                w.flush()
+            except OSError:
+                pass
+        w.close()
+        print(w.rows_written["markers"], w.rows_lost["markers"])
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    written, lost = map(int, r.stdout.split())
+    assert lost > 0 and written + lost == 120
+    got = read_shard(tmp_path / "markers.7.arrows")
+    assert got.problem is None and got.data.num_rows == written

@@ -208,6 +208,11 @@ def _fill(con, shards: dict, manifest: dict, result: LoadResult, progress) -> No
         result.rows[table] = n
         if progress:
             progress(f"{table}: {n:,} rows")
+    for p in manifest.get("processes") or []:
+        lost = p.get("rows_lost") if isinstance(p.get("rows_lost"), dict) else {}
+        for table, n in sorted(lost.items()):
+            if _int_or_none(n):
+                result.partial.append(f"{table} of pid {p.get('pid')}: {n:,} rows could not be written (disk full?)")
     for (table, pid), want in sorted(expected.items()):
         got = loaded.get((table, pid), 0)
         if got < want:

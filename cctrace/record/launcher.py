@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import os
 import pwd
 import secrets
@@ -140,21 +141,60 @@ def as_invoking_user():
         os.setegid(0)
 
 
+# what the launcher imports after the drop (the manifest, the raw decoder, the load, the summary)
+AFTER_DROP = (
+    "pyarrow.compute",
+    "pynvml",
+    "duckdb",
+    "cctrace.analyze.store",
+    "cctrace.record.sources.cupti_raw",
+    "cctrace.record.native",
+    "cctrace.trace.injections",
+    "cctrace.ui.render",
+)
+
+
 def drop_privileges() -> None:
-    """Under sudo: become the invoking user for good (after the probes are loaded), with their HOME,
-    so the program, the native helpers' cache and every later file are theirs."""
+    """Under sudo: become the invoking user (after the probes are loaded), with their HOME, so the
+    program, the native helpers' cache and every later file are theirs. Root stays only as the saved
+    id, for `as_root` around detaching the probes (bcc writes uprobe_events); the program never has it
+    (exec makes the saved id the effective one) and cannot ptrace the launcher (its saved id differs)."""
     who = invoking_user()
     if who is None:
         return
     uid, gid = who
+    for module in AFTER_DROP:  # imported while root can read them: a root-only install still finishes
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
     try:
         entry = pwd.getpwuid(uid)
         os.initgroups(entry.pw_name, gid)
         os.environ.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
     except KeyError:
         os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
+    os.setresgid(gid, gid, 0)
+    os.setresuid(uid, uid, 0)
+
+
+@contextlib.contextmanager
+def as_root(trace_dir: Path):
+    """Root again for the block (only after drop_privileges); files it left in the trace directory are
+    handed to the user."""
+    uid, gid = os.getuid(), os.getgid()
+    if os.getresuid()[2] != 0 or uid == 0:
+        yield
+        return
+    os.seteuid(0)
+    os.setegid(0)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError), safefs.directory(trace_dir) as dfd:
+            for name in os.listdir(dfd):
+                if os.stat(name, dir_fd=dfd, follow_symlinks=False).st_uid == 0:
+                    os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+        os.setegid(gid)
+        os.seteuid(uid)
 
 
 LOCK = ".cctrace.lock"
@@ -235,12 +275,9 @@ def _clear_earlier_trace(out: Path, present: list[str], lock: int) -> None:
 def _loadable(name: str) -> bool:
     """Whether `load` would take this file into the trace (a shard, a process record, raw CUPTI buffers or
     interposer records)."""
-    from cctrace.trace.manifest import PROC_PREFIX
-    from cctrace.trace.shards import parse_shard_name
+    from cctrace.trace.manifest import trace_file_pid
 
-    return (
-        bool(parse_shard_name(Path(name))) or name.startswith((PROC_PREFIX, "cupti.", "interpose.")) or name == MANIFEST
-    )
+    return trace_file_pid(name) is not None or name == MANIFEST
 
 
 def interposer_mode(opts: RecordOptions) -> dict:
@@ -458,7 +495,8 @@ def finish(trace_dir: Path, cmd: list[str], probes, options: dict, opts: RecordO
     """After the program: stop the probes, decode CUPTI's raw buffers, write the manifest."""
     started_wall, started_ns, status = when_status
     if probes:
-        options["host_probes"].update(probes.stop())
+        with as_root(trace_dir):
+            options["host_probes"].update(probes.stop())
         options["host_probes"].update(pid=os.getpid(), rows_written=dict(probes.writer.rows_written))
     options["cupti_decode"] = decode_raw(trace_dir, None if opts.quiet else _to_stderr)
     options["interpose"]["decode"] = decode_interposed(trace_dir)

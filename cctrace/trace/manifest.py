@@ -64,6 +64,8 @@ def read_json(path: Path) -> dict:
 def read_proc_records(trace_dir: Path) -> list[dict]:
     out = []
     for p in sorted(Path(trace_dir).glob(f"{PROC_PREFIX}*.json")):
+        if trace_file_pid(p.name) is None:
+            continue  # proc.<pid>.json only: another file is not cctrace's
         try:
             rec = read_json(p)
             if not isinstance(rec.get("pid"), int):
@@ -74,25 +76,31 @@ def read_proc_records(trace_dir: Path) -> list[dict]:
     return out
 
 
+# the files cctrace writes per traced process, named <kind>.<pid>.<suffix> (and the shards, <table>.<pid>.arrows)
+PER_PROCESS = (("proc", "json"), ("cupti", "cuptiraw"), ("interpose", "ipraw"))
+
+
+def trace_file_pid(name: str) -> int | None:
+    """The pid in the name of a file cctrace writes per process (a shard, a process record, raw
+    CUPTI buffers, interposer records); None for any other name."""
+    from cctrace.trace import schema as S
+
+    kind, _, rest = name.partition(".")
+    pid, _, suffix = rest.partition(".")
+    if not pid.isdigit():
+        return None
+    if (kind, suffix) in PER_PROCESS or (kind in S.TABLES and f".{suffix}" == S.SHARD_SUFFIX):
+        return int(pid)
+    return None
+
+
 def manifest_files(trace_dir: Path, procs: list[dict], writers: tuple[int, ...] = ()) -> list[str]:
     """The files of this trace that cctrace wrote (what a later `record --force` may remove): the
     traced processes' and those of `writers` (the launcher's host probes)."""
-    from cctrace.trace import schema as S
-
     pids = {p["pid"] for p in procs if isinstance(p.get("pid"), int) and p["pid"] > 0} | set(writers)
-    out = []
-    for f in sorted(Path(trace_dir).iterdir()):
-        name = f.name
-        stem, _, pid = name.rsplit(".", 1)[0].rpartition(".")
-        owned = (
-            (name.endswith(S.SHARD_SUFFIX) and stem in S.TABLES)
-            or (name.startswith(PROC_PREFIX) and name.endswith(".json"))
-            or (name.startswith("cupti.") and name.endswith(".cuptiraw"))
-            or (name.startswith("interpose.") and name.endswith(".ipraw"))
-        )
-        if owned and pid.isdigit() and int(pid) in pids and safefs.is_regular(f):
-            out.append(name)
-    return out
+    return [
+        f.name for f in sorted(Path(trace_dir).iterdir()) if trace_file_pid(f.name) in pids and safefs.is_regular(f)
+    ]
 
 
 def gpu_facts() -> dict:
