@@ -237,6 +237,14 @@ while not pathlib.Path(sys.argv[1], 'go').exists():
 """
 
 
+def _record_waiter(tmp_path, out, tag: str, **popen) -> subprocess.Popen:
+    """`cctrace record` of a program that proves `tag`, says it started, and waits for tmp_path/go."""
+    prog = _script(tmp_path, WAITER.format(tag=tag))
+    cmd = [sys.executable, "-m", "cctrace", "record", "-o", str(out), "--flush-interval", "0.1", "--",
+           sys.executable, str(prog), str(tmp_path)]  # fmt: skip
+    return subprocess.Popen(cmd, env=project_env(), **popen)
+
+
 def test_force_removes_only_what_the_earlier_manifest_lists(tmp_path):
     out = tmp_path / "t"
     r = cctrace("record", "--no-load", "-o", str(out), "--", sys.executable, "-c", "pass")
@@ -264,13 +272,8 @@ def test_force_without_an_earlier_manifest_removes_nothing(tmp_path):
 
 
 def test_a_second_record_into_a_directory_being_recorded_is_refused(tmp_path):
-    prog = _script(tmp_path, WAITER.format(tag="first"))
     out = tmp_path / "t"
-    first = subprocess.Popen(
-        [sys.executable, "-m", "cctrace", "record", "-o", str(out), "--flush-interval", "0.1", "--",
-         sys.executable, str(prog), str(tmp_path)],
-        env=project_env(), stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    first = _record_waiter(tmp_path, out, "first", stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(tmp_path / "started-first")
         for extra in ((), ("--force",)):
@@ -336,13 +339,8 @@ def test_a_full_disk_keeps_the_exit_status_and_whole_batches(tmp_path):
 
 
 def test_sigkill_of_cctrace_leaves_a_loadable_partial_trace(tmp_path):
-    prog = _script(tmp_path, WAITER.format(tag="survivor"))
     out = tmp_path / "t"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "cctrace", "record", "-o", str(out), "--flush-interval", "0.1", "--",
-         sys.executable, str(prog), str(tmp_path)],
-        env=project_env(), stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    launcher = _record_waiter(tmp_path, out, "survivor", stderr=subprocess.DEVNULL)
     _wait_for(tmp_path / "started-survivor")
     pid = int((tmp_path / "started-survivor").read_text())
     launcher.kill()

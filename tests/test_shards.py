@@ -165,3 +165,28 @@ def test_a_failed_write_is_cut_back_so_the_shard_stays_readable(tmp_path):
     assert lost > 0 and written + lost == 120
     got = read_shard(tmp_path / "markers.7.arrows")
     assert got.problem is None and got.data.num_rows == written
+
+
+def test_a_batch_too_big_once_decompressed_is_not_read(tmp_path):
+    """A few KB of zstd can hold gigabytes: the size is read from the batch's metadata first."""
+    import pyarrow.ipc as ipc
+
+    from cctrace.trace import schema as S
+    from cctrace.trace.shards import ShardStream, batch_bytes
+
+    names = pa.array(["n" * (1 << 20)] * 4)
+    cols = {f.name: names if f.name == "name" else pa.nulls(4, f.type) for f in S.schema("markers")}
+    table = pa.table(cols, schema=S.schema("markers"))
+    path = tmp_path / "markers.7.arrows"
+    with pa.OSFile(str(path), "wb") as f, ipc.new_stream(f, table.schema, options=ipc.IpcWriteOptions(compression="zstd")) as w:
+        w.write_table(table)
+    assert path.stat().st_size < 100_000
+    reader = ipc.MessageReader.open_stream(pa.OSFile(str(path)))
+    reader.read_next_message()
+    need = batch_bytes(reader.read_next_message())
+    assert 4 << 20 <= need < (4 << 20) + 4096
+    stream = ShardStream(path, max_batch_bytes=1 << 20)
+    assert list(stream) == [] and "decompressed" in stream.problem
+    stream = ShardStream(path, max_batch_bytes=8 << 20)
+    (batch,) = list(stream)
+    assert stream.problem is None and len(batch.column("name")[0].as_py()) == 16384  # cut for display and memory

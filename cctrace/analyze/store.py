@@ -193,7 +193,7 @@ def _fill(con, shards: dict, manifest: dict, result: LoadResult, progress) -> No
         if table == "processes":
             n = _insert(con, table, processes_table(manifest))
         for path in shards[table]:
-            stream = ShardStream(path)
+            stream = ShardStream(path, max_batch_bytes=_size_bytes(H.MEMORY_LIMIT.get()) // 4)
             result.shards += 1
             for batch in stream:  # one batch in memory at a time
                 n += _insert(con, table, batch)

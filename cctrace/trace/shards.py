@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -249,12 +250,54 @@ REQUIRED = ("pid", "op", "name", "copy_kind", "bytes", "start_ns", "end_ns", "ts
 MAX_STRING = 16384
 
 
+def _table(buf, pos: int):
+    """A flatbuffer table at `pos`: a function from field index to the field's position (None: absent)."""
+    vtable = pos - struct.unpack_from("<i", buf, pos)[0]
+    size = struct.unpack_from("<H", buf, vtable)[0]
+
+    def field(i: int) -> int | None:
+        at = 4 + 2 * i
+        off = struct.unpack_from("<H", buf, vtable + at)[0] if at < size else 0
+        return pos + off if off else None
+
+    return field
+
+
+def _follow(buf, pos: int) -> int:
+    return pos + struct.unpack_from("<I", buf, pos)[0]
+
+
+def batch_bytes(msg: ipc.Message) -> int:
+    """What a record-batch message takes once decompressed, read from its metadata (Message.header ->
+    RecordBatch.buffers, and each compressed buffer's length prefix) before anything is decompressed:
+    a few KB of zstd can hold gigabytes."""
+    meta, body = memoryview(msg.metadata), memoryview(msg.body) if msg.body is not None else memoryview(b"")
+    try:
+        header = _table(meta, _follow(meta, 0))(2)  # Message.header
+        if header is None:
+            return 0
+        batch = _table(meta, _follow(meta, header))
+        compressed, buffers = batch(3) is not None, batch(2)  # RecordBatch.compression, .buffers
+        if buffers is None:
+            return 0
+        vec = _follow(meta, buffers)
+        total = 0
+        for i in range(struct.unpack_from("<I", meta, vec)[0]):
+            offset, length = struct.unpack_from("<qq", meta, vec + 4 + 16 * i)
+            raw = struct.unpack_from("<q", body, offset)[0] if compressed and length >= 8 else -1
+            total += length if raw == -1 else raw
+        return total
+    except (struct.error, IndexError) as e:
+        raise ValueError(f"batch metadata is corrupt ({e})") from None
+
+
 class ShardStream:
     """The conformed batches of one shard, one at a time (memory holds one batch); after iterating,
     `problem` says what was wrong (a truncated tail, wrong column types) and `notes` what was fixed."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_batch_bytes: int | None = None) -> None:
         self.path = Path(path)
+        self.max_batch_bytes = max_batch_bytes  # a batch bigger than this decompressed is not read
         parsed = parse_shard_name(self.path)
         if parsed is None:
             raise ValueError(f"{self.path.name} is not a shard name (<table>.<pid>{S.SHARD_SUFFIX})")
@@ -281,18 +324,33 @@ class ShardStream:
         with os.fdopen(fd, "rb") as f:
             size, consumed = st.st_size, 0
             try:
-                reader = ipc.open_stream(f)
-            except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+                messages = ipc.MessageReader.open_stream(f)
+                schema = ipc.read_schema(messages.read_next_message())
+            except (pa.ArrowInvalid, pa.ArrowIOError, OSError, StopIteration, TypeError) as e:
                 self.problem = f"unreadable header ({e})" if size else "empty file"
                 self.skipped_bytes = size
                 return
             while True:
                 try:
-                    batch = reader.read_next_batch()
+                    msg = messages.read_next_message()
                 except StopIteration:
                     consumed = size
                     break
-                except (pa.ArrowInvalid, pa.ArrowIOError, OSError, pa.ArrowNotImplementedError) as e:
+                except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+                    self.problem = f"truncated or corrupt after {self.batches} batches ({e})"
+                    break
+                try:
+                    if msg.type != "record batch":
+                        raise pa.ArrowInvalid(f"a {msg.type} message, which cctrace never writes")
+                    need = batch_bytes(msg)
+                    if self.max_batch_bytes is not None and need > self.max_batch_bytes:
+                        self.problem = (
+                            f"batch {self.batches + 1} would take {need / 1e6:,.0f} MB decompressed, more than "
+                            f"{self.max_batch_bytes / 1e6:,.0f} MB (a quarter of the memory limit); the rest skipped"
+                        )
+                        break
+                    batch = ipc.read_record_batch(msg, schema)
+                except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowNotImplementedError, OSError, ValueError) as e:
                     self.problem = f"truncated or corrupt after {self.batches} batches ({e})"
                     break
                 consumed = f.tell()
