@@ -73,3 +73,24 @@ def _merge(t: Tally) -> None:
     TALLY.clean += t.clean
     for k in ("tracebacks", "insecure", "silently_wrong", "unexpected"):
         getattr(TALLY, k).extend(getattr(t, k))
+
+
+def test_trace_duckdb_is_used_only_as_this_users_cctrace_left_it(tmp_path):
+    import duckdb
+
+    from cctrace.analyze.store import FINGERPRINT_SUFFIX, fingerprint_ok, resolve_db
+    from tests.hostile.corpus import base_trace
+
+    base = base_trace(tmp_path)
+    db = resolve_db(base)
+    assert fingerprint_ok(db)
+    first = (db.with_name(db.name + FINGERPRINT_SUFFIX)).read_text()
+    con = duckdb.connect(str(db))  # changed behind cctrace's back (a view an attacker adds)
+    con.execute("CREATE VIEW evil AS SELECT 1")
+    con.close()
+    assert not fingerprint_ok(db)
+    assert resolve_db(base) == db and fingerprint_ok(db)  # rebuilt from the shards
+    con = duckdb.connect(str(db), read_only=True)
+    assert "evil" not in {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    con.close()
+    assert (db.with_name(db.name + FINGERPRINT_SUFFIX)).read_text() != first
