@@ -297,15 +297,9 @@ def test_rtld_next_keeps_meaning_after_the_caller(built, tmp_path) -> None:
 def test_kernel_view_joined_to_interposed_calls(tmp_path) -> None:
     """--interpose on with host probes: no uprobes (no trap per call), and the off-CPU time the kernel
     saw lands on the interposed calls it fell in (the stand-in's H2D call sleeps 5 ms)."""
-    from cctrace.record.sources.host_probes import ProbesUnavailable, check_ready
-    from tests.test_host_probes import APP, LIB
+    from tests.test_host_probes import APP, LIB, _require_probes
 
-    try:
-        check_ready()
-    except ProbesUnavailable as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"host probes must run in CI: {e}")
-        pytest.skip(str(e))
+    _require_probes()
     (tmp_path / "lib.c").write_text(LIB)
     (tmp_path / "app.c").write_text(APP)
     lib = tmp_path / "libcuda.so.1"

@@ -25,34 +25,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cuda_driver.h"
 #include "cupti_callbacks.h"
 
-typedef int CUresult;
-typedef void *CUstream;
-typedef void *CUevent;
-typedef uint64_t CUdeviceptr;
-typedef void *CUgraph;
-typedef void *CUgraphNode;
-typedef void *CUgraphExec;
-
-/* CUDA_MEMCPY3D of cuda.h (the parameters of a graph's memcpy node), member for member */
-typedef struct {
-    size_t srcXInBytes, srcY, srcZ, srcLOD;
-    int srcMemoryType;
-    const void *srcHost;
-    CUdeviceptr srcDevice;
-    void *srcArray;
-    void *reserved0;
-    size_t srcPitch, srcHeight;
-    size_t dstXInBytes, dstY, dstZ, dstLOD;
-    int dstMemoryType;
-    void *dstHost;
-    CUdeviceptr dstDevice;
-    void *dstArray;
-    void *reserved1;
-    size_t dstPitch, dstHeight;
-    size_t WidthInBytes, Height, Depth;
-} Memcpy3D;
+typedef CUDA_MEMCPY3D Memcpy3D; /* the parameters of a graph's memcpy node */
 
 /* parameter layouts of the copy calls we act on (cuda_runtime_api_params.h / cuda_params.h) */
 enum {

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "cupti_callbacks.h"
+#include "write_all.h"
 
 #define CCT_MAGIC 0x3130425554504343ULL     /* "CCPTUB01" little-endian: a buffer block */
 #define CCT_STR_MAGIC 0x3130525453544343ULL /* "CCTSTR01": the strings its records point to */
@@ -48,20 +49,6 @@ static void on_request(uint8_t **buffer, size_t *size, size_t *max_records) {
     *size = p ? g_size : 0;
     *max_records = 0;
     __sync_fetch_and_add(&g_requested, 1);
-}
-
-static int write_all(int fd, const void *data, size_t n) {
-    const uint8_t *p = (const uint8_t *)data;
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
 }
 
 static int writev_all(int fd, struct iovec *iov, int n) {

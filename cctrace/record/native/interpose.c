@@ -33,54 +33,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cuda_driver.h"
 #include "cupti_callbacks.h"
+#include "write_all.h"
 
-typedef int CUresult;
-typedef uint64_t CUdeviceptr;
-typedef void *CUstream, *CUevent, *CUcontext, *CUgraph, *CUgraphExec, *CUgraphNode, *CUmemoryPool;
 #define CUDA_ERROR_NOT_FOUND 500
 #define PTDS_FLAG 2 /* CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM */
-
-typedef struct {
-    size_t srcXInBytes, srcY;
-    int srcMemoryType;
-    const void *srcHost;
-    CUdeviceptr srcDevice;
-    void *srcArray;
-    size_t srcPitch;
-    size_t dstXInBytes, dstY;
-    int dstMemoryType;
-    void *dstHost;
-    CUdeviceptr dstDevice;
-    void *dstArray;
-    size_t dstPitch;
-    size_t WidthInBytes, Height;
-} CUDA_MEMCPY2D;
-
-typedef struct {
-    size_t srcXInBytes, srcY, srcZ, srcLOD;
-    int srcMemoryType;
-    const void *srcHost;
-    CUdeviceptr srcDevice;
-    void *srcArray;
-    void *reserved0;
-    size_t srcPitch, srcHeight;
-    size_t dstXInBytes, dstY, dstZ, dstLOD;
-    int dstMemoryType;
-    void *dstHost;
-    CUdeviceptr dstDevice;
-    void *dstArray;
-    void *reserved1;
-    size_t dstPitch, dstHeight;
-    size_t WidthInBytes, Height, Depth;
-} CUDA_MEMCPY3D;
-
-typedef struct {
-    CUdeviceptr dst;
-    size_t pitch;
-    unsigned int value, elementSize;
-    size_t width, height;
-} CUDA_MEMSET_NODE_PARAMS;
 
 /* ---- the record and its name tables (the header block hands these to the decoder) --------------- */
 #define OPS(X) X(other) X(copy) X(memset) X(p2p) X(alloc) X(free) X(sync) X(graph_launch) X(graph) X(launch)
@@ -286,20 +244,6 @@ static inline uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static int write_all(int fd, const void *data, size_t n) {
-    const uint8_t *p = (const uint8_t *)data;
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 static void *real_dlsym(void *handle, const char *name) {
     if (!g_real_dlsym) {
         static const char *versions[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17", "GLIBC_2.0", NULL};
@@ -331,18 +275,11 @@ static void write_header(void) {
     PUT("],\"functions\":[");
     for (int i = 0; i < N_FUNCS; i++) PUT("%s\"%s\"", i ? "," : "", g_fns[i].name);
 #define NAME(x) PUT("%s\"%s\"", first ? "" : ",", #x), first = 0;
-    PUT("],\"ops\":[");
-    first = 1;
-    OPS(NAME)
-    PUT("],\"copy_kinds\":[");
-    first = 1;
-    COPY_KINDS(NAME)
-    PUT("],\"memory_kinds\":[");
-    first = 1;
-    MEM_KINDS(NAME)
-    PUT("],\"sync_kinds\":[");
-    first = 1;
-    SYNC_KINDS(NAME)
+#define TABLE(key, LIST) PUT("],\"" key "\":["), first = 1; LIST(NAME)
+    TABLE("ops", OPS)
+    TABLE("copy_kinds", COPY_KINDS)
+    TABLE("memory_kinds", MEM_KINDS)
+    TABLE("sync_kinds", SYNC_KINDS)
     PUT("],\"flags\":{\"async\":%u,\"captured\":%u,\"replayed\":%u,\"ptds\":%u}}", F_ASYNC, F_CAPTURED, F_REPLAYED,
         F_PTDS);
     if (n < cap) write_block(HEAD_MAGIC, json, n);
@@ -492,18 +429,25 @@ static pthread_mutex_t g_range_lock = PTHREAD_MUTEX_INITIALIZER;
 #define PAGES 4096
 static volatile uint64_t g_pageable[PAGES]; /* page number + 1 of pointers found pageable */
 
+/* The first of the n ranges whose start is above `key` (or at it too, when `or_at`). */
+static uint32_t range_after(uint64_t key, uint32_t n, int or_at) {
+    uint32_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        uint64_t s = g_ranges[mid].start;
+        if (s < key || (!or_at && s == key)) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
 static int range_lookup(uint64_t p) {
     for (;;) {
         uint32_t s = __atomic_load_n(&g_rseq, __ATOMIC_ACQUIRE);
         if (s & 1) continue;
         uint32_t n = g_nranges;
         if (n > RANGES) n = RANGES;
-        uint32_t lo = 0, hi = n; /* first range with start > p */
-        while (lo < hi) {
-            uint32_t mid = (lo + hi) / 2;
-            if (g_ranges[mid].start <= p) lo = mid + 1;
-            else hi = mid;
-        }
+        uint32_t lo = range_after(p, n, 0);
         int kind = -1;
         if (lo > 0 && p < g_ranges[lo - 1].end) kind = (int)g_ranges[lo - 1].kind;
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
@@ -515,12 +459,7 @@ static void range_change(uint64_t start, uint64_t size, int kind) { /* kind < 0:
     pthread_mutex_lock(&g_range_lock);
     __atomic_store_n(&g_rseq, g_rseq + 1, __ATOMIC_RELEASE);
     __atomic_thread_fence(__ATOMIC_RELEASE);
-    uint32_t n = g_nranges, lo = 0, hi = n;
-    while (lo < hi) {
-        uint32_t mid = (lo + hi) / 2;
-        if (g_ranges[mid].start < start) lo = mid + 1;
-        else hi = mid;
-    }
+    uint32_t n = g_nranges, lo = range_after(start, n, 1);
     int same = lo < n && g_ranges[lo].start == start;
     if (kind < 0) {
         if (same) {

@@ -20,13 +20,13 @@ import numpy as np
 
 from cctrace.record.sources.cupti_source import RAW_SUFFIX, CuptiSource
 from cctrace.record.sources.py_stacks import STK_MAGIC
+from cctrace.record.sources.raw_blocks import read_blocks
 from cctrace.trace.manifest import proc_record_path
 from cctrace.trace.shards import ShardWriter
 
 MAGIC = 0x3130425554504343
 STR_MAGIC = 0x3130525453544343
 API_MAGIC = 0x3130495041544343  # runtime calls the shim recorded through CUPTI callbacks
-HEADER = struct.Struct("<QQ")
 PROGRESS_EVERY_S = 3.0
 STR_ENTRY = struct.Struct("<QI")
 
@@ -53,26 +53,6 @@ def raw_files(trace_dir: Path) -> list[Path]:
     return sorted(Path(trace_dir).glob(f"cupti.*{RAW_SUFFIX}"))
 
 
-def _blocks(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
-    with open(path, "rb") as f:
-        while True:
-            head = f.read(HEADER.size)
-            if not head:
-                return
-            if len(head) < HEADER.size:
-                yield 0, None, f"truncated block header at byte {f.tell() - len(head)}"
-                return
-            magic, size = HEADER.unpack(head)
-            if magic not in (MAGIC, STR_MAGIC, API_MAGIC, STK_MAGIC):
-                yield 0, None, f"bad block marker at byte {f.tell() - HEADER.size}"
-                return
-            data = f.read(size)
-            if len(data) < size:
-                yield 0, None, f"last block truncated ({len(data)} of {size} bytes)"
-                return
-            yield magic, data, None
-
-
 def parse_strings(data: bytes) -> dict[int, str]:
     out, pos = {}, 0
     while pos + STR_ENTRY.size <= len(data):
@@ -97,7 +77,7 @@ def iter_buffers_with_strings(
     blocks of interned Python stacks to `on_stacks`."""
     pending: bytes | None = None
     strings: dict[int, str] = {}
-    for magic, data, problem in _blocks(path):
+    for magic, data, problem in read_blocks(path, (MAGIC, STR_MAGIC, API_MAGIC, STK_MAGIC)):
         if problem:
             if pending is not None:
                 yield pending, strings, None

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import ctypes
 import json
-import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from cctrace.record.sources.raw_blocks import read_blocks
 from cctrace.trace import schema as S
 from cctrace.trace.manifest import proc_record_path, read_json, write_json_atomic
 from cctrace.trace.shards import ShardWriter
@@ -31,7 +30,6 @@ RAW_PATTERN = "interpose.*.ipraw"
 REC_MAGIC = 0x3130525049544343  # "CCTIPR01"
 HEAD_MAGIC = 0x3130484950544343  # "CCTPIH01"
 STAT_MAGIC = 0x3130535049544343  # "CCTIPS01"
-BLOCK = struct.Struct("<QQ")
 NUMPY_TYPES = {"u8": "<u8", "u4": "<u4", "u2": "<u2", "u1": "u1", "i4": "<i4"}
 COPY_OPS = {"copy": "memcpy", "memset": "memset", "p2p": "p2p"}  # interposer op -> copies.op
 
@@ -124,26 +122,6 @@ def raw_files(trace_dir: Path) -> list[Path]:
     return sorted(Path(trace_dir).glob(RAW_PATTERN))
 
 
-def _blocks(path: Path) -> Iterator[tuple[int, bytes | None, str | None]]:
-    with open(path, "rb") as f:
-        while True:
-            head = f.read(BLOCK.size)
-            if not head:
-                return
-            if len(head) < BLOCK.size:
-                yield 0, None, "truncated block header"
-                return
-            magic, size = BLOCK.unpack(head)
-            if magic not in (REC_MAGIC, HEAD_MAGIC, STAT_MAGIC):
-                yield 0, None, f"bad block marker at byte {f.tell() - BLOCK.size}"
-                return
-            data = f.read(size)
-            if len(data) < size:
-                yield 0, None, f"last block truncated ({len(data)} of {size} bytes)"
-                return
-            yield magic, data, None
-
-
 def dtype_of(header: dict) -> np.dtype:
     """The record dtype the header describes (names, types, offsets, size)."""
     layout = header["layout"]
@@ -163,7 +141,7 @@ def read_raw(path: Path) -> tuple[dict, np.ndarray, dict, list[str]]:
     chunks: list[bytes] = []
     stats: dict = {}
     problems: list[str] = []
-    for magic, data, problem in _blocks(path):
+    for magic, data, problem in read_blocks(path, (REC_MAGIC, HEAD_MAGIC, STAT_MAGIC)):
         if problem:
             problems.append(f"{path.name}: {problem}; kept the whole blocks before it")
             break
