@@ -511,7 +511,10 @@ def calibrate(output, plot, quick, replot, as_json) -> None:
             _err(f"plot written to {plot}")
             return
         profile = run(quick=quick, progress=lambda m: _err(f"calibrate: {m}"))
-        output.write_text(json.dumps(profile, indent=1) + "\n")
+        from cctrace.trace.safefs import open_output
+
+        with open_output(output) as f:  # a link or FIFO at -o is refused
+            f.write(json.dumps(profile, indent=1) + "\n")
         _err(f"bridge profile written to {output}")
         for key, f in profile["fit"].items():
             _err(f"  {key:14} toll {f['toll_us']:9.2f} us   bandwidth {f['gbps'] or 0:7.2f} GB/s")

@@ -137,7 +137,7 @@ static void on_complete(void *ctx, uint32_t stream_id, uint8_t *buffer, size_t s
 /* Register the C callbacks with CUPTI; `reg` is cuptiActivityRegisterCallbacks' address. */
 int cct_start(void *reg, const char *path, size_t buffer_size) {
     if (buffer_size >= 4096) g_size = buffer_size;
-    g_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    g_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (g_fd < 0) return -errno;
     g_register = (register_fn)reg;
     return g_register(on_request, on_complete);
@@ -157,7 +157,7 @@ int cct_set_string_fields(void *next, const uint32_t *kinds, const uint32_t *off
 
 /* After fork: the child appends to its own file. */
 int cct_reopen(const char *path) {
-    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd < 0) return -errno;
     if (g_fd >= 0) close(g_fd);
     g_fd = fd;
