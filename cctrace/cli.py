@@ -531,6 +531,9 @@ def calibrate(output, plot, quick, replot, as_json) -> None:
     except ProfileError as e:  # CalibrateError included
         _err(str(e))
         sys.exit(1)
+    except OSError as e:  # -o or --plot cannot be written (a link, a FIFO, no permission)
+        _err(str(e))
+        sys.exit(EXIT_BAD_TRACE)
 
 
 def _params(pairs, profile: Path | None = None) -> dict:
