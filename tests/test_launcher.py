@@ -419,3 +419,23 @@ def test_under_sudo_the_program_and_every_trace_file_belong_to_the_user(fake_cud
         con.close()
     finally:
         shutil.rmtree(pub, ignore_errors=True)
+
+
+@pytest.mark.gpu
+def test_a_real_recording_loads_complete(tmp_path):
+    """On a GPU: every row each process wrote (CUPTI shards, the raw decoder continuing them) loads, so
+    nothing is PARTIAL, and no shard has a problem."""
+    from tests.test_gpu_record import SERVE
+
+    out = tmp_path / "serve"
+    r = cctrace("record", "-o", str(out), "--nvtx", "--kernels", "--json", "--", *SERVE, "--steps", "20", timeout=600)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout[r.stdout.rindex("{\n  \"trace\"") :])  # after the program's own output
+    load = summary["load"]
+    assert load["partial"] == [] and [p for p in load["problems"] if "lacks" not in p] == [], load
+    assert load["rows"]["copies"] > 0 and load["rows"]["api_calls"] > 0
+    m = json.loads((out / "manifest.json").read_text())
+    written = sum(sum((p.get("rows_written") or {}).values()) for p in m["processes"])
+    assert written > 0 and all(not p.get("rows_lost") for p in m["processes"])
+    rep = cctrace("report", str(out))
+    assert rep.returncode == 0 and "PARTIAL" not in rep.stdout
