@@ -650,39 +650,16 @@ class CuptiSource:
 
     def _setup_specs(self) -> None:
         A = self._cupti.ActivityKind
-        copy_attrs = (
-            "copy_kind",
-            "src_kind",
-            "dst_kind",
-            "bytes",
-            "start",
-            "end",
-            "device_id",
-            "context_id",
-            "stream_id",
-            "correlation_id",
-            "flags_",
-        )
+        # the fields a memcpy and a memset record share (both are stream-ordered byte operations)
+        byte_op_attrs = ("bytes", "start", "end", "device_id", "context_id", "stream_id", "correlation_id", "flags_")
+        copy_attrs = ("copy_kind", "src_kind", "dst_kind", *byte_op_attrs)
+        api_attrs = ("cbid", "thread_id", "start", "end", "correlation_id", "return_value")
         # MemcpyPtoP records have no stream id but name both devices
         p2p_attrs = (*(x for x in copy_attrs if x != "stream_id"), "src_device_id", "dst_device_id")
         specs = {
             A.MEMCPY: ("copies", copy_attrs, self._memcpy),
             A.MEMCPY2: ("copies", p2p_attrs, self._p2p),
-            A.MEMSET: (
-                "copies",
-                (
-                    "memory_kind",
-                    "bytes",
-                    "start",
-                    "end",
-                    "device_id",
-                    "context_id",
-                    "stream_id",
-                    "correlation_id",
-                    "flags_",
-                ),
-                self._memset,
-            ),
+            A.MEMSET: ("copies", ("memory_kind", *byte_op_attrs), self._memset),
             A.MEMORY2: (
                 "allocs",
                 (
@@ -704,12 +681,8 @@ class CuptiSource:
                 ("type", "start", "end", "context_id", "stream_id", "correlation_id", "cuda_event_id"),
                 self._sync,
             ),
-            A.RUNTIME: (
-                "api_calls",
-                ("cbid", "thread_id", "start", "end", "correlation_id", "return_value"),
-                self._api,
-            ),
-            A.DRIVER: ("api_calls", ("cbid", "thread_id", "start", "end", "correlation_id", "return_value"), self._api),
+            A.RUNTIME: ("api_calls", api_attrs, self._api),
+            A.DRIVER: ("api_calls", api_attrs, self._api),
             A.CONCURRENT_KERNEL: (
                 "kernels",
                 ("name", "start", "end", "device_id", "context_id", "stream_id", "correlation_id"),
@@ -724,20 +697,32 @@ class CuptiSource:
     def _t(self, arr: pa.Array) -> pa.Array:
         return pc.add(arr.cast(pa.int64()), self._offset)
 
-    def _memcpy(self, r: dict, n: int, _kind: int) -> dict:
+    def _on_stream(self, r: dict) -> dict:
+        """The columns every stream-ordered GPU row (kernel, memcpy, memset) has, in table order."""
         return {
-            "op": _const("memcpy", n),
-            "copy_kind": _names(r["copy_kind"], self._copy_kind),
-            "src_kind": _names(r["src_kind"], self._mem_kind),
-            "dst_kind": _names(r["dst_kind"], self._mem_kind),
-            "bytes": r["bytes"],
             "start_ns": self._t(r["start"]),
             "end_ns": self._t(r["end"]),
             "device_id": r["device_id"],
             "context_id": r["context_id"],
             "stream_id": r["stream_id"],
             "correlation_id": r["correlation_id"],
-            "is_async": _flag(r["flags_"], self._memcpy_async),
+        }
+
+    def _byte_op(self, r: dict, async_flag: int) -> dict:
+        """The columns a memcpy and a memset row share, from the fields in `byte_op_attrs`."""
+        return {
+            "bytes": r["bytes"],
+            **self._on_stream(r),
+            "is_async": _flag(r["flags_"], async_flag),
+        }
+
+    def _memcpy(self, r: dict, n: int, _kind: int) -> dict:
+        return {
+            "op": _const("memcpy", n),
+            "copy_kind": _names(r["copy_kind"], self._copy_kind),
+            "src_kind": _names(r["src_kind"], self._mem_kind),
+            "dst_kind": _names(r["dst_kind"], self._mem_kind),
+            **self._byte_op(r, self._memcpy_async),
             "src_device_id": r["device_id"],
             "dst_device_id": r["device_id"],
         }
@@ -754,14 +739,7 @@ class CuptiSource:
             "copy_kind": _const("memset", n),
             "src_kind": kind,
             "dst_kind": kind,
-            "bytes": r["bytes"],
-            "start_ns": self._t(r["start"]),
-            "end_ns": self._t(r["end"]),
-            "device_id": r["device_id"],
-            "context_id": r["context_id"],
-            "stream_id": r["stream_id"],
-            "correlation_id": r["correlation_id"],
-            "is_async": _flag(r["flags_"], self._memset_async),
+            **self._byte_op(r, self._memset_async),
         }
 
     def _memory(self, r: dict, n: int, _kind: int) -> dict:  # noqa: ARG002
@@ -830,12 +808,7 @@ class CuptiSource:
     def _kernel(self, r: dict, n: int, _kind: int) -> dict:  # noqa: ARG002
         return {
             "name": r["name"],
-            "start_ns": self._t(r["start"]),
-            "end_ns": self._t(r["end"]),
-            "device_id": r["device_id"],
-            "context_id": r["context_id"],
-            "stream_id": r["stream_id"],
-            "correlation_id": r["correlation_id"],
+            **self._on_stream(r),
         }
 
     def _marker(self, r: dict, n: int, _kind: int) -> dict | None:  # noqa: ARG002
