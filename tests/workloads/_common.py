@@ -57,6 +57,32 @@ def window(per_iteration: list[dict], iterations: int) -> dict:
     return out
 
 
+def report(
+    args: argparse.Namespace,
+    workload: str,
+    per: list[dict],
+    iterations: int,
+    iterations_total: int,
+    timer: Timer,
+    per_iteration: dict,
+    **extra: object,
+) -> dict:
+    """A fenced loop's summary (its copies per iteration, the window they add up to, its step times), printed."""
+    summary = {
+        "workload": workload,
+        "params": vars(args) | {"json": None},
+        "iterations": iterations,
+        "iterations_total": iterations_total,
+        "per_iteration": {"copies": per, **per_iteration},
+        **extra,
+        "window": window(per, iterations),
+        "window_exact": True,
+        **timer.summary(),
+    }
+    emit(args, summary)
+    return summary
+
+
 def emit(args: argparse.Namespace, summary: dict) -> None:
     summary["fence_bytes"] = FENCE_BYTES
     if args.json:

@@ -11,7 +11,7 @@ Expected, inside the fence window (see _common.py), exactly, from the parameters
 from __future__ import annotations
 
 import numpy as np
-from _common import FENCE_BYTES, Timer, emit, parser, window
+from _common import FENCE_BYTES, Timer, parser, report
 
 
 def main(argv=None) -> dict:
@@ -75,18 +75,7 @@ def main(argv=None) -> dict:
         {"direction": "d2h", "bytes": a.m * 4, "memory": "pinned"},
         {"direction": "d2h", "bytes": 8, "memory": "pageable"},
     ]
-    summary = {
-        "workload": "cupy_loop",
-        "params": vars(a) | {"json": None},
-        "iterations": a.steps,
-        "iterations_total": a.warmup + a.steps,
-        "per_iteration": {"copies": per, "blocking_waits": 2},
-        "window": window(per, a.steps),
-        "window_exact": True,
-        **t.summary(),
-    }
-    emit(a, summary)
-    return summary
+    return report(a, "cupy_loop", per, a.steps, a.warmup + a.steps, t, {"blocking_waits": 2})
 
 
 if __name__ == "__main__":

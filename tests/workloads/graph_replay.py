@@ -12,7 +12,7 @@ and the capture itself (which copies nothing).
 
 from __future__ import annotations
 
-from _common import FENCE_BYTES, Timer, emit, parser, window
+from _common import FENCE_BYTES, Timer, parser, report
 
 
 def main(argv=None) -> dict:
@@ -72,19 +72,9 @@ def main(argv=None) -> dict:
         {"direction": "h2d", "bytes": a.hidden * 4, "memory": "pinned"},
         {"direction": "d2h", "bytes": a.batch * 8, "memory": "pinned"},
     ]
-    summary = {
-        "workload": "graph_replay",
-        "params": vars(a) | {"json": None},
-        "iterations": a.replays,
-        "iterations_total": a.replays,
-        "per_iteration": {"copies": per, "blocking_waits": 1, "graph_launches": 1},
-        "before_window": {"h2d": a.warmup, "d2h": a.warmup},
-        "window": window(per, a.replays),
-        "window_exact": True,
-        **t.summary(),
-    }
-    emit(a, summary)
-    return summary
+    per_iteration = {"blocking_waits": 1, "graph_launches": 1}
+    before = {"h2d": a.warmup, "d2h": a.warmup}
+    return report(a, "graph_replay", per, a.replays, a.replays, t, per_iteration, before_window=before)
 
 
 if __name__ == "__main__":

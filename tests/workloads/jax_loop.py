@@ -18,7 +18,7 @@ import os
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU: allocate as needed
 
 import numpy as np
-from _common import FENCE_BYTES, Timer, emit, parser, window
+from _common import FENCE_BYTES, Timer, parser, report
 
 
 def main(argv=None) -> dict:
@@ -67,18 +67,7 @@ def main(argv=None) -> dict:
         {"direction": "h2d", "bytes": a.batch * a.hidden * 4, "memory": "pageable"},
         {"direction": "d2h", "bytes": a.batch * 4, "memory": "pageable"},
     ]
-    summary = {
-        "workload": "jax_loop",
-        "params": vars(a) | {"json": None},
-        "iterations": a.steps,
-        "iterations_total": a.warmup + a.steps,
-        "per_iteration": {"copies": per, "blocking_waits": 1},
-        "window": window(per, a.steps),
-        "window_exact": True,
-        **t.summary(),
-    }
-    emit(a, summary)
-    return summary
+    return report(a, "jax_loop", per, a.steps, a.warmup + a.steps, t, {"blocking_waits": 1})
 
 
 if __name__ == "__main__":
