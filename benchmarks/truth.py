@@ -32,17 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS_DIR = ROOT / "tests" / "workloads"
 sys.path.insert(0, str(WORKLOADS_DIR))
-from _common import TAG, window_calls, window_counts  # noqa: E402
+from _common import KEYS, WORKLOADS, parse_summary, window_calls, window_counts  # noqa: E402
 
-# workload -> (the module it needs, extra args of the plain run: what counts what it issued)
-WORKLOADS = {
-    "hf_generate": ("transformers", ["--count-copies"]),
-    "jax_loop": ("jax", []),
-    "cupy_loop": ("cupy", []),
-    "graph_replay": ("torch", []),
-}
 MODES = {"default": [], "bridge": ["--emulate-bridge", "b300-tdx"]}
-KEYS = ("h2d", "d2h", "h2d_bytes", "d2h_bytes")
 # the injected time that falls inside the analysis window (each injection clipped to it)
 INJECTED_IN_WINDOW_SQL = """
 SELECT coalesce(sum(greatest(0, least(i.ts_ns + i.ns, w.end_ns) - greatest(i.ts_ns, w.start_ns))), 0) / 1e6
@@ -53,11 +45,6 @@ FROM bridge_injections i, win w
 """
 
 
-def _summary(stdout: str) -> dict | None:
-    lines = [ln for ln in stdout.splitlines() if ln.startswith(TAG + " ")]
-    return json.loads(lines[-1].split(" ", 1)[1]) if lines else None
-
-
 def _run(cmd: list[str], timeout: float) -> tuple[dict | None, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.monotonic()
@@ -65,7 +52,7 @@ def _run(cmd: list[str], timeout: float) -> tuple[dict | None, str]:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout:.0f} s"
-    s = _summary(r.stdout)
+    s = parse_summary(r.stdout)
     if s is not None:
         s["wall_s"] = round(time.monotonic() - t0, 1)
     return s, "" if r.returncode == 0 else f"exit {r.returncode}: {r.stderr[-1500:]}"

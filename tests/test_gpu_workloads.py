@@ -16,15 +16,8 @@ from tests.conftest import ROOT, cctrace, project_env
 pytestmark = pytest.mark.gpu
 WORKLOADS_DIR = ROOT / "tests" / "workloads"
 sys.path.insert(0, str(WORKLOADS_DIR))
-from _common import TAG, window_counts  # noqa: E402
+from _common import KEYS, WORKLOADS, parse_summary, window_counts  # noqa: E402
 
-# workload -> (the module it needs, extra args for the plain run that counts what it issued)
-WORKLOADS = {
-    "hf_generate": ("transformers", ["--count-copies"]),
-    "jax_loop": ("jax", []),
-    "cupy_loop": ("cupy", []),
-    "graph_replay": ("torch", []),
-}
 # interpose: the driver interposer alone (no CUPTI), which must find the same copies
 MODES = {
     "default": [],
@@ -34,9 +27,9 @@ MODES = {
 
 
 def summary(stdout: str) -> dict:
-    lines = [ln for ln in stdout.splitlines() if ln.startswith(TAG + " ")]
-    assert lines, stdout[-2000:]
-    return json.loads(lines[-1].split(" ", 1)[1])
+    s = parse_summary(stdout)
+    assert s is not None, stdout[-2000:]
+    return s
 
 
 def run_workload(name: str, tmp, mode: str | None) -> tuple[dict, object]:
@@ -68,9 +61,6 @@ def runs(tmp_path_factory):
         return cache[(name, mode)]
 
     return get
-
-
-KEYS = ("h2d", "d2h", "h2d_bytes", "d2h_bytes")
 
 
 @pytest.mark.parametrize("name", WORKLOADS)

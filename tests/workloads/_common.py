@@ -17,6 +17,15 @@ import time
 
 FENCE_BYTES = 7919  # a prime: no framework copy in these workloads has this size
 TAG = "WORKLOAD_SUMMARY"
+# workload -> (the module it needs, extra args of the plain run: what counts what it issued)
+WORKLOADS = {
+    "hf_generate": ("transformers", ["--count-copies"]),
+    "jax_loop": ("jax", []),
+    "cupy_loop": ("cupy", []),
+    "graph_replay": ("torch", []),
+}
+# the keys of a summary's `window` (and of window_counts) that a recording must match exactly
+KEYS = ("h2d", "d2h", "h2d_bytes", "d2h_bytes")
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -50,7 +59,7 @@ class Timer:
 
 def window(per_iteration: list[dict], iterations: int) -> dict:
     """Totals over the window from the copies one iteration issues ({direction, bytes, memory} each)."""
-    out = {"h2d": 0, "d2h": 0, "h2d_bytes": 0, "d2h_bytes": 0}
+    out = dict.fromkeys(KEYS, 0)
     for c in per_iteration:
         out[c["direction"]] += iterations
         out[c["direction"] + "_bytes"] += iterations * c["bytes"]
@@ -94,6 +103,12 @@ def emit(args: argparse.Namespace, summary: dict) -> None:
             f" D2H {w['d2h']} ({w['d2h_bytes']} B), {summary.get('seconds', 0):.2f} s",
             flush=True,
         )
+
+
+def parse_summary(stdout: str) -> dict | None:
+    """The summary a workload printed with --json (its last TAG line), or None when it printed none."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith(TAG + " ")]
+    return json.loads(lines[-1].split(" ", 1)[1]) if lines else None
 
 
 def _rows(trace_dir, table: str) -> list[dict]:
