@@ -53,3 +53,22 @@ def cctrace(*args: str, timeout: float = 120, env: dict | None = None, **kw) -> 
 @pytest.fixture
 def run_cctrace():
     return cctrace
+
+
+@pytest.fixture
+def one_call_trace(tmp_path) -> Path:
+    """A loaded trace of one process (pid 7) holding one API call and nothing else: no steps, no copies."""
+    import json
+
+    from cctrace.analyze.store import load
+    from cctrace.trace.shards import ShardWriter
+
+    d = tmp_path / "one-call"
+    w = ShardWriter(d, 7)
+    w.extend(
+        "api_calls", ("pid", "tid", "name", "start_ns", "end_ns", "source"), [(7, 7, "cudaGetDevice", 10, 20, "x")]
+    )
+    w.close()
+    (d / "manifest.json").write_text(json.dumps({"command": ["x"], "processes": [{"pid": 7}]}))
+    load(d)
+    return d

@@ -367,22 +367,9 @@ def test_explore_in_a_real_terminal(trace):
         os.close(main)
 
 
-async def test_trace_without_steps_or_copies(tmp_path):
+async def test_trace_without_steps_or_copies(one_call_trace):
     """A trace with one call and no steps: every screen opens, the step keys say there are none."""
-    import json
-
-    from cctrace.analyze.store import load
-    from cctrace.trace.shards import ShardWriter
-
-    d = tmp_path / "bare"
-    w = ShardWriter(d, 7)
-    w.extend(
-        "api_calls", ("pid", "tid", "name", "start_ns", "end_ns", "source"), [(7, 7, "cudaGetDevice", 10, 20, "x")]
-    )
-    w.close()
-    (d / "manifest.json").write_text(json.dumps({"command": ["x"], "processes": [{"pid": 7}]}))
-    load(d)
-    app = Explorer(d)
+    app = Explorer(one_call_trace)
     async with app.run_test(size=(80, 24)) as pilot:
         for key, _, _ in SCREENS[:5]:
             await pilot.press(key)

@@ -111,18 +111,8 @@ def test_export_says_no_in_one_line(trace, tmp_path, args, says):
     assert not out.exists()
 
 
-def test_export_steps_on_a_trace_without_steps(tmp_path):
-    from cctrace.analyze.store import load
-    from cctrace.trace.shards import ShardWriter
-
-    d = tmp_path / "nosteps"
-    w = ShardWriter(d, 7)
-    w.extend(
-        "api_calls", ("pid", "tid", "name", "start_ns", "end_ns", "source"), [(7, 7, "cudaGetDevice", 10, 20, "x")]
-    )
-    w.close()
-    (d / "manifest.json").write_text(json.dumps({"command": ["x"], "processes": [{"pid": 7}]}))
-    load(d)
+def test_export_steps_on_a_trace_without_steps(one_call_trace, tmp_path):
+    d = one_call_trace
     r = cctrace("export", str(d), "--format", "perfetto-proto", "-o", str(tmp_path / "o.pftrace"), "--steps", "1:2")
     assert r.returncode == 2 and "no steps" in r.stderr and "--window" in r.stderr, r.stderr
     r = cctrace("export", str(d), "--format", "perfetto-proto", "-o", str(tmp_path / "o.pftrace"))
