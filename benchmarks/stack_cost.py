@@ -18,7 +18,6 @@ import ctypes
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,31 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cctrace.record.native import SOURCE, address, build_shim, load_shim  # noqa: E402
+from cctrace.record.native import address, build_shim, load_shim  # noqa: E402
 from cctrace.record.sources import py_stacks  # noqa: E402
-from tests.test_cupti_shim import FAKE, FAKE_CALLBACKS  # noqa: E402 - the stand-in CUPTI, one copy
+from tests.test_cupti_shim import FAKE, FAKE_CALLBACKS, stand_in  # noqa: E402 - the stand-in CUPTI, one copy
 
 
 def _stand_in(tmp: Path) -> tuple[ctypes.CDLL, ctypes.CDLL]:
-    libs = []
-    for name, text in (("fake", FAKE), ("fakecb", FAKE_CALLBACKS)):
-        (tmp / f"{name}.c").write_text(text)
-        so = tmp / f"lib{name}.so"
-        cmd = [
-            "cc",
-            "-O2",
-            "-shared",
-            "-fPIC",
-            "-pthread",
-            "-I",
-            str(SOURCE.parent),
-            "-o",
-            str(so),
-            str(tmp / f"{name}.c"),
-        ]
-        subprocess.run(cmd, check=True)
-        libs.append(ctypes.CDLL(str(so)))
-    return libs[0], libs[1]
+    return stand_in(tmp, "fake", FAKE, "-O2"), stand_in(tmp, "fakecb", FAKE_CALLBACKS, "-O2")
 
 
 def _at_depth(depth: int, fn, *args):

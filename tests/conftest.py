@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+NATIVE = ROOT / "cctrace" / "record" / "native"  # the C sources and headers cctrace builds
 
 
 def _have_gpu() -> bool:
@@ -48,6 +49,13 @@ def cctrace(*args: str, timeout: float = 120, env: dict | None = None, **kw) -> 
     return subprocess.run(
         [sys.executable, "-m", "cctrace", *args], capture_output=True, text=True, timeout=timeout, env=e, **kw
     )
+
+
+def cc_shared(src: Path, so: Path, *flags: str) -> Path:
+    """`so` built from the C file `src` as a threaded shared library, with the headers cctrace's own
+    C is built with on the include path (a stand-in declares what the code under test expects)."""
+    subprocess.run(["cc", *flags, "-shared", "-fPIC", "-pthread", "-I", str(NATIVE), "-o", str(so), str(src)], check=True)
+    return so
 
 
 @pytest.fixture

@@ -5,13 +5,14 @@ fills it and completes it from a thread of its own, as CUPTI's worker does.
 """
 
 import ctypes
-import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
-from cctrace.record.native import SOURCE, address, build_shim, load_shim, shim_stats
+from cctrace.record.native import address, build_shim, load_shim, shim_stats
 from cctrace.record.sources.cupti_raw import iter_buffers
+from tests.conftest import cc_shared
 
 FAKE = r"""
 #include <stdint.h>
@@ -57,13 +58,15 @@ int fake_emit(int n, int fill) {  /* from another thread, like CUPTI's worker */
 """
 
 
+def stand_in(tmp: Path, name: str, text: str, *flags: str) -> ctypes.CDLL:
+    """The C stand-in `text` (FAKE or FAKE_CALLBACKS) built as tmp/lib{name}.so and loaded."""
+    (tmp / f"{name}.c").write_text(text)
+    return ctypes.CDLL(str(cc_shared(tmp / f"{name}.c", tmp / f"lib{name}.so", *flags)))
+
+
 @pytest.fixture
 def fake_cupti(tmp_path):
-    src = tmp_path / "fake.c"
-    src.write_text(FAKE)
-    so = tmp_path / "libfakecupti.so"
-    subprocess.run(["cc", "-shared", "-fPIC", "-pthread", "-o", str(so), str(src)], check=True)
-    return ctypes.CDLL(str(so))
+    return stand_in(tmp_path, "fake", FAKE)
 
 
 def test_shim_appends_completed_buffers_whole(tmp_path, fake_cupti):
@@ -166,12 +169,7 @@ void chained(void *ud, int dom, uint32_t cbid, const void *p) {
 
 @pytest.fixture
 def fake_callbacks(tmp_path):
-    src = tmp_path / "fakecb.c"
-    src.write_text(FAKE_CALLBACKS)
-    so = tmp_path / "libfakecb.so"
-    native = str(SOURCE.parent)  # cctrace/native: the declarations the shim itself is built with
-    subprocess.run(["cc", "-shared", "-fPIC", "-pthread", "-I", native, "-o", str(so), str(src)], check=True)
-    return ctypes.CDLL(str(so))
+    return stand_in(tmp_path, "fakecb", FAKE_CALLBACKS)
 
 
 def _shim_recording(raw, fake_cupti, fc, cbids: list[int], driver: list[int] = ()):

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cctrace.record.native import SOURCE, address, build_shim, load_shim
+from cctrace.record.native import address, build_shim, load_shim
 from cctrace.record.sources import py_stacks
 from cctrace.record.sources.cupti_raw import iter_buffers_with_strings
 from cctrace.record.sources.cupti_source import API_DTYPE
 from cctrace.trace.handoff import Handoff
-from tests.test_cupti_shim import FAKE, FAKE_CALLBACKS
+from tests.test_cupti_shim import FAKE, FAKE_CALLBACKS, stand_in
 
 CBID = 7
 
@@ -39,23 +39,7 @@ HERE = Path(__file__)
 @pytest.fixture
 def recording(tmp_path):
     """The shim recording runtime call CBID through the stand-in CUPTI, stacks on."""
-    for name, text in (("fake", FAKE), ("fakecb", FAKE_CALLBACKS)):
-        (tmp_path / f"{name}.c").write_text(text)
-        subprocess.run(
-            [
-                "cc",
-                "-shared",
-                "-fPIC",
-                "-pthread",
-                "-I",
-                str(SOURCE.parent),
-                "-o",
-                str(tmp_path / f"lib{name}.so"),
-                str(tmp_path / f"{name}.c"),
-            ],
-            check=True,
-        )
-    fake, fc = ctypes.CDLL(str(tmp_path / "libfake.so")), ctypes.CDLL(str(tmp_path / "libfakecb.so"))
+    fake, fc = stand_in(tmp_path, "fake", FAKE), stand_in(tmp_path, "fakecb", FAKE_CALLBACKS)
     shim = load_shim(build_shim())
     raw = tmp_path / "cupti.9.cuptiraw"
     assert shim.cct_start(address(fake.cuptiActivityRegisterCallbacks), str(raw).encode(), 64 * 1024) == 0

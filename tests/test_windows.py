@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from cctrace.trace.shards import read_shard
-from tests.conftest import ROOT, project_env
+from tests.conftest import cc_shared, project_env
 
 STANDIN = Path(__file__).with_name("standin")
-NATIVE = ROOT / "cctrace" / "record" / "native"
 
 
 @pytest.fixture
@@ -28,20 +27,7 @@ def standin_env(tmp_path):
     lib = tmp_path / "lib"
     lib.mkdir()
     libcupti = lib / "libcupti.so.13"
-    subprocess.run(
-        [
-            "cc",
-            "-shared",
-            "-fPIC",
-            "-pthread",
-            "-I",
-            str(NATIVE),
-            "-o",
-            str(libcupti),
-            str(STANDIN / "libcupti_standin.c"),
-        ],
-        check=True,
-    )
+    cc_shared(STANDIN / "libcupti_standin.c", libcupti)
     (lib / "empty.c").write_text("int cctrace_test_libcuda;\n")
     subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib / "libcuda.so.1"), str(lib / "empty.c")], check=True)
     env = project_env()
