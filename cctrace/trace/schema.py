@@ -22,6 +22,16 @@ COPY_KINDS = ("HtoD", "DtoH", "DtoD", "HtoH", "PtoP", "AtoX", "unknown")
 MEMORY_KINDS = ("pageable", "pinned", "device", "managed", "array", "device_static", "unknown")
 SYNC_TYPES = ("stream", "event", "context", "stream_wait_event", "unknown")
 
+# the columns every stream-ordered GPU row (kernel, memcpy, memset) has, in this order
+ON_STREAM = [
+    ("start_ns", I64),
+    ("end_ns", I64),
+    ("device_id", I64),
+    ("context_id", I64),
+    ("stream_id", I64),
+    ("correlation_id", I64),
+]
+
 TABLES: dict[str, pa.Schema] = {
     # memcpy (incl. peer-to-peer) and memset executions on the GPU.
     "copies": pa.schema(
@@ -32,12 +42,7 @@ TABLES: dict[str, pa.Schema] = {
             ("src_kind", STR),  # MEMORY_KINDS
             ("dst_kind", STR),
             ("bytes", I64),
-            ("start_ns", I64),
-            ("end_ns", I64),
-            ("device_id", I64),
-            ("context_id", I64),
-            ("stream_id", I64),
-            ("correlation_id", I64),
+            *ON_STREAM,
             ("is_async", pa.bool_()),
             ("src_device_id", I64),
             ("dst_device_id", I64),
@@ -101,12 +106,7 @@ TABLES: dict[str, pa.Schema] = {
         [
             ("pid", I64),
             ("name", STR),
-            ("start_ns", I64),
-            ("end_ns", I64),
-            ("device_id", I64),
-            ("context_id", I64),
-            ("stream_id", I64),
-            ("correlation_id", I64),
+            *ON_STREAM,
             ("source", STR),
         ]
     ),
