@@ -28,6 +28,17 @@ def baseline(tmp_path_factory):
     return _copy(tmp_path_factory, "serve-baseline")
 
 
+async def _go_to_step(app, pilot, step: str) -> Input:
+    """Types `step` into the timeline's go-to box (key g) and presses enter; the box, to check what stays."""
+    await pilot.press("g")
+    await pilot.pause()
+    box = app.screen.query_one("#step-input", Input)
+    box.value = step
+    await pilot.press("enter")
+    await pilot.pause()
+    return box
+
+
 async def test_overview_timeline_tables_sql(trace):
     app = Explorer(trace)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -50,12 +61,7 @@ async def test_overview_timeline_tables_sql(trace):
         assert (tl.start, tl.span, tl.step) == (step_lo, step_hi - step_lo, 1)
         text = str(tl.render())
         assert "stream 7" in text and "thread" in text and "step 1 of 300" in text
-        await pilot.press("g")
-        await pilot.pause()
-        step_box = app.screen.query_one("#step-input", Input)
-        step_box.value = "42"
-        await pilot.press("enter")
-        await pilot.pause()
+        await _go_to_step(app, pilot, "42")
         name42, lo42 = tl.a.con.execute("SELECT name, start_ns FROM steps WHERE step = 42").fetchall()[0]
         assert tl.start == lo42 and name42 == "step 46"  # NVTX "step 5" is step 1
         await pilot.press("w")
@@ -126,12 +132,7 @@ async def test_escape_leaves_any_input_and_keys_stay_visible(trace):
             await pilot.press("escape", "2")
             assert app.query_one(TabbedContent).active == "timeline"
         # the go-to box: a number out of range keeps it open; escape cancels
-        await pilot.press("g")
-        await pilot.pause()
-        step_box = app.screen.query_one("#step-input", Input)
-        step_box.value = "301"
-        await pilot.press("enter")
-        await pilot.pause()
+        step_box = await _go_to_step(app, pilot, "301")
         assert app.screen.query_one("#step-input", Input) is step_box
         await pilot.press("escape")
         await pilot.pause()
@@ -176,11 +177,7 @@ async def test_timeline_paints_the_busy_fraction(trace, size):
         con = tl.a.con
         for view in ("whole", "step"):
             if view == "step":
-                await pilot.press("g")
-                await pilot.pause()
-                app.screen.query_one("#step-input", Input).value = "81"  # the slowest step
-                await pilot.press("enter")
-                await pilot.pause()
+                await _go_to_step(app, pilot, "81")  # the slowest step
             lo, hi = tl.window()
             lines = str(tl.render()).splitlines()
             assert all(len(line) <= tl.size.width <= size[0] for line in lines), max(map(len, lines))
@@ -293,11 +290,8 @@ async def test_screens_match_their_snapshots(trace, baseline, size):
             await pilot.press(key)
             await pilot.pause()
             shots[name] = app.export_screenshot()
-        await pilot.press("2", "g")
-        await pilot.pause()
-        app.screen.query_one("#step-input", Input).value = "81"
-        await pilot.press("enter")
-        await pilot.pause()
+        await pilot.press("2")
+        await _go_to_step(app, pilot, "81")
         shots["timeline-step"] = app.export_screenshot()
         await pilot.press("question_mark")
         await pilot.pause()
