@@ -116,19 +116,29 @@ def open_output(path: Path, binary: bool = False):
     return os.fdopen(fd, "wb" if binary else "w")
 
 
+def open_regular(path: Path):
+    """(file, stat) of a regular file opened for reading, not through a link and never blocking on a FIFO:
+    OSError when it cannot be opened, UnsafePath when it is not a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UnsafePath(f"{path} is not a regular file")
+    return os.fdopen(fd, "rb"), st
+
+
 def read_file(path: Path, limit: int) -> bytes:
     """A regular file's bytes, not through a link, never blocking on a FIFO, at most `limit` bytes."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        f, st = open_regular(path)
+    except UnsafePath:
+        raise
     except OSError:
         if os.path.islink(path):
             raise UnsafePath(f"{path} is a symbolic link; cctrace reads only the files it wrote") from None
         raise
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafePath(f"{path} is not a regular file")
+    with f:
         if st.st_size > limit:
             raise UnsafePath(f"{path} is {st.st_size:,} bytes, more than the {limit:,} a cctrace file of its kind can be")
         return f.read(limit + 1)[:limit]

@@ -312,16 +312,14 @@ class ShardStream:
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            f, st = safefs.open_regular(self.path)
+        except safefs.UnsafePath:
+            self.problem = "not a regular file (skipped)"
+            return
         except OSError as e:
             self.problem = f"cannot open ({e.strerror})"
             return
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            self.problem = "not a regular file (skipped)"
-            return
-        with os.fdopen(fd, "rb") as f:
+        with f:
             size, consumed = st.st_size, 0
             try:
                 messages = ipc.MessageReader.open_stream(f)
