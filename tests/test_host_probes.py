@@ -191,9 +191,11 @@ def test_record_with_host_probes_and_report_on_it(tmp_path, fake_cuda):
     stalls = {r["name"]: r for r in j["top"]["async_stalls"]}
     assert stalls["cuMemcpyHtoDAsync_v2"]["stalled_calls"] == 20
     assert stalls["cuMemcpyHtoDAsync_v2"]["stall_ms"] >= 20 * (5.0 - 0.1) * 0.99  # each sleeps >= 5 ms
-    # the D2H spin is the crossing's own work: only time it was preempted (off-CPU) may be a stall
+    # the D2H spin is the crossing's own work: beyond the time it was preempted (off-CPU), only what
+    # stretches on-CPU work without a switch (interrupts, the probes' own traps, the model's fit over
+    # ten calls) may be a stall: under 5% of the 10 x 3 ms spun, an order below the H2D calls' 100 ms
     d2h = stalls.get("cuMemcpyDtoHAsync_v2", {"stall_ms": 0, "off_cpu_ms": 0})
-    assert d2h["stall_ms"] <= d2h["off_cpu_ms"]
+    assert d2h["stall_ms"] - d2h["off_cpu_ms"] <= 0.05 * 10 * 3.0
     assert cats["sync_waits"]["events"] == 5
 
 
