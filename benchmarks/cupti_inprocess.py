@@ -75,8 +75,15 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "default-driver": DEFAULT,  # runtime calls without the kept driver calls (NO_DRIVER)
     "runtime-driver": ("runtime",),
     "detached": (),  # CUPTI finalized for the block (Switch.set_detached), not just every kind off
+    "none": (),  # with fresh: CUPTI attached (buffer callbacks registered), no kind, no subscription
+    "activity": tuple(k for k in DEFAULT if k != "runtime"),  # the default's GPU records, no subscription
 }
 DETACHED = "detached"
+# "fresh:NAME" finalizes CUPTI and attaches it again with only NAME's kinds, so nothing a kind once
+# switched on stays behind: the callback subscription exists only when NAME has "runtime". Against
+# `detached`, `fresh:none` is what attaching alone costs, `fresh:activity` the GPU records without
+# any API callback, `fresh:runtime` the callback subscription alone.
+FRESH = "fresh:"
 NO_DRIVER = "-driver"
 # with --bridge SPEC, "NAME+bridge" runs config NAME with the bridge emulator acting (else it is off)
 BRIDGED = "+bridge"
@@ -168,6 +175,7 @@ class Switch:
             raise SystemExit(f"kinds not enabled at start: {sorted(missing)}")
         self.tracer = t
         self.detached = False
+        self.fresh: tuple[str, ...] | None = None  # the kinds of a fresh attach now in place
         self.bridge = t.sources.get("bridge")
         self.bridge_on = self.bridge is not None
         self.stacks_state = src.stacks.get("state")
@@ -186,7 +194,25 @@ class Switch:
                 raise SystemExit(f"attaching CUPTI again failed: {self.src.errors[errors:]}")
             self.on = set(self.src.enabled)  # attach() turned the kinds the run started with back on
             self.launches = self.driver = True
+            self.fresh = None
         self.detached = detached
+
+    def set_fresh(self, kinds: tuple[str, ...] | None, poke) -> None:
+        """CUPTI finalized, then attached again with only `kinds` (None: every kind the run started
+        with). `poke` makes a CUDA call, whose exit finalizes CUPTI."""
+        if kinds == self.fresh and not self.detached:
+            return
+        if not self.detached:
+            self.set_detached(True)
+            poke()
+            self.check_detached()
+        saved = self.src.kinds
+        self.src.kinds = list(kinds) if kinds is not None else saved
+        try:
+            self.set_detached(False)
+        finally:
+            self.src.kinds = saved
+        self.fresh = kinds
 
     def check_detached(self) -> None:
         """After the settle steps: CUPTI was really finalized (else the figure would not be 'detached')."""
@@ -246,8 +272,14 @@ def inner(a: argparse.Namespace) -> None:
         rng.shuffle(order)
         for c in order:
             kinds, bridged, stacks = parse_config(c)
-            switch.set_detached(kinds == DETACHED)
-            if kinds != DETACHED:
+            if kinds.startswith(FRESH):
+                switch.set_fresh(CONFIGS[kinds.removeprefix(FRESH)], torch.cuda.synchronize)
+            elif kinds == DETACHED:
+                switch.set_detached(True)
+            else:
+                if switch.fresh is not None:
+                    switch.set_fresh(None, torch.cuda.synchronize)
+                switch.set_detached(False)
                 switch.set(CONFIGS[kinds], driver=not kinds.endswith(NO_DRIVER))
                 switch.set_bridge(bridged)
                 switch.set_stacks(stacks)
@@ -335,11 +367,13 @@ def _summary_line(cmd: list[str], env: dict | None) -> tuple[str | None, int | N
 
 def outer(a: argparse.Namespace) -> int:
     configs = a.configs.split(",")
-    unknown = [c for c in configs if parse_config(c)[0] not in CONFIGS]
+    unknown = [c for c in configs if parse_config(c)[0].removeprefix(FRESH) not in CONFIGS]
     if not a.bridge and any(parse_config(c)[1] for c in configs):
         sys.exit(f"configs ending in {BRIDGED} need --bridge SPEC")
-    if a.bridge and DETACHED in configs:
-        sys.exit(f"config {DETACHED} cannot run with --bridge (the emulator acts through CUPTI's subscription)")
+    if a.bridge and any(c == DETACHED or c.startswith(FRESH) for c in configs):
+        sys.exit(
+            f"configs {DETACHED} and {FRESH}NAME cannot run with --bridge (the emulator acts through CUPTI's subscription)"
+        )
     if unknown or "off" not in configs:
         sys.exit(f"--configs must name 'off' and only known configs ({', '.join(CONFIGS)}); unknown: {unknown}")
     with tempfile.TemporaryDirectory(prefix="cct-inproc-") as tmp:

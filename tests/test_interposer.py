@@ -91,12 +91,14 @@ def test_every_way_to_the_driver_is_recorded(built, tmp_path, mode) -> None:
     t = _tables(trace)
 
     calls = _rows(t["api_calls"])
-    assert len(calls) == 25
+    assert len(calls) == 26
     assert {c["source"] for c in calls} == {"interposer"} and {c["domain"] for c in calls} == {"driver"}
     names = [c["name"] for c in calls]
     assert names.count("cuMemcpyHtoDAsync_v2") == 3  # two direct, one captured
     assert names.count("cuMemcpyHtoDAsync_v2_ptsz") == 1  # the per-thread-stream entry point kept its own
     assert names.count("cuGraphLaunch") == 5 and names.count("cuGraphInstantiateWithFlags") == 1
+    # CUDA 13: the runtime asks cuGetProcAddress for cuCtxSynchronize at 13000 and gets the versioned entry
+    assert names.count("cuCtxSynchronize") == 1 and names.count("cuCtxSynchronize_v2") == 1
     assert all(c["return_value"] == 0 and c["end_ns"] >= c["start_ns"] for c in calls)
     assert all(c["bytes"] is None for c in calls if c["name"] in ("cuStreamSynchronize", "cuCtxSynchronize"))
 
@@ -131,6 +133,7 @@ def test_every_way_to_the_driver_is_recorded(built, tmp_path, mode) -> None:
     syncs = _rows(t["syncs"])
     assert sorted((s["sync_type"], s["stream_id"], s["event_id"]) for s in syncs) == [
         ("context", 0, None),
+        ("context", 0, None),  # cuCtxSynchronize and CUDA 13's cuCtxSynchronize_v2
         ("event", 0, 0xE1),
         ("stream", 0xAB, None),
     ]
@@ -139,7 +142,7 @@ def test_every_way_to_the_driver_is_recorded(built, tmp_path, mode) -> None:
 
     proc = json.loads((trace / next(p.name for p in trace.glob("proc.*.json"))).read_text())
     health = proc["sources"]["interposer"]
-    assert health["records"] == {"calls": 35} and health["decoded_records"] == 35 and health["dropped"] == 0
+    assert health["records"] == {"calls": 36} and health["decoded_records"] == 36 and health["dropped"] == 0
     assert health["unmatched_symbols"] == 0 and health["graph_crossings"] == 2
 
 
@@ -158,7 +161,7 @@ def test_a_forked_child_writes_its_own_file(built, tmp_path) -> None:
     for f in files:
         _header, rec, stats, _problems = I.read_raw(f)
         counts[len(rec)] = stats["records"]
-    assert counts == {35: 35, 2: 2}  # the child's alloc and sync only, none of its parent's
+    assert counts == {36: 36, 2: 2}  # the child's alloc and sync only, none of its parent's
 
 
 def test_threads_past_a_full_ring_lose_nothing(built, tmp_path) -> None:
@@ -166,7 +169,7 @@ def test_threads_past_a_full_ring_lose_nothing(built, tmp_path) -> None:
     _run(built, trace, "gpa", "threads")
     _header, rec, stats, problems = I.read_raw(I.raw_files(trace)[0])
     assert problems == [] and stats["lost"] == 0
-    assert len(rec) == 35 + 4 * 10000
+    assert len(rec) == 36 + 4 * 10000
     assert len(set(rec["tid"].tolist())) == 5
 
 
@@ -211,7 +214,7 @@ def test_record_interpose_on_end_to_end(built, tmp_path) -> None:
     assert manifest["options"]["interpose"]["mode"] == "on"
     assert manifest["options"]["interpose"]["decode"]["raw_files"] == 1
     t = _tables(out)
-    assert t["api_calls"].num_rows == 25 and t["copies"].num_rows == 18
+    assert t["api_calls"].num_rows == 26 and t["copies"].num_rows == 18
     assert set(t["copies"].column("source").to_pylist()) == {"interposer"}
 
 

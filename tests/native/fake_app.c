@@ -24,6 +24,7 @@ static CUresult (*MemcpyAsync)(CUdeviceptr, CUdeviceptr, size_t, void *);
 static CUresult (*SetD32Async)(CUdeviceptr, unsigned, size_t, void *);
 static CUresult (*StreamSync)(void *);
 static CUresult (*CtxSync)(void);
+static CUresult (*CtxSync2)(void *);
 static CUresult (*EventSync)(void *);
 static CUresult (*BeginCapture)(void *, int);
 static CUresult (*EndCapture)(void *, void **);
@@ -43,6 +44,7 @@ CUresult cuMemcpyAsync(CUdeviceptr, CUdeviceptr, size_t, void *);
 CUresult cuMemsetD32Async(CUdeviceptr, unsigned, size_t, void *);
 CUresult cuStreamSynchronize(void *);
 CUresult cuCtxSynchronize(void);
+CUresult cuCtxSynchronize_v2(void *);
 CUresult cuEventSynchronize(void *);
 CUresult cuStreamBeginCapture_v2(void *, int);
 CUresult cuStreamEndCapture(void *, void **);
@@ -54,6 +56,7 @@ static void bind(const char *how, const char *lib) {
     HtoD = cuMemcpyHtoD_v2; HtoDAsync = cuMemcpyHtoDAsync_v2; HtoDAsyncPt = cuMemcpyHtoDAsync_v2_ptsz;
     DtoHAsync = cuMemcpyDtoHAsync_v2; MemcpyAsync = cuMemcpyAsync; SetD32Async = cuMemsetD32Async;
     StreamSync = cuStreamSynchronize; CtxSync = cuCtxSynchronize; EventSync = cuEventSynchronize;
+    CtxSync2 = cuCtxSynchronize_v2;
     BeginCapture = cuStreamBeginCapture_v2; EndCapture = cuStreamEndCapture;
     Instantiate = cuGraphInstantiateWithFlags; GraphLaunch = cuGraphLaunch;
 }
@@ -70,6 +73,7 @@ static void bind(const char *how, const char *lib) {
         D(HtoD, cuMemcpyHtoD_v2); D(HtoDAsync, cuMemcpyHtoDAsync_v2); D(HtoDAsyncPt, cuMemcpyHtoDAsync_v2_ptsz);
         D(DtoHAsync, cuMemcpyDtoHAsync_v2); D(MemcpyAsync, cuMemcpyAsync); D(SetD32Async, cuMemsetD32Async);
         D(StreamSync, cuStreamSynchronize); D(CtxSync, cuCtxSynchronize); D(EventSync, cuEventSynchronize);
+        D(CtxSync2, cuCtxSynchronize_v2);
         D(BeginCapture, cuStreamBeginCapture_v2); D(EndCapture, cuStreamEndCapture);
         D(Instantiate, cuGraphInstantiateWithFlags); D(GraphLaunch, cuGraphLaunch);
         return;
@@ -83,6 +87,7 @@ static void bind(const char *how, const char *lib) {
     G(HtoD, cuMemcpyHtoD, 0); G(HtoDAsync, cuMemcpyHtoDAsync, 0); G(HtoDAsyncPt, cuMemcpyHtoDAsync, 2);
     G(DtoHAsync, cuMemcpyDtoHAsync, 0); G(MemcpyAsync, cuMemcpyAsync, 0); G(SetD32Async, cuMemsetD32Async, 0);
     G(StreamSync, cuStreamSynchronize, 0); G(CtxSync, cuCtxSynchronize, 0); G(EventSync, cuEventSynchronize, 0);
+    { void *p_ = NULL; gpa("cuCtxSynchronize", &p_, 13000, 0, NULL); CtxSync2 = must(p_, "cuCtxSynchronize@13000"); }
     G(BeginCapture, cuStreamBeginCapture, 0); G(EndCapture, cuStreamEndCapture, 0);
     G(Instantiate, cuGraphInstantiate, 0); G(GraphLaunch, cuGraphLaunch, 0);
 }
@@ -108,6 +113,7 @@ static void work(void) {
     SetD32Async(d, 0, 256, s);
     StreamSync(s);
     CtxSync();
+    CtxSync2(NULL); /* CUDA 13's versioned context sync */
     EventSync((void *)0xE1);
     BeginCapture(s2, 0);
     HtoDAsync(d, h, 2048, s2);

@@ -102,6 +102,7 @@ PT(cuMemsetD32Async, (CUdeviceptr d, unsigned v, size_t n, void *st), {
 })
 PT(cuStreamSynchronize, (void *s), { if (s != (void *)0x5) usleep(1000); return 0; }) /* the bench's stream: at once */
 CUresult cuCtxSynchronize(void) { return 0; }
+CUresult cuCtxSynchronize_v2(void *ctx) { (void)ctx; return 0; } /* CUDA 13: the runtime asks for it by version */
 /* what benchmarks/interpose_cost.py's loop sets up (--stand-in): nothing to do here */
 CUresult cuInit(unsigned fl) { (void)fl; return 0; }
 CUresult cuDeviceGet(int *d, int i) { *d = i; return 0; }
@@ -136,7 +137,7 @@ static const struct { const char *name; void *fn; } table[] = {
     E(cuMemcpyDtoH_v2_ptds), E(cuMemcpy), E(cuMemcpy_ptds), E(cuMemcpyHtoDAsync_v2), E(cuMemcpyHtoDAsync_v2_ptsz),
     E(cuMemcpyDtoHAsync_v2), E(cuMemcpyDtoHAsync_v2_ptsz), E(cuMemcpyAsync), E(cuMemcpyAsync_ptsz),
     E(cuMemsetD32Async), E(cuMemsetD32Async_ptsz), E(cuStreamSynchronize), E(cuStreamSynchronize_ptsz),
-    E(cuCtxSynchronize), E(cuEventSynchronize), E(cuStreamBeginCapture_v2), E(cuStreamBeginCapture_v2_ptsz),
+    E(cuCtxSynchronize), E(cuCtxSynchronize_v2), E(cuEventSynchronize), E(cuStreamBeginCapture_v2), E(cuStreamBeginCapture_v2_ptsz),
     E(cuStreamEndCapture), E(cuStreamEndCapture_ptsz), E(cuStreamIsCapturing), E(cuStreamIsCapturing_ptsz),
     E(cuGraphGetNodes), E(cuGraphNodeGetType), E(cuGraphMemcpyNodeGetParams), E(cuGraphMemsetNodeGetParams),
     {"cuGraphInstantiate", (void *)cuGraphInstantiateWithFlags}, E(cuGraphInstantiateWithFlags),
@@ -157,6 +158,7 @@ CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version, unsign
     *pfn = NULL;
     if (!strcmp(symbol, "cuGetProcAddress")) *pfn = version >= 12000 ? (void *)cuGetProcAddress_v2 : (void *)cuGetProcAddress;
     for (int v = 2; v >= 1 && !*pfn; v--) {
+        if (v == 2 && version < 13000 && !strcmp(symbol, "cuCtxSynchronize")) continue; /* _v2 is CUDA 13's */
         if (v == 2) snprintf(name, sizeof name, "%s_v2%s", symbol, suffix);
         else snprintf(name, sizeof name, "%s%s", symbol, suffix);
         *pfn = lookup(name);

@@ -152,6 +152,7 @@ struct ip_rec { /* 64 bytes */
     X(SSYNC, cuStreamSynchronize_ptsz, cuStreamSynchronize, 2000, 1)                                           \
     X(ESYNC, cuEventSynchronize, cuEventSynchronize, 2000, 0)                                                  \
     X(CSYNC, cuCtxSynchronize, cuCtxSynchronize, 2000, 0)                                                      \
+    X(CSYNC2, cuCtxSynchronize_v2, cuCtxSynchronize, 13000, 0)                                                 \
     X(SWAIT, cuStreamWaitEvent, cuStreamWaitEvent, 3020, 0)                                                    \
     X(SWAIT, cuStreamWaitEvent_ptsz, cuStreamWaitEvent, 3020, 1)                                               \
     X(GINST, cuGraphInstantiateWithFlags, cuGraphInstantiateWithFlags, 11040, 0)                               \
@@ -928,6 +929,10 @@ static void *resolve(int i);
          (r.op = OP_sync, r.sync_kind = SK_event, r.aux = (uint64_t)(uintptr_t)e), NOTHING)
 #define DEF_CSYNC(sym, since, pt)                                                                              \
     WRAP(sym, since, pt, CUresult (*)(void), (void), (), (r.op = OP_sync, r.sync_kind = SK_context), NOTHING)
+/* CUDA 13's cuCtxSynchronize_v2 names the context (NULL: the current one); the runtime asks for it */
+#define DEF_CSYNC2(sym, since, pt)                                                                             \
+    WRAP(sym, since, pt, CUresult (*)(CUcontext), (CUcontext c), (c),                                          \
+         (r.op = OP_sync, r.sync_kind = SK_context, r.aux = (uint64_t)(uintptr_t)c), NOTHING)
 #define DEF_SWAIT(sym, since, pt)                                                                              \
     WRAP(sym, since, pt, CUresult (*)(CUstream, CUevent, unsigned int), (CUstream s, CUevent e, unsigned int fl), \
          (s, e, fl),                                                                                           \
@@ -1059,6 +1064,7 @@ static void *wrap_answer(const char *symbol, void *p, int version, uint64_t flag
 #define DEFINE_SSYNC DEF_SSYNC
 #define DEFINE_ESYNC DEF_ESYNC
 #define DEFINE_CSYNC DEF_CSYNC
+#define DEFINE_CSYNC2 DEF_CSYNC2
 #define DEFINE_SWAIT DEF_SWAIT
 #define DEFINE_GINST5 DEF_GINST5
 #define DEFINE_GINSTP DEF_GINSTP
