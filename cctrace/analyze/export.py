@@ -251,8 +251,9 @@ def export_parquet(trace: Path, out_dir: Path) -> dict[str, int]:
         names = S.schema(table).names
         # in time order: the loader does not keep the shards' row order
         order = next((f" ORDER BY {c}" for c in ("start_ns", "ts_ns") if c in names), "")
-        cur = con.execute(f'SELECT * FROM "{table}"{order}')  # names from the schema module
-        reader = cur.to_arrow_reader(CHUNK) if hasattr(cur, "to_arrow_reader") else cur.fetch_record_batch(CHUNK)
+        rel = con.sql(f'SELECT * FROM "{table}"{order}')  # names from the schema module
+        # a relation streams its batches (a cursor's reader copies every row first)
+        reader = rel.to_arrow_reader(CHUNK) if hasattr(rel, "to_arrow_reader") else rel.record_batch(CHUNK)
         n = 0
         with _open_out(out_dir / f"{table}.parquet", binary=True) as f, pq.ParquetWriter(f, reader.schema) as w:
             for batch in reader:
