@@ -4,7 +4,8 @@
 
 -- GPU idle gaps in the window: where a copy or kernel starts after everything before it ended (one
 -- window pass over the GPU work in the window sorted by start; the running max of end times is the
--- busy edge, the window's start before the first). The bounds are variables, not a join.
+-- busy edge, the window's start before the first). The bounds are variables, not a join. Only traced
+-- time is idle: a gap is cut by the traced spans (between tracing windows nothing was recorded).
 --   start_ns, end_ns: the gap; before_ns: idle time before it (gaps are disjoint and ordered)
 SET VARIABLE win_start_ns = (SELECT start_ns FROM win);
 SET VARIABLE win_end_ns = (SELECT end_ns FROM win);
@@ -22,6 +23,9 @@ WITH ev AS (  -- GPU work only: the interposer's copies carry host call times
 ), g AS (
     SELECT greatest(busy_until, getvariable('win_start_ns')) AS start_ns, least(start_ns, getvariable('win_end_ns')) AS end_ns
     FROM o WHERE start_ns > busy_until
+), t AS (
+    SELECT greatest(g.start_ns, t.start_ns) AS start_ns, least(g.end_ns, t.end_ns) AS end_ns
+    FROM g JOIN traced t ON t.start_ns < g.end_ns AND t.end_ns > g.start_ns
 )
 SELECT start_ns, end_ns, (sum(end_ns - start_ns) OVER (ORDER BY start_ns ROWS UNBOUNDED PRECEDING) - (end_ns - start_ns))::BIGINT AS before_ns
-FROM g WHERE end_ns > start_ns;
+FROM t WHERE end_ns > start_ns;

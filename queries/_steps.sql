@@ -1,5 +1,5 @@
 -- module: steps
--- needs:
+-- needs: traced
 -- answers: What is one step (iteration) of the traced program, and over which window is it analysed?
 -- Steps come from, in order: NVTX ranges named like step_pattern; markers of a user-named step function
 -- (source 'step_function', `record --step-function`); detected iterations: the ends of blocking
@@ -185,7 +185,8 @@ ORDER BY n >= getvariable('min_steps') DESC, ok DESC, rank,
          n >= 0.95 * max(n) OVER (PARTITION BY ok, rank) DESC, wait_ns DESC, n DESC, grp
 LIMIT 1;
 
--- The steps: marked ranges, else the intervals between consecutive ends of the picked group.
+-- The steps: marked ranges, else the intervals between consecutive ends of the picked group, each
+-- inside one traced span (an interval across time that was not traced, a detach, is no step).
 --   step: 1-based, in time order; name: the range's name or the detector's kind; pid, tid: its thread
 --   start_ns, end_ns: the step; step_source: nvtx | step_function | readback | graph_replay |
 --   driver_sync | worker_sync | period
@@ -204,21 +205,31 @@ SELECT row_number() OVER (ORDER BY start_ns) AS step, * FROM (
     WHERE step_source = getvariable('marked_source')
     UNION ALL
     SELECT * FROM detected WHERE start_ns IS NOT NULL AND getvariable('marked_source') IS NULL
-);
+) s
+WHERE EXISTS (SELECT 1 FROM traced t WHERE s.start_ns >= t.start_ns AND s.end_ns <= t.end_ns);
 
--- The analysed window: first step start to last step end, else everything recorded.
+-- The analysed window: first step start to last step end, else everything recorded, within the
+-- traced time (an event outside it does not widen the window).
 --   start_ns, end_ns: the window; steps: how many; nvtx: steps are NVTX ranges; step_source: how
 --   steps were found (none without); step_median_ns, step_p10_ns, step_p90_ns: how regular they are
+--   traced_ns: the traced time inside the window (its length, less what lay between tracing windows)
 CREATE OR REPLACE TEMP TABLE win AS
 WITH ev AS (
     SELECT start_ns, end_ns FROM copies UNION ALL SELECT start_ns, end_ns FROM api_calls
     UNION ALL SELECT start_ns, end_ns FROM kernels
+), w AS (
+    SELECT greatest(coalesce((SELECT min(start_ns) FROM steps), (SELECT min(start_ns) FROM ev)),
+                    (SELECT min(start_ns) FROM traced)) AS start_ns,
+           least(coalesce((SELECT max(end_ns) FROM steps), (SELECT max(end_ns) FROM ev)),
+                 (SELECT max(end_ns) FROM traced)) AS end_ns
 )
-SELECT coalesce((SELECT min(start_ns) FROM steps), (SELECT min(start_ns) FROM ev)) AS start_ns,
-       coalesce((SELECT max(end_ns) FROM steps), (SELECT max(end_ns) FROM ev)) AS end_ns,
+SELECT w.start_ns, w.end_ns,
        (SELECT count(*) FROM steps) AS steps,
        coalesce((SELECT any_value(step_source) FROM steps), 'none') = 'nvtx' AS nvtx,
        coalesce((SELECT any_value(step_source) FROM steps), 'none') AS step_source,
        (SELECT median(end_ns - start_ns) FROM steps) AS step_median_ns,
        (SELECT quantile_cont(end_ns - start_ns, 0.1) FROM steps) AS step_p10_ns,
-       (SELECT quantile_cont(end_ns - start_ns, 0.9) FROM steps) AS step_p90_ns;
+       (SELECT quantile_cont(end_ns - start_ns, 0.9) FROM steps) AS step_p90_ns,
+       (SELECT sum(greatest(least(t.end_ns, w.end_ns) - greatest(t.start_ns, w.start_ns), 0)) FROM traced t)::BIGINT
+           AS traced_ns
+FROM w;

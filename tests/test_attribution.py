@@ -289,9 +289,9 @@ def test_a_query_builds_only_the_modules_it_needs(synth):
     a = Analysis(d)
     try:
         a.run("cost_model")
-        assert a._built == {"steps", "transfers", "cost_model"}
+        assert a._built == {"traced", "steps", "transfers", "cost_model"}
         a.run("stream_concurrency")
-        assert a._built == {"steps", "transfers", "cost_model", "concurrency"}
+        assert a._built == {"traced", "steps", "transfers", "cost_model", "concurrency"}
         a.scalar("SELECT count(*) FROM category_totals")  # SQL of any kind: every module
         assert "categories" in a._built and "truth" in a._built
     finally:

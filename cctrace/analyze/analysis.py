@@ -331,7 +331,7 @@ def report(trace: Path, params: dict[str, object] | None = None, profile: Path |
     try:
         w = a.one("SELECT * FROM win")
         steps = w["steps"]
-        window_ms = ((w["end_ns"] or 0) - (w["start_ns"] or 0)) / 1e6
+        window_ms = (w["traced_ns"] or 0) / 1e6  # its traced time: what lay between tracing windows is not in it
         facts = a.one("SELECT * FROM trace_facts")
         device = _device(profile)
         cats = {r["category"]: r for r in a.rows("attribution")}
@@ -370,6 +370,7 @@ def report(trace: Path, params: dict[str, object] | None = None, profile: Path |
             "confidential_computing": (m.get("gpu") or {}).get("confidential_computing"),
             "bridge_emulation": injected_summary(m.get("bridge_emulation")),
             "ground_truth": _ground_truth(a, steps),
+            "traced": _traced(a, m),
             "window_ms": round(window_ms, 3),
             "steps": steps,
             "step_source": w["step_source"],
@@ -391,6 +392,21 @@ def report(trace: Path, params: dict[str, object] | None = None, profile: Path |
         }
     finally:
         a.close()
+
+
+def _traced(a: Analysis, manifest: dict) -> dict | None:
+    """How much of the run was traced: windows (merged over the processes), their time, and the run's
+    (the recording's start to end, None where the manifest lacks them); None when the whole run was."""
+    windows, traced_ns = a.con.execute("SELECT windows, traced_ns FROM traced_summary").fetchall()[0]
+    if windows is None:
+        return None
+    start, end = manifest.get("start_ns"), manifest.get("end_ns")
+    run = end - start if isinstance(start, int) and isinstance(end, int) and end >= start else None
+    return {
+        "windows": windows,
+        "traced_ms": round(traced_ns / 1e6, 3),
+        "run_ms": round(run / 1e6, 3) if run is not None else None,
+    }
 
 
 def _ground_truth(a: Analysis, steps: int) -> dict | None:

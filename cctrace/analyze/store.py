@@ -34,7 +34,7 @@ from cctrace.trace.shards import ShardStream, parse_shard_name
 
 DB_NAME = "trace.duckdb"
 FINGERPRINT_SUFFIX = ".cctrace-hmac"  # beside the DuckDB file: the HMAC that says this user's cctrace built it
-FORMAT = "cctrace-duckdb/3"  # bump when a loaded file's layout changes: older files are rebuilt
+FORMAT = "cctrace-duckdb/4"  # bump when a loaded file's layout changes: older files are rebuilt
 
 # Views every analysis can rely on; they only join and name, they do not analyse.
 VIEWS = {
@@ -102,6 +102,33 @@ def processes_table(manifest: dict) -> pa.Table:
         if isinstance(p, dict) and _int_or_none(p.get("pid")) and p["pid"] > 0
     ]
     return pa.Table.from_pylist(rows, schema=S.schema("processes"))
+
+
+def traced_windows_table(manifest: dict) -> pa.Table:
+    """The times each process traced (processes[].windows, CLOCK_MONOTONIC ns pairs) in a recording with
+    tracing windows; a process of such a recording without windows (its listener failed, or `attach`'s
+    record) traced its whole life. No rows when the recording had no windows: the whole run was traced.
+    An end not written (the process was killed in a window) is NULL: the analysis takes the last event."""
+    procs = [p for p in manifest.get("processes") or [] if isinstance(p, dict) and _int_or_none(p.get("pid"))]
+    options = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
+    windowed = isinstance(options.get("window"), dict) or any(isinstance(p.get("windows"), list) for p in procs)
+    rows = []
+    for p in procs if windowed else []:
+        w = p.get("windows")
+        for pair in w if isinstance(w, list) else [[p.get("start_ns"), p.get("end_ns")]]:
+            if not (isinstance(pair, list) and len(pair) == 2):
+                continue
+            start, end = _int_or_none(pair[0]), _int_or_none(pair[1])
+            if start is not None and (end is None or end >= start) and (end is not None or pair[1] is None):
+                rows.append({"pid": p["pid"], "start_ns": start, "end_ns": end})
+    return pa.Table.from_pylist(rows, schema=S.schema("traced_windows"))
+
+
+# how the loader builds each table of S.FROM_MANIFEST
+MANIFEST_TABLES: dict[str, Callable[[dict], pa.Table]] = {
+    "processes": processes_table,
+    "traced_windows": traced_windows_table,
+}
 
 
 def expected_rows(manifest: dict) -> dict[tuple[str, int], int]:
@@ -190,8 +217,8 @@ def _fill(con, shards: dict, manifest: dict, result: LoadResult, progress) -> No
         con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM _incoming')  # names from the schema module
         con.unregister("_incoming")
         n = 0
-        if table == "processes":
-            n = _insert(con, table, processes_table(manifest))
+        if table in S.FROM_MANIFEST:
+            n = _insert(con, table, MANIFEST_TABLES[table](manifest))
         for path in shards[table]:
             stream = ShardStream(path, max_batch_bytes=_size_bytes(H.MEMORY_LIMIT.get()) // 4)
             result.shards += 1
@@ -217,7 +244,7 @@ def _fill(con, shards: dict, manifest: dict, result: LoadResult, progress) -> No
         got = loaded.get((table, pid), 0)
         if got < want:
             result.partial.append(f"{table} of pid {pid}: {got:,} of {want:,} rows written ({want - got:,} missing)")
-    if not any(n for t, n in result.rows.items() if t != "processes"):
+    if not any(n for t, n in result.rows.items() if t not in S.FROM_MANIFEST):
         result.partial.append("no events: the trace holds no rows in any table")
     for name, sql in VIEWS.items():
         con.execute(f'CREATE VIEW "{name}" AS {sql}')

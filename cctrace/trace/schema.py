@@ -196,7 +196,13 @@ TABLES: dict[str, pa.Schema] = {
             ("cupti", STR),  # active | off: <reason>
         ]
     ),
+    # the times each process traced, from the manifest (processes[].windows): one row per window of a
+    # recording with tracing windows (record --delay/--duration/--toggle-signal, attach); no rows: the
+    # whole run was traced. end_ns NULL: the window was still open when the process's record was last written.
+    "traced_windows": pa.schema([("pid", I64), ("start_ns", I64), ("end_ns", I64)]),
 }
+# the tables the loader builds from the manifest (no shards, no source column)
+FROM_MANIFEST = ("processes", "traced_windows")
 
 SHARD_SUFFIX = ".arrows"
 

@@ -90,6 +90,21 @@ def describe_steps(r: dict) -> str:
     )
 
 
+def _seconds(ms: float) -> str:
+    return f"{ms / 1e3:.1f} s" if ms >= 1e3 else f"{ms:.1f} ms"
+
+
+def describe_traced(r: dict) -> str | None:
+    """How much of the run the tracing windows covered ("traced 2 windows, 3.1 s of 9.8 s"); None when
+    the whole run was traced. The window, idle time and steps count only traced time."""
+    t = r.get("traced")
+    if not t:
+        return None
+    of = f" of {_seconds(t['run_ms'])}" if t.get("run_ms") is not None else ""
+    n = t["windows"]
+    return f"traced {n} window{'s' if n != 1 else ''}, {_seconds(t['traced_ms'])}{of}; the analysis counts traced time only"
+
+
 def describe_ground_truth(r: dict) -> str | None:
     """The emulator's injections inside the window against what the categories explain, else the whole
     run's counters (traces recorded before per-injection rows), labelled as such."""
@@ -111,6 +126,9 @@ def print_report(r: dict, console: Console) -> None:
     console.print(
         f"window {r['window_ms']} ms, {describe_steps(r)}; GPU {markup(', '.join(map(str, r['gpu'])) or 'unknown')}"
     )
+    traced = describe_traced(r)
+    if traced:
+        console.print(traced)
     truth = describe_ground_truth(r)
     if truth:
         console.print(f"[magenta]{truth}[/magenta]")
@@ -161,6 +179,7 @@ def report_markdown(r: dict) -> str:
         *[f"**PARTIAL** {clean(p, None)}" for p in r.get("partial") or []],
         f"Window {r['window_ms']} ms, {describe_steps(r)}.",
         "",
+        *([f"{describe_traced(r)}.", ""] if describe_traced(r) else []),
         *([f"_{describe_ground_truth(r)}_", ""] if describe_ground_truth(r) else []),
         "| category | events | lost ms | per step µs | % of window | GPU idle overlap ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
