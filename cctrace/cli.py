@@ -342,7 +342,7 @@ def _dig(d: dict, *keys: str) -> dict:
 
 
 def _print_record_summary(out: Path, summary: dict) -> None:
-    from cctrace.trace.manifest import read_manifest
+    from cctrace.trace.manifest import process_stacks, read_manifest
 
     m = read_manifest(out)
     procs = m.get("processes") or []
@@ -368,9 +368,9 @@ def _print_record_summary(out: Path, summary: dict) -> None:
         b = (p.get("sources") or {}).get("bridge")
         if b and str(b.get("status", "")).startswith("off"):
             _err(f"  pid {p.get('pid')}: bridge emulation {b['status']}")
-        stacks = _dig(p, "sources", "cupti", "stacks")
-        state = str(stacks.get("state", ""))
-        if p in off or not state or state == "on" or "--no-stacks" in state:
+        state = str((process_stacks(p) or {}).get("state", ""))
+        interposed = str(_dig(p, "sources", "interposer").get("state", "")).startswith("active")
+        if (p in off and not interposed) or not state or state == "on" or "--no-stacks" in state:
             continue
         _err(f"  pid {p.get('pid')}: no Python stacks (call sites): {state.removeprefix('off: ')}")
     from cctrace.trace.injections import injected_summary

@@ -54,7 +54,13 @@ def built(tmp_path_factory) -> dict[str, Path]:
         ],
         check=True,
     )
-    return {"dir": d, "lib": lib, "interposer": N.build_native(N.INTERPOSE_SOURCE)}
+    native_thread = d / "libnative_thread.so"
+    subprocess.run(
+        ["cc", "-O1", "-shared", "-fPIC", "-o", str(native_thread), str(NATIVE / "native_thread.c"), "-ldl", "-lpthread"],
+        check=True,
+    )
+    interposer = N.build_native(N.INTERPOSE_SOURCE)
+    return {"dir": d, "lib": lib, "interposer": interposer, "native_thread": native_thread}
 
 
 def _run(built: dict, trace: Path, mode: str, *extra: str, interpose: str = "on") -> subprocess.CompletedProcess:
@@ -140,6 +146,8 @@ def test_every_way_to_the_driver_is_recorded(built, tmp_path, mode) -> None:
     stream_sync = next(s for s in syncs if s["sync_type"] == "stream")
     assert stream_sync["end_ns"] - stream_sync["start_ns"] >= 1_000_000  # the stand-in sleeps 1 ms inside
 
+    assert {c["stack_id"] for c in calls} == {None}  # a C program: no stacks
+
     proc = json.loads((trace / next(p.name for p in trace.glob("proc.*.json"))).read_text())
     health = proc["sources"]["interposer"]
     assert health["records"] == {"calls": 36} and health["decoded_records"] == 36 and health["dropped"] == 0
@@ -159,7 +167,7 @@ def test_a_forked_child_writes_its_own_file(built, tmp_path) -> None:
     assert len(files) == 2
     counts = {}
     for f in files:
-        _header, rec, stats, _problems = I.read_raw(f)
+        _header, rec, stats, _problems, _stacks = I.read_raw(f)
         counts[len(rec)] = stats["records"]
     assert counts == {36: 36, 2: 2}  # the child's alloc and sync only, none of its parent's
 
@@ -167,7 +175,7 @@ def test_a_forked_child_writes_its_own_file(built, tmp_path) -> None:
 def test_threads_past_a_full_ring_lose_nothing(built, tmp_path) -> None:
     trace = tmp_path / "t"
     _run(built, trace, "gpa", "threads")
-    _header, rec, stats, problems = I.read_raw(I.raw_files(trace)[0])
+    _header, rec, stats, problems, _stacks = I.read_raw(I.raw_files(trace)[0])
     assert problems == [] and stats["lost"] == 0
     assert len(rec) == 36 + 4 * 10000
     assert len(set(rec["tid"].tolist())) == 5
@@ -197,7 +205,7 @@ print(src.health()["state"], src.health()["records"]["calls"])
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["active:", "CUPTI", "is", "off", "in", "this", "process", "3"]
-    _h, rec, _s, _p = I.read_raw(I.raw_files(trace)[0])
+    rec = I.read_raw(I.raw_files(trace)[0]).records
     assert len(rec) == 3
 
 
@@ -216,6 +224,8 @@ def test_record_interpose_on_end_to_end(built, tmp_path) -> None:
     t = _tables(out)
     assert t["api_calls"].num_rows == 26 and t["copies"].num_rows == 18
     assert set(t["copies"].column("source").to_pylist()) == {"interposer"}
+    # no Python in it, so no tracer switched stacks on: every call recorded, none with a stack
+    assert set(t["api_calls"].column("stack_id").to_pylist()) == {None} and "stacks" not in t
 
 
 def test_interpose_off_preloads_nothing(tmp_path) -> None:
@@ -366,3 +376,150 @@ for _ in range(3):
     assert len(calls) == 8 and all(c["end_ns"] - c["start_ns"] >= 2_000_000 for c in calls)  # the toll is inside
     for x in rows:  # each injection lies inside an interposed call of its thread
         assert any(c["tid"] == x["tid"] and c["start_ns"] <= x["ts_ns"] <= c["end_ns"] for c in calls), x
+
+
+# ---- Python call sites of interposed calls (issue 17: the CUPTI-free path) --------------------------------
+APP = NATIVE / "callsites_app.py"
+OPS = NATIVE / "fakeframework" / "ops.py"
+
+
+def _site(path: Path, marker: str) -> tuple[str, int]:
+    """(file, line) of the line of `path` marked `# SITE-marker` (no test hard-codes a line number)."""
+    (line,) = [i for i, t in enumerate(path.read_text().splitlines(), 1) if t.rstrip().endswith(f"# SITE-{marker}")]
+    return str(path), line
+
+
+def _record_app(built, out: Path, *opts: str, steps: int = 4, native: bool = True, fork: bool = True):
+    """`cctrace record --kinds none --interpose on` of callsites_app.py against the stand-in libcuda."""
+    args = [str(APP), str(steps), str(built["native_thread"]) if native else "-", *(["fork"] if fork else [])]
+    env = project_env() | {"LD_LIBRARY_PATH": str(built["dir"])}
+    r = subprocess.run(
+        [sys.executable, "-m", "cctrace", "record", "-o", str(out), "--kinds", "none", "--interpose", "on",
+         "--host-probes", "off", *opts, "--", sys.executable, *args],
+        env=env, capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def _callsites(t: dict[str, pa.Table]) -> dict[tuple[int, int], tuple[str, int, str]]:
+    """(pid, stack_id) -> the call site (file, line, function) of each recorded stack."""
+    return {
+        (s["pid"], s["stack_id"]): (s["file"], s["line"], s["function"])
+        for s in _rows(t["stacks"])
+        if s["is_callsite"]
+    }
+
+
+@pytest.fixture(scope="module")
+def app_trace(built, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("callsites") / "rec"
+    _record_app(built, out)
+    return out
+
+
+def test_interposed_calls_name_the_python_lines_that_made_them(app_trace) -> None:
+    """Each call names exactly the line it was made from: main thread, a worker thread, a framework's
+    frame (the innermost outside the default skip list), a forked child (its own stacks); a thread with
+    no Python records its calls with no stack, and the stacks never share ids with CUPTI's."""
+    t = _tables(app_trace)
+    sites = _callsites(t)
+    assert {s["source"] for s in _rows(t["stacks"])} == {"interposer"}
+    assert min(sid for _pid, sid in sites) > I.STACK_ID_BASE  # above every CUPTI shim id (u32)
+    calls = _rows(t["api_calls"])
+    by_name: dict[str, list[tuple]] = {}
+    for c in calls:
+        site = sites.get((c["pid"], c["stack_id"])) if c["stack_id"] is not None else None
+        by_name.setdefault(c["name"], []).append((c["pid"], c["tid"], site))
+
+    def only(name: str) -> set:
+        return {site for _pid, _tid, site in by_name[name]}
+
+    assert len(by_name["cuMemcpyHtoDAsync_v2"]) == 4 and only("cuMemcpyHtoDAsync_v2") == {(*_site(OPS, "OPS"), "copy_in")}
+    assert only("cuMemcpyDtoHAsync_v2") == {(*_site(APP, "D2H"), "read_token")}
+    assert only("cuStreamSynchronize") == {(*_site(APP, "SYNC"), "read_token")}
+    assert len(by_name["cuCtxSynchronize"]) == 5 and only("cuCtxSynchronize") == {(*_site(APP, "THREAD"), "worker")}
+    main_tid = by_name["cuStreamSynchronize"][0][1]
+    assert {tid for _p, tid, _s in by_name["cuCtxSynchronize"]} - {main_tid}  # the worker's own thread
+    # the whole stack is kept: the input copy's next frame is the application's line that called the framework
+    h2d = next(c for c in calls if c["name"] == "cuMemcpyHtoDAsync_v2")
+    frames = sorted((s["depth"], s["file"], s["line"]) for s in _rows(t["stacks"])
+                    if (s["pid"], s["stack_id"]) == (h2d["pid"], h2d["stack_id"]))  # fmt: skip
+    assert [f[1:] for f in frames[:2]] == [_site(OPS, "OPS"), _site(APP, "H2D")]
+
+    events = by_name["cuEventSynchronize"]
+    parent = h2d["pid"]
+    native = [e for e in events if e[0] == parent]
+    assert len(native) == 3 and {e[2] for e in native} == {None}  # a thread that never ran Python: stack 0
+    (child,) = [e for e in events if e[0] != parent]
+    assert child[2] == (*_site(APP, "CHILD"), "main")
+    child_ids = {sid for pid, sid in sites if pid == child[0]}
+    assert min(child_ids) == I.STACK_ID_BASE + 1  # the child's table started again after fork
+
+    m = json.loads((app_trace / "manifest.json").read_text())
+    assert m["stacks"]["captured"] is True and set(m["stacks"]["processes"].values()) == {"on"}
+    assert m["stacks"]["calls_without_python"] == 3  # the native thread's calls
+
+
+def test_report_and_callsites_query_name_the_line(app_trace) -> None:
+    from tests.conftest import cctrace
+
+    r = cctrace("query", "callsites", str(app_trace), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    file, line = _site(APP, "SYNC")
+    waits = [x for x in rows if x["callsite"] == f"{file}:{line}" and x["category"] == "sync_waits"]
+    assert len(waits) == 1 and waits[0]["function"] == "read_token" and waits[0]["calls"] >= 3
+    report = cctrace("report", str(app_trace))
+    assert report.returncode == 0, report.stderr
+    assert f"{Path(file).relative_to(ROOT)}:{line} read_token" in report.stdout  # named from the recording's cwd
+
+
+def test_callsite_skip_reaches_the_interposer_decoder(built, tmp_path) -> None:
+    """--callsite-skip fakeframework: the input copy's call site is the application's line that called
+    the framework (the patterns travel in the process record to the decoder)."""
+    out = tmp_path / "rec"
+    _record_app(built, out, "--callsite-skip", "fakeframework", "--no-load", native=False, fork=False)
+    t = _tables(out)
+    sites = _callsites(t)
+    h2d = {sites[(c["pid"], c["stack_id"])] for c in _rows(t["api_calls"]) if c["name"] == "cuMemcpyHtoDAsync_v2"}
+    assert h2d == {(*_site(APP, "H2D"), "prepare_inputs")}
+
+
+def test_no_stacks_records_calls_without_stacks(built, tmp_path) -> None:
+    out = tmp_path / "rec"
+    _record_app(built, out, "--no-stacks", "--no-load", native=False, fork=False)
+    t = _tables(out)
+    assert "stacks" not in t and t["api_calls"].num_rows == 1 + 4 * 3 + 5  # alloc, 4 steps, the worker
+    assert set(t["api_calls"].column("stack_id").to_pylist()) == {None}
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["stacks"]["captured"] is False and set(m["stacks"]["processes"].values()) == {"off (--no-stacks)"}
+
+
+def test_the_header_names_every_record_member(built, tmp_path) -> None:
+    """The decoder's dtype comes from the file's header (LAYOUT): it must list struct ip_rec's members
+    in order, or a member (stack_id) would be written and never read."""
+    from tests.test_structs import _struct
+
+    trace = tmp_path / "t"
+    _run(built, trace, "gpa")
+    raw = I.read_raw(I.raw_files(trace)[0])
+    _decl, members = _struct(N.INTERPOSE_SOURCE, "ip_rec")
+    assert [f[0] for f in raw.header["layout"]] == members
+    assert raw.header["record_size"] == raw.records.dtype.itemsize
+
+
+def test_a_damaged_stacks_block_is_a_problem_not_a_crash(built, tmp_path) -> None:
+    import struct
+
+    from cctrace.record.sources import py_stacks
+
+    trace = tmp_path / "t"
+    _run(built, trace, "gpa")
+    (path,) = I.raw_files(trace)
+    with open(path, "ab") as f:  # a stack that says it has 3 frames and holds none
+        f.write(struct.pack("<QQII", py_stacks.STK_MAGIC, 8, 1, 3))
+    raw = I.read_raw(path)
+    assert len(raw.records) == 36 and raw.stacks == []
+    assert raw.problems == [f"{path.name}: a damaged stacks block; the stacks before it are kept"]

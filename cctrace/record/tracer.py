@@ -53,7 +53,7 @@ class Tracer:
         self.quiet = quiet
         self.bridge = bridge  # the launcher's resolved --emulate-bridge spec
         self.step_functions = step_functions  # --step-function MODULE:QUALNAME
-        self.stacks = stacks  # {"on": bool, "skip": [...], "keep": [...]} for CuptiSource; None: defaults
+        self.stacks = stacks  # {"on": bool, "skip": [...], "keep": [...]} for CUPTI and the interposer; None: defaults
         self.interposer = interposer  # {"mode": on|standby, "lib": path} when the launcher preloaded it
         self.pid = os.getpid()
         self.writer = ShardWriter(self.trace_dir, self.pid)
@@ -129,7 +129,7 @@ class Tracer:
             return
         from cctrace.record.sources.interposer import InterposerSource
 
-        src = InterposerSource(self.interposer["lib"], self.interposer["mode"])
+        src = InterposerSource(self.interposer["lib"], self.interposer["mode"], stacks=self.stacks)
         src.start(cupti_running=self.cupti_status == "active")
         self.sources["interposer"] = src
 

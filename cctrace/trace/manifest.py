@@ -151,18 +151,44 @@ def _s(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+STACK_SOURCES = ("cupti", "interposer")  # the sources that capture Python stacks with the calls they record
+
+
+def _stack_healths(p: dict) -> dict[str, dict]:
+    sources = p.get("sources") if isinstance(p, dict) else None
+    out = {}
+    for name in STACK_SOURCES:
+        src = sources.get(name) if isinstance(sources, dict) else None
+        health = src.get("stacks") if isinstance(src, dict) else None
+        if isinstance(health, dict):
+            out[name] = health
+    return out
+
+
+def process_stacks(p: dict) -> dict | None:
+    """The `stacks` account that speaks for one process record: a source that captured stacks, else the
+    interposer's where the interposer recorded the process (CUPTI off), else CUPTI's."""
+    found = _stack_healths(p)
+    on = [h for h in found.values() if h.get("state") == "on"]
+    if on:
+        return on[0]
+    interposer = p["sources"].get("interposer") if "interposer" in found else {}
+    if str(interposer.get("state", "")).startswith("active"):
+        return found["interposer"]
+    return found.get("cupti") or found.get("interposer")
+
+
 def stacks_summary(procs: list[dict]) -> dict:
     """Whether Python stacks (call sites) were captured, and in which processes; why not, per process."""
     states, counts = {}, {"calls_with_stack": 0, "calls_without_python": 0, "calls_dropped": 0}
     for p in procs:
-        sources = p.get("sources")
-        cupti = sources.get("cupti") if isinstance(sources, dict) else None
-        health = cupti.get("stacks") if isinstance(cupti, dict) else None
-        if not isinstance(health, dict):
+        health = process_stacks(p)
+        if health is None:
             continue
         states[str(p.get("pid"))] = health.get("state", "unknown")
-        for k in counts:
-            counts[k] += int(health.get(k) or 0)
+        for h in _stack_healths(p).values():
+            for k in counts:
+                counts[k] += int(h.get(k) or 0)
     return {"captured": any(s == "on" for s in states.values()), "processes": states, **counts}
 
 

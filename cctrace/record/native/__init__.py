@@ -88,16 +88,7 @@ def load_shim(path: str | os.PathLike) -> ctypes.CDLL:
     lib.cct_api_flush.restype = None
     lib.cct_api_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 2)]
     lib.cct_api_stats.restype = None
-    lib.cct_stacks_init.argtypes = [ctypes.c_int, *[ctypes.c_void_p] * 4]
-    lib.cct_stacks_init.restype = ctypes.c_int
-    lib.cct_stacks_enable.argtypes = [ctypes.c_int]
-    lib.cct_stacks_enable.restype = ctypes.c_int
-    lib.cct_stacks_probe.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-    lib.cct_stacks_probe.restype = ctypes.c_int
-    lib.cct_stacks_layout.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.c_int]
-    lib.cct_stacks_layout.restype = ctypes.c_int
-    lib.cct_stacks_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 4)]
-    lib.cct_stacks_stats.restype = None
+    bind_stacks(lib)
     lib.cct_detach_init.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.cct_detach_init.restype = ctypes.c_int
     lib.cct_detach.argtypes = [ctypes.c_int]
@@ -110,6 +101,21 @@ def load_shim(path: str | os.PathLike) -> ctypes.CDLL:
     lib.cct_api_resume.restype = None
     lib.cct_detach_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 2)]
     lib.cct_detach_stats.restype = None
+    return lib
+
+
+def bind_stacks(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """The signatures of py_stacks.h's entry points, which the shim and the interposer both export."""
+    lib.cct_stacks_init.argtypes = [ctypes.c_int, *[ctypes.c_void_p] * 4]
+    lib.cct_stacks_init.restype = ctypes.c_int
+    lib.cct_stacks_enable.argtypes = [ctypes.c_int]
+    lib.cct_stacks_enable.restype = ctypes.c_int
+    lib.cct_stacks_probe.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    lib.cct_stacks_probe.restype = ctypes.c_int
+    lib.cct_stacks_layout.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+    lib.cct_stacks_layout.restype = ctypes.c_int
+    lib.cct_stacks_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 4)]
+    lib.cct_stacks_stats.restype = None
     return lib
 
 

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "cupti_callbacks.h"
+#include "sbuf.h"
 #include "write_all.h"
 
 #define CCT_MAGIC 0x3130425554504343ULL     /* "CCPTUB01" little-endian: a buffer block */
@@ -68,25 +69,6 @@ static int writev_all(int fd, struct iovec *iov, int n) {
             iov->iov_len -= (size_t)w;
         }
     }
-    return 0;
-}
-
-struct sbuf {
-    uint8_t *p;
-    size_t n, cap;
-};
-
-static int sbuf_put(struct sbuf *b, const void *data, size_t n) {
-    if (b->n + n > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 4096;
-        while (cap < b->n + n) cap *= 2;
-        uint8_t *q = (uint8_t *)realloc(b->p, cap);
-        if (!q) return -1;
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, data, n);
-    b->n += n;
     return 0;
 }
 

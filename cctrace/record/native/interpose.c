@@ -16,7 +16,11 @@
  * cuPointerGetAttributes, cached per allocation (a seqlock-read range table, plus a page cache of pageable
  * hits). Graphs: at instantiate the memcpy/memset nodes are walked, and each cuGraphLaunch records the
  * crossings it replays. Copies issued during stream capture are marked captured (they move nothing).
- * After fork the child drops its parent's records and writes its own file.
+ * Python stacks (py_stacks.h): once the in-process tracer switches capture on (cct_stacks_init/enable,
+ * called by cctrace/record/sources/py_stacks.py), each record names its thread's interned stack, and the
+ * stacks are written as blocks before the records that name them; a thread with no Python frames (or a
+ * process with no tracer: capture is never on) records stack 0.
+ * After fork the child drops its parent's records and stacks and writes its own file.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -35,6 +39,7 @@
 
 #include "cuda_driver.h"
 #include "cupti_callbacks.h"
+#include "py_stacks.h" /* the calling thread's Python stack, once the tracer switches capture on */
 #include "write_all.h"
 
 #define CUDA_ERROR_NOT_FOUND 500
@@ -60,7 +65,7 @@ enum { SYNC_KINDS(ENUM_SK) };
 #define F_REPLAYED 4u /* a crossing replayed by the graph launch recorded just before it */
 #define F_PTDS 8u
 
-struct ip_rec { /* 64 bytes */
+struct ip_rec { /* 72 bytes */
     uint64_t start, end; /* CLOCK_MONOTONIC ns around the real call */
     uint64_t bytes;
     uint64_t stream;
@@ -70,10 +75,11 @@ struct ip_rec { /* 64 bytes */
     uint16_t fn; /* index into "functions" */
     uint8_t op, copy_kind, src_kind, dst_kind, sync_kind, flags;
     int32_t ret;
+    uint32_t stack_id; /* the calling thread's interned Python stack (py_stacks.h); 0: none */
 };
 #define LAYOUT(X)                                                                                              \
     X(start, u8) X(end, u8) X(bytes, u8) X(stream, u8) X(ptr, u8) X(aux, u8) X(tid, u4) X(fn, u2) X(op, u1)    \
-        X(copy_kind, u1) X(src_kind, u1) X(dst_kind, u1) X(sync_kind, u1) X(flags, u1) X(ret, i4)
+        X(copy_kind, u1) X(src_kind, u1) X(dst_kind, u1) X(sync_kind, u1) X(flags, u1) X(ret, i4) X(stack_id, u4)
 
 /* ---- wrapped entry points -------------------------------------------------------------------------
  * X(family, exported name, base name given to cuGetProcAddress, CUDA version that introduced this
@@ -303,6 +309,8 @@ static void drain_ring(struct tbuf *b) {
     if (head == tail) return;
     uint32_t from = tail % RING, n = head - tail;
     pthread_mutex_lock(&g_file_lock);
+    /* the stacks these records name, first: each was queued before its record was published (head) */
+    stk_flush(g_fd);
     if (from + n <= RING) {
         write_block(REC_MAGIC, &b->recs[from], n * sizeof(struct ip_rec));
     } else {
@@ -654,6 +662,7 @@ static void graph_launched(struct ip_rec *r, CUgraphExec exec) {
     uint64_t total = 0;
     for (uint32_t i = 0; i < g->n; i++) total += g->items[i].bytes;
     r->bytes = total;
+    r->stack_id = stk_capture(); /* the launch's stack, and so its replayed crossings' */
     commit(r);
     for (uint32_t i = 0; i < g->n; i++) {
         struct ip_rec c = *r;
@@ -756,7 +765,10 @@ static void *resolve(int i);
         r.end = now_ns();                                                                                      \
         r.ret = rc;                                                                                            \
         POST;                                                                                                  \
-        if (r.op != OP_other || r.sync_kind) commit(&r);                                                       \
+        if (r.op != OP_other || r.sync_kind) {                                                                 \
+            r.stack_id = stk_capture(); /* after the end time: the capture is not part of the call */           \
+            commit(&r);                                                                                        \
+        }                                                                                                      \
         return rc;                                                                                             \
     }
 
@@ -1219,6 +1231,7 @@ static void after_fork_child(void) {
     pthread_mutex_init(&g_range_lock, NULL);
     pthread_mutex_init(&g_graph_lock, NULL);
     if (g_rseq & 1) g_rseq++;
+    stk_after_fork_child(); /* the parent's stacks are in the parent's file: ids start again here */
     t_tid = 0;
     g_flusher = 0;
     g_records = g_lost = 0;

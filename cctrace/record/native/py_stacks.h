@@ -1,5 +1,6 @@
-/* The calling thread's Python stack, read from C inside a CUPTI callback, without the GIL.
- * Included once, by cupti_shim.c (a header so that the shim stays one compiled file).
+/* The calling thread's Python stack, read from C inside a recorded CUDA call, without the GIL.
+ * Included by the CUPTI shim (cupti_shim.c: inside the callback) and by the driver interposer
+ * (interpose.c: inside each wrapped call), each of which stays one compiled file.
  *
  * Why no GIL: a thread inside a CUDA call that waits for the GIL while the GIL holder waits on a
  * CUDA lock is a deadlock, and torch lets go of the GIL around its copies anyway. Why it is safe:
@@ -12,7 +13,8 @@
  * real internal headers), and cctrace checks them at start against the interpreter's own view of a
  * stack before turning stacks on. A stack is interned by its (code object, instruction offset)
  * sequence; a new one is resolved to (file, line, function) per frame on the spot, on the calling
- * thread, and queued as a CCT_STK_MAGIC block that api_flush writes before the records that use it.
+ * thread, and queued as a CCT_STK_MAGIC block that the includer's flush writes (stk_flush) before
+ * the records that use it.
  */
 #ifndef CCTRACE_PY_STACKS_H
 #define CCTRACE_PY_STACKS_H
@@ -21,6 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "sbuf.h"
+#include "write_all.h"
 
 #define CCT_STK_MAGIC 0x31304b5453544343ULL /* "CCTSTK01": a block of interned stacks */
 #define STK_MAX_FRAMES 128

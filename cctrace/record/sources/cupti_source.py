@@ -168,12 +168,8 @@ class CuptiSource:
         self.detach_state = "attached"
         self.detaches = 0
         self._finalize_fns: bool | None = None
-        opts = stacks or {}
-        self.stacks = {  # Python stacks of recorded calls: the manifest's account, and the decoder's patterns
-            "state": "off (--no-stacks)" if opts.get("on") is False else "off: runtime calls not recorded by the shim",
-            "skip": [*py_stacks.default_skip(), *opts.get("skip", ())],
-            "keep": list(opts.get("keep", ())),
-        }
+        # Python stacks of recorded calls: the manifest's account, and the decoder's patterns
+        self.stacks = py_stacks.account(stacks, "off: runtime calls not recorded by the shim")
 
     # ---- start / stop ---------------------------------------------------------------------
     def start(self) -> None:
@@ -283,7 +279,7 @@ class CuptiSource:
             self.errors.append(f"runtime calls not recorded: CUPTI callback subscription failed ({rc}){why}")
             return
         self.api_hub = True
-        if self.stacks["state"] != "on" and not self.stacks["state"].startswith("off (--no-stacks)"):
+        if self.stacks["state"] not in ("on", py_stacks.NO_STACKS):
             self.stacks.update(py_stacks.start(self._shim))
         self.enabled.append("runtime")
         self.runtime_filter = (

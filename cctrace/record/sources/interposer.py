@@ -8,6 +8,10 @@ pointer), copies and memsets that moved data in `copies` (host call times: the i
 clock; stream_id is the CUstream handle), allocations and frees in `allocs`, syncs in `syncs`. A graph
 launch is one api_calls row and one `copies` row per crossing it replays, all sharing the launch's
 correlation id; copies issued while their stream was being captured move nothing and get no `copies` row.
+Python stacks (native/py_stacks.h, switched on by InterposerSource as the CUPTI path's are) arrive as
+blocks before the records that name them and become `stacks` rows (source 'interposer', call sites
+marked with the patterns the traced process recorded) and api_calls.stack_id; their ids are offset by
+STACK_ID_BASE, so they never meet a CUPTI stack of the same process (the tables join on pid, stack_id).
 This needs numpy and pyarrow only, so it runs wherever the recording ran.
 """
 
@@ -15,11 +19,15 @@ from __future__ import annotations
 
 import ctypes
 import json
+import struct
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
+from cctrace.record.native import bind_stacks
+from cctrace.record.sources import py_stacks
 from cctrace.record.sources.raw_blocks import read_blocks
 from cctrace.trace import schema as S
 from cctrace.trace.manifest import proc_record_path, read_json, write_json_atomic
@@ -31,6 +39,7 @@ REC_MAGIC = 0x3130525049544343  # "CCTIPR01"
 HEAD_MAGIC = 0x3130484950544343  # "CCTPIH01"
 STAT_MAGIC = 0x3130535049544343  # "CCTIPS01"
 NUMPY_TYPES = {"u8": "<u8", "u4": "<u4", "u2": "<u2", "u1": "u1", "i4": "<i4"}
+STACK_ID_BASE = 1 << 32  # interposer stack ids as stored: above every id the CUPTI shim writes (u32)
 COPY_OPS = {"copy": "memcpy", "memset": "memset", "p2p": "p2p"}  # interposer op -> copies.op
 
 
@@ -39,12 +48,14 @@ class InterposerSource:
     and CUPTI is off, write its rings and counters on every exit path (os._exit skips C destructors),
     and report its health in the process record. Recording itself needs no Python."""
 
-    def __init__(self, lib: str, mode: str) -> None:
+    def __init__(self, lib: str, mode: str, stacks: dict | None = None) -> None:
         self.path = lib
         self.mode = mode
         self.status = "off: not started"
         self.lib: ctypes.CDLL | None = None
         self.errors: list[str] = []
+        # `stacks`: the tracer's {"on", "skip", "keep"} (--no-stacks, --callsite-skip/--callsite-keep)
+        self.stacks = py_stacks.account(stacks, "off: the interposer does not record in this process")
 
     def start(self, cupti_running: bool) -> None:
         if not _mapped(self.path):
@@ -60,6 +71,8 @@ class InterposerSource:
             self.status = "active: CUPTI is off in this process"
         else:
             self.status = "off: the interposer was not armed (no trace directory at its start)"
+        if self.recording() and self.stacks["state"] != py_stacks.NO_STACKS:
+            self.stacks.update(py_stacks.start(bind_stacks(self.lib)))
 
     def recording(self) -> bool:
         return self.lib is not None and self.status.startswith("active")
@@ -85,6 +98,8 @@ class InterposerSource:
 
     def stop(self) -> None:
         if self.lib is not None:
+            if self.stacks["state"] == "on":  # calls made after this (interpreter teardown) carry none
+                self.lib.cct_stacks_enable(0)
             self.lib.cct_ip_flush(1)
 
     def health(self) -> dict:
@@ -94,6 +109,7 @@ class InterposerSource:
             self.lib.cct_ip_stats(ctypes.byref(stats))
             keys = ("records", "lost", "unmatched_symbols", "pointer_queries", "graph_crossings")
             out.update(health_of(dict(zip(keys, map(int, stats), strict=True))))
+        out["stacks"] = {**self.stacks, **(py_stacks.stats(self.lib) if self.stacks["state"] == "on" else {})}
         return out
 
 
@@ -135,13 +151,22 @@ def dtype_of(header: dict) -> np.dtype:
     )
 
 
-def read_raw(path: Path) -> tuple[dict, np.ndarray, dict, list[str]]:
-    """(header, records, last counters, problems) of one raw file."""
+class Raw(NamedTuple):
+    header: dict
+    records: np.ndarray
+    stats: dict  # the last counters block
+    problems: list[str]
+    stacks: list[tuple[int, list[py_stacks.Frame]]]  # (stack id as written, frames innermost first)
+
+
+def read_raw(path: Path) -> Raw:
+    """Everything one raw file holds (whole blocks up to any damage, which `problems` names)."""
     header: dict | None = None
     chunks: list[bytes] = []
     stats: dict = {}
     problems: list[str] = []
-    for magic, data, problem in read_blocks(path, (REC_MAGIC, HEAD_MAGIC, STAT_MAGIC)):
+    stacks: list[tuple[int, list[py_stacks.Frame]]] = []
+    for magic, data, problem in read_blocks(path, (REC_MAGIC, HEAD_MAGIC, STAT_MAGIC, py_stacks.STK_MAGIC)):
         if problem:
             problems.append(f"{path.name}: {problem}; kept the whole blocks before it")
             break
@@ -150,6 +175,11 @@ def read_raw(path: Path) -> tuple[dict, np.ndarray, dict, list[str]]:
                 header = json.loads(data)
         elif magic == STAT_MAGIC:
             stats = json.loads(data)
+        elif magic == py_stacks.STK_MAGIC:
+            try:
+                stacks.extend(list(py_stacks.parse_stacks(data)))
+            except struct.error:
+                problems.append(f"{path.name}: a damaged stacks block; the stacks before it are kept")
         else:
             chunks.append(data)
     if header is None:
@@ -157,12 +187,40 @@ def read_raw(path: Path) -> tuple[dict, np.ndarray, dict, list[str]]:
     dt = dtype_of(header)
     raw = b"".join(chunks)
     whole = len(raw) - len(raw) % dt.itemsize
-    return header, np.frombuffer(raw[:whole], dtype=dt), stats, problems
+    return Raw(header, np.frombuffer(raw[:whole], dtype=dt), stats, problems, stacks)
 
 
 def _names(table: list[str], codes: np.ndarray) -> np.ndarray:
     names = np.array([*table, None], dtype=object)
     return names[np.minimum(codes, len(table))]
+
+
+def _stack_ids(raw: np.ndarray) -> pa.Array:
+    """Stack ids as stored (STACK_ID_BASE above the written ones); null where none was captured."""
+    return pa.array(raw.astype(np.int64) + STACK_ID_BASE, pa.int64(), mask=raw == 0)
+
+
+def stack_batch(stacks: list[tuple[int, list[py_stacks.Frame]]], pid: int, skip, keep) -> pa.RecordBatch:
+    """The `stacks` rows of one process's interposer stacks, each stack's call site marked."""
+    cols = py_stacks.stack_rows(stacks, skip, keep)
+    n = len(cols["stack_id"])
+    cols["stack_id"] = np.asarray(cols["stack_id"], dtype=np.int64) + STACK_ID_BASE
+    return S.rows_to_batch("stacks", {**cols, "pid": [pid] * n, "source": [SOURCE] * n})
+
+
+def callsite_patterns(proc: dict) -> tuple[list[str], list[str]]:
+    """The (skip, keep) call-site patterns the traced process used (its process record); the defaults
+    where it left none (a process that is not Python has no stacks anyway)."""
+    got = proc
+    for key in ("sources", SOURCE, "stacks"):
+        got = got.get(key) if isinstance(got, dict) else None
+    got = got if isinstance(got, dict) else {}
+
+    def strings(v) -> list[str] | None:
+        return [x for x in v if isinstance(x, str)] if isinstance(v, list) else None
+
+    skip, keep = strings(got.get("skip")), strings(got.get("keep"))
+    return (py_stacks.default_skip() if skip is None else skip), (keep or [])
 
 
 def kernel_intervals(trace_dir: Path) -> dict[str, np.ndarray]:
@@ -240,6 +298,7 @@ def to_batches(
         "stream": rec["stream"][call],
         "ptr": rec["ptr"][call],
         "source": src(int(call.sum())),
+        "stack_id": _stack_ids(rec["stack_id"][call]) if "stack_id" in rec.dtype.names else None,
     }
     if kernel and "host_waits" in kernel:
         tid, s0, e0 = c["tid"], c["start_ns"], c["end_ns"]
@@ -329,18 +388,20 @@ def decode_file(trace_dir: Path, path: Path, kernel: dict[str, np.ndarray] | Non
     """One raw file -> shards of its process, its counters into the process record; returns problems."""
     pid = int(path.name.split(".")[1])
     try:
-        header, rec, stats, problems = read_raw(path)
+        header, rec, stats, problems, stacks = read_raw(path)
     except (RawFileError, ValueError, KeyError) as e:
         return [f"{path.name}: {e}"]
-    writer = ShardWriter(trace_dir, pid)
-    for table, batch in to_batches(header, rec, pid, kernel):
-        writer.add_batch(table, batch)
-    writer.close()
     rec_path = proc_record_path(trace_dir, pid)
     try:
         proc = read_json(rec_path) if rec_path.exists() else {}
     except (OSError, ValueError):
         proc = {}
+    writer = ShardWriter(trace_dir, pid)
+    for table, batch in to_batches(header, rec, pid, kernel):
+        writer.add_batch(table, batch)
+    if stacks:
+        writer.add_batch("stacks", stack_batch(stacks, pid, *callsite_patterns(proc)))
+    writer.close()
     if not proc:  # a process that is not Python (or died before its tracer wrote) still appears
         proc = {"pid": pid, "argv": [], "cupti": "off: not a Python process (interposer only)"}
     sources = proc.setdefault("sources", {})

@@ -1,11 +1,12 @@
-"""Python stacks of recorded CUDA calls: turning the shim's capture on, decoding what it wrote, and
-marking each stack's call site.
+"""Python stacks of recorded CUDA calls: turning capture on, decoding what was written, and marking
+each stack's call site.
 
-The shim (native/py_stacks.h) reads the calling thread's frames inside the CUPTI callback without the
+native/py_stacks.h, compiled into the CUPTI shim and into the driver interposer, reads the calling
+thread's frames inside the recorded call (the CUPTI callback, the interposer's wrapper) without the
 GIL, interns each distinct stack and writes it once as a block of (file, line, function) frames; each
-api_rec carries its stack's id. Before capture is turned on, the shim's reading of this interpreter's
-frames is compared with the interpreter's own (sys._getframe): a CPython whose layout is not in the
-shim, or one that differs, leaves stacks off, and the manifest says why.
+record carries its stack's id. Before capture is turned on, the library's reading of this interpreter's
+frames is compared with the interpreter's own (sys._getframe): a CPython whose layout is not in it, or
+one that differs, leaves stacks off, and the manifest says why.
 
 The call site of a stack is its innermost frame outside the frameworks: frames whose file matches a
 skip pattern are passed over unless they match a keep pattern; a stack with no frame left has its
@@ -27,6 +28,7 @@ STK_MAGIC = 0x31304B5453544343  # "CCTSTK01", CCT_STK_MAGIC in native/py_stacks.
 _HEAD = struct.Struct("<II")  # stack id, frames
 _FRAME = struct.Struct("<iHH")  # line, file length, function length
 
+NO_STACKS = "off (--no-stacks)"  # the state of a process recorded with `record --no-stacks`
 FRAMEWORKS = ("torch", "transformers", "jax", "jaxlib", "vllm", "sglang", "site-packages", "dist-packages")
 
 Frame = tuple[str, int, str]  # file, line, function
@@ -39,6 +41,17 @@ def default_skip() -> list[str]:
     stdlib = sysconfig.get_paths().get("stdlib")
     extra = [stdlib.rstrip("/") + "/"] if stdlib else []
     return [*FRAMEWORKS, *extra, "<frozen *", str(Path(__file__).resolve().parents[2]) + "/"]
+
+
+def account(opts: dict | None, off: str) -> dict:
+    """A source's `stacks` entry before start: its state (`off` until start() says otherwise, or
+    NO_STACKS) and the call-site patterns its decoder uses (`opts`: the tracer's {"on", "skip", "keep"})."""
+    opts = opts or {}
+    return {
+        "state": NO_STACKS if opts.get("on") is False else off,
+        "skip": [*default_skip(), *opts.get("skip", ())],
+        "keep": list(opts.get("keep", ())),
+    }
 
 
 def patterns(raw: str | None) -> list[str]:
@@ -95,7 +108,8 @@ def stack_rows(stacks: Iterable[tuple[int, list[Frame]]], skip: Sequence[str], k
 
 
 def check(shim: ctypes.CDLL) -> str | None:
-    """None if the shim reads this thread's stack as the interpreter does; else what differs."""
+    """None if the library (shim or interposer) reads this thread's stack as the interpreter does;
+    else what differs."""
     buf = ctypes.create_string_buffer(1 << 16)
     # one line: the probe (ctypes lets go of the GIL, the case that matters) and the line it ran on
     n, line = shim.cct_stacks_probe(buf, len(buf)), sys._getframe().f_lineno
@@ -118,7 +132,8 @@ def check(shim: ctypes.CDLL) -> str | None:
 
 
 def start(shim: ctypes.CDLL) -> dict:
-    """Turn capture on in the shim if this interpreter allows it; the manifest's `stacks` entry."""
+    """Turn capture on in the library (the shim, or the interposer) if this interpreter allows it; the
+    manifest's `stacks` entry."""
     api = ctypes.pythonapi
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     impl = sys.implementation.name
