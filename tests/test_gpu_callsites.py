@@ -143,3 +143,37 @@ def test_generate_readbacks_come_from_the_generation_loop(tmp_path):
     # ... and its call site, transformers being a framework, is the script's generate() line
     (gen_line,) = [i for i, t in enumerate(HF.read_text().splitlines(), 1) if "model.generate(" in t]
     assert {(Path(sites[k][0]).resolve(), sites[k][1]) for k in in_loop} == {(HF.resolve(), gen_line)}
+
+
+DRIVER_COPY_OR_SYNC = re.compile(r"^cu(Memcpy|Memset|StreamSynchronize|CtxSynchronize|EventSynchronize)")
+
+
+def test_interposer_only_crossings_of_serve_name_their_lines(tmp_path):
+    """The CUPTI-free path (`--kinds none --interpose on`): serve.py's copies name the same lines from the
+    interposer's stacks, and its copies and syncs carry a call site."""
+    out = tmp_path / "interposer"
+    r = cctrace("record", "-q", "--no-load", "--kinds", "none", "--interpose", "on", "-o", str(out), "--",
+                sys.executable, str(SERVE_PY), *SERVE_ARGS, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["stacks"]["captured"] is True, m["stacks"]
+    calls = [c for c in _rows(out, "api_calls") if c["source"] == "interposer"]
+    by_corr = {(c["pid"], c["correlation_id"]): c for c in calls}
+    sites = _sites(out)
+    got: dict[str, dict[int, int]] = {"HtoD": {}, "DtoH": {}}
+    elsewhere: dict[str, int] = {}
+    for c in _rows(out, "copies"):
+        if c["source"] != "interposer" or c["op"] != "memcpy" or c["copy_kind"] not in got:
+            continue
+        call = by_corr[(c["pid"], c["correlation_id"])]
+        file, line, _ = sites.get((call["pid"], call["stack_id"]), ("(no stack)", 0, ""))
+        if Path(file).resolve() != SERVE_PY.resolve():
+            elsewhere[f"{file}:{line}"] = elsewhere.get(f"{file}:{line}", 0) + 1
+            continue
+        got[c["copy_kind"]][line] = got[c["copy_kind"]].get(line, 0) + 1
+    _note("interposer-serve-crossings-per-line", {"serve.py": got, "elsewhere": elsewhere})
+    assert {k: set(v) for k, v in got.items()} == serve_crossing_lines()
+    rows = [c for c in calls if DRIVER_COPY_OR_SYNC.match(c["name"])]
+    with_site = sum(1 for c in rows if (c["pid"], c["stack_id"]) in sites)
+    _note("interposer-coverage", {"copy_sync_calls": len(rows), "with_call_site": with_site})
+    assert rows and with_site >= 0.99 * len(rows)

@@ -523,3 +523,39 @@ def test_a_damaged_stacks_block_is_a_problem_not_a_crash(built, tmp_path) -> Non
     raw = I.read_raw(path)
     assert len(raw.records) == 36 and raw.stacks == []
     assert raw.problems == [f"{path.name}: a damaged stacks block; the stacks before it are kept"]
+
+
+def test_manifest_and_record_summary_read_the_interposers_stacks(tmp_path, capsys) -> None:
+    """A process recorded by the interposer alone (CUPTI off) has its stacks state from the interposer:
+    the manifest's summary says so, and the record summary says why there were none."""
+    from cctrace.cli import _print_record_summary
+    from cctrace.trace.manifest import stacks_summary
+
+    def proc(pid: int, cupti: str, interposer: str, state: str, n: int = 0) -> dict:
+        sources = {"interposer": {"state": interposer, "stacks": {"state": state, "calls_with_stack": n}}}
+        if cupti == "active":
+            sources["cupti"] = {"stacks": {"state": "off: runtime calls not recorded by the shim"}}
+        return {"pid": pid, "cupti": cupti, "sources": sources}
+
+    off = "off: no CUPTI activity kinds asked for"
+    procs = [
+        proc(1, off, "active", "on", 7),
+        proc(2, off, "active", "off: CPython 3.13's frame layout is not known to cctrace (3.11 and 3.12 are)"),
+        proc(3, off, "active", "off (--no-stacks)"),
+        proc(4, "active", "standby: CUPTI records this process", "off: the interposer does not record in this process"),
+    ]
+    got = stacks_summary(procs)
+    assert got["captured"] is True and got["calls_with_stack"] == 7
+    assert got["processes"] == {
+        "1": "on",
+        "2": "off: CPython 3.13's frame layout is not known to cctrace (3.11 and 3.12 are)",
+        "3": "off (--no-stacks)",
+        "4": "off: runtime calls not recorded by the shim",  # CUPTI recorded it: CUPTI's account speaks
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps({"processes": procs}))
+    _print_record_summary(tmp_path, {})
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "stacks" in ln]
+    assert lines == [
+        "cctrace:   pid 2: no Python stacks (call sites): CPython 3.13's frame layout is not known to cctrace (3.11 and 3.12 are)",
+        "cctrace:   pid 4: no Python stacks (call sites): runtime calls not recorded by the shim",
+    ]

@@ -262,20 +262,26 @@ static int stk_flush(int fd) {
     return bad ? -1 : 0;
 }
 
-/* An empty table: a fork child's stacks go to its own file, and so do a new recording's. */
-static void stk_reset(void) {
-    for (uint32_t i = 0; i < g_stk_cap; i++) free(g_stk_tab[i].key);
-    free(g_stk_tab);
-    free(g_stk_out.p);
+static void stk_forget(void) {
     g_stk_tab = NULL;
     g_stk_cap = g_stk_count = 0;
     g_stk_out = (struct sbuf){0, 0, 0};
     g_stk_with = g_stk_without = g_stk_dropped = 0;
 }
 
+/* An empty table: a new recording's stacks start again. */
+static void stk_reset(void) {
+    for (uint32_t i = 0; i < g_stk_cap; i++) free(g_stk_tab[i].key);
+    free(g_stk_tab);
+    free(g_stk_out.p);
+    stk_forget();
+}
+
+/* A fork child's stacks go to its own file: an empty table. The parent's is left, not freed: another
+ * thread may have been growing it when fork() was called (the memory stays shared copy-on-write). */
 static void stk_after_fork_child(void) {
     pthread_mutex_init(&g_stk_lock, NULL);
-    stk_reset();
+    stk_forget();
 }
 
 /* Choose the layout of CPython 3.`minor`; the functions' and types' addresses come from ctypes.pythonapi.
