@@ -130,59 +130,87 @@ FROM calls a SEMI JOIN (SELECT name FROM call_names WHERE NOT launch AND NOT syn
 LEFT JOIN copies c ON c.pid = a.pid AND c.correlation_id = a.correlation_id AND a.correlation_id > 0
 WHERE getvariable('detect_period');
 
--- Candidate groups: one signature on one thread, or (for a thread whose readbacks mix several places
--- in the step, as HF generate's .item() calls do) one signature in one context, the number of calls
--- the thread made since the signature's previous candidate (in powers of 4). A group marks steps
--- (ok) when it has min_steps members, is regular (80% of its gaps within 0.5-1.5x the median gap)
--- and is not sparse (a quarter of the members of its rank's largest group, so that a swap every 25
--- steps does not stand for the step). The steps are the ok group of the first rank with the most
--- members; without one, the first rank's largest group.
+-- Host<->device crossings in time order, each with its rank (k): how many started by start_ns. A
+-- GPU copy, else (host-probe-only traces) the copy call. A step of the program's loop moves data
+-- (inputs in, results out); the intervals of a burst of syncs at start-up (compilation, autotuning)
+-- or of several marks per step (piecewise CUDA graphs: one replay per piece) mostly move none.
+--   start_ns, k
+CREATE OR REPLACE TEMP TABLE crossing_seq AS
+SELECT start_ns, row_number() OVER (ORDER BY start_ns) AS k FROM (
+    SELECT start_ns FROM copies WHERE copy_kind IN ('HtoD', 'DtoH')
+    UNION ALL
+    SELECT start_ns FROM api_calls
+    WHERE copy_kind IN ('HtoD', 'DtoH') AND NOT EXISTS (SELECT 1 FROM copies WHERE copy_kind IN ('HtoD', 'DtoH'))
+) WHERE getvariable('marked_source') IS NULL;
+
+-- Candidate groups: one signature on one thread, and (for a thread whose readbacks mix several places
+-- in the step, as HF generate's .item() calls do, or that replays several graph pieces per step) one
+-- signature in one context: the number of calls the thread made since the signature's previous
+-- candidate (since its first call, for the first), in powers of 4. A group marks steps
+-- (ok) when it has min_steps members, is regular (80% of its gaps within 0.5-1.5x the median gap),
+-- is not sparse (a quarter of the members of its rank's largest group, so that a swap every 25
+-- steps does not stand for the step) and moves data (more than half as many of its intervals hold
+-- a crossing as those of the candidate whose intervals hold one most often; all do where none
+-- holds one). The steps are the ok group of the first rank with the most
+-- members; without one, the largest group of the first rank among those that move data.
 --   pid, tid, rank, kind; grp: signature[/context]; n: members; wait_ns: its calls' total time
---   regular: the share of regular gaps
+--   regular: the share of regular gaps; moves: the share of its intervals in which a crossing started
 CREATE OR REPLACE TEMP TABLE step_groups AS
 WITH e AS (
-    SELECT *, t - lag(t) OVER (PARTITION BY pid, tid, rank, sig ORDER BY t) AS gap FROM step_ends
+    SELECT s.*, t - lag(t) OVER w AS gap, coalesce(x.k, 0) - lag(coalesce(x.k, 0)) OVER w AS crossed
+    FROM step_ends s ASOF LEFT JOIN crossing_seq x ON s.t >= x.start_ns
+    WINDOW w AS (PARTITION BY s.pid, s.tid, s.rank, s.sig ORDER BY s.t)
 ), g AS (
     SELECT pid, tid, rank, sig AS grp, any_value(kind) AS kind, count(*) AS n, sum(wait_ns) AS wait_ns,
-           median(gap) AS med,
-           count(*) FILTER (WHERE gap BETWEEN 0.5 * med_gap AND 1.5 * med_gap) / greatest(count(gap), 1) AS regular
+           count(*) FILTER (WHERE gap BETWEEN 0.5 * med_gap AND 1.5 * med_gap) / greatest(count(gap), 1) AS regular,
+           count(*) FILTER (WHERE crossed > 0) / greatest(count(gap), 1) AS moves
     FROM (SELECT *, median(gap) OVER (PARTITION BY pid, tid, rank, sig) AS med_gap FROM e)
     GROUP BY ALL
 )
-SELECT pid, tid, rank, grp, kind, n, wait_ns, regular FROM g;
+SELECT pid, tid, rank, grp, kind, n, wait_ns, regular, moves FROM g;
 
---   step_groups' columns, and ok: the group marks steps
+--   step_groups' columns; moving: the group moves data; ok: the group marks steps
 CREATE OR REPLACE TEMP VIEW step_groups_ok AS
-SELECT *, n >= getvariable('min_steps') AND regular >= 0.8 AND 4 * n >= max(n) OVER (PARTITION BY rank) AS ok
-FROM step_groups WHERE getvariable('steps_from') IN ('auto', kind);
+WITH m AS (
+    SELECT *, 2 * moves > coalesce(max(moves) FILTER (WHERE n >= getvariable('min_steps')) OVER (), 0)
+              OR coalesce(max(moves) FILTER (WHERE n >= getvariable('min_steps')) OVER (), 0) = 0 AS moving
+    FROM step_groups WHERE getvariable('steps_from') IN ('auto', kind)
+)
+SELECT *, n >= getvariable('min_steps') AND regular >= 0.8 AND 4 * n >= max(n) OVER (PARTITION BY rank) AND moving AS ok
+FROM m;
 
-SET VARIABLE split_context = NOT EXISTS (SELECT 1 FROM step_groups_ok WHERE ok AND rank < 3);
+-- The first two ranks' ends again, by signature and context (the groups added to step_groups).
+--   pid, tid, t, wait_ns, kind, rank; grp: signature/context; gap: since the group's previous end;
+--   crossed: the crossings started since then
 CREATE OR REPLACE TEMP TABLE step_ends_ctx AS
 WITH c AS (
     SELECT pid, tid, start_ns, row_number() OVER (PARTITION BY pid, tid ORDER BY start_ns) AS i
-    FROM calls WHERE getvariable('split_context') AND (pid, tid) IN (SELECT pid, tid FROM step_ends WHERE rank < 3)
+    FROM calls WHERE (pid, tid) IN (SELECT pid, tid FROM step_ends WHERE rank < 3)
 ), e AS (
     SELECT s.*, c.i FROM step_ends s ASOF JOIN c ON s.pid = c.pid AND s.tid = c.tid AND s.t >= c.start_ns
     WHERE s.rank < 3
 ), k AS (
-    SELECT *, i - lag(i) OVER (PARTITION BY pid, tid, rank, sig ORDER BY t) AS since FROM e
+    SELECT *, i - lag(i, 1, 0) OVER (PARTITION BY pid, tid, rank, sig ORDER BY t) AS since FROM e
+), x AS (
+    SELECT k.*, k.sig || '/' || floor(log(4, 1 + k.since))::INT AS grp, coalesce(x.k, 0) AS crossings
+    FROM k ASOF LEFT JOIN crossing_seq x ON k.t >= x.start_ns
 )
-SELECT pid, tid, t, wait_ns, kind, rank, sig || '/' || floor(log(4, 1 + since))::INT AS grp,
-       t - lag(t) OVER (PARTITION BY pid, tid, rank, sig, floor(log(4, 1 + since)) ORDER BY t) AS gap
-FROM k WHERE since IS NOT NULL;
+SELECT pid, tid, t, wait_ns, kind, rank, grp, t - lag(t) OVER w AS gap, crossings - lag(crossings) OVER w AS crossed
+FROM x WINDOW w AS (PARTITION BY pid, tid, rank, grp ORDER BY t);
 
 INSERT INTO step_groups
 SELECT pid, tid, rank, grp, any_value(kind), count(*), sum(wait_ns),
-       count(*) FILTER (WHERE gap BETWEEN 0.5 * med_gap AND 1.5 * med_gap) / greatest(count(gap), 1)
+       count(*) FILTER (WHERE gap BETWEEN 0.5 * med_gap AND 1.5 * med_gap) / greatest(count(gap), 1),
+       count(*) FILTER (WHERE crossed > 0) / greatest(count(gap), 1)
 FROM (SELECT *, median(gap) OVER (PARTITION BY pid, tid, rank, grp) AS med_gap FROM step_ends_ctx)
 GROUP BY pid, tid, rank, grp;
 
 -- (groups within 5% of the most members are as good: of those, the one whose calls waited longest,
 -- the end of the step's GPU work rather than a check early in it)
 CREATE OR REPLACE TEMP TABLE step_pick AS
-SELECT * EXCLUDE (ok) FROM step_groups_ok
-ORDER BY n >= getvariable('min_steps') DESC, ok DESC, rank,
-         n >= 0.95 * max(n) OVER (PARTITION BY ok, rank) DESC, wait_ns DESC, n DESC, grp
+SELECT * EXCLUDE (ok, moving) FROM step_groups_ok
+ORDER BY n >= getvariable('min_steps') DESC, ok DESC, moving DESC, rank,
+         n >= 0.95 * max(n) OVER (PARTITION BY ok, moving, rank) DESC, wait_ns DESC, n DESC, grp
 LIMIT 1;
 
 -- The steps: marked ranges, else the intervals between consecutive ends of the picked group, each

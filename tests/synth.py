@@ -423,3 +423,44 @@ def xla_graph_loop(steps: int = 200, warmup: int = 1) -> Loop:
         lp.copy("cuMemcpyDtoHAsync_v2", "DtoH", "pinned", 32)
         lp.idle(400 * US)
     return lp
+
+
+def xla_compiled_loop(steps: int = 200, warmup: int = 1, autotune: int = 300) -> Loop:
+    """JAX as recorded on the H200: first two compile threads autotune (a launch and a regular
+    cuStreamSynchronize each, `autotune` in all, no crossing), then the loop: one cuGraphLaunch per
+    iteration on the main thread, its H2D and D2H issued by a pool of 3 XLA threads in turn, no recorded
+    call that waits, and iteration times as uneven as the real loop's (every third 2.5x the others).
+    Steps: the replays' starts, warmup + steps - 1."""
+    lp = Loop(domain="driver")
+    for i in range(autotune):
+        lp.tid = TID + 10 + i % 2
+        lp.call("cuLaunchKernel", 3 * US)
+        lp.call("cuStreamSynchronize", 20 * US)
+        lp.idle(100 * US)
+    for i in range(warmup + steps):
+        lp.tid = TID + 1 + i % 3
+        lp.copy("cuMemcpyHtoDAsync_v2", "HtoD", "pinned", 16000)
+        lp.tid = TID
+        lp.call("cuGraphLaunch", 6 * US)
+        lp.tid = TID + 1 + i % 3
+        lp.copy("cuMemcpyDtoHAsync_v2", "DtoH", "pinned", 32)
+        lp.idle(750 * US if i % 3 == 2 else 300 * US)
+    lp.tid = TID
+    return lp
+
+
+def piecewise_graph_loop(steps: int = 100, pieces: int = 8) -> Loop:
+    """vLLM-style piecewise CUDA graphs: per step two pinned H2D inputs, `pieces` cudaGraphLaunch calls
+    from one place with an eager attention launch between them, and a pinned D2H of the sampled ids that
+    no recorded call waits for (an event polled). Steps: one per step, steps - 1, never one per piece."""
+    lp = Loop()
+    for _ in range(steps):
+        lp.copy("cudaMemcpyAsync", "HtoD", "pinned", 256)
+        lp.copy("cudaMemcpyAsync", "HtoD", "pinned", 4096)
+        for p in range(pieces):
+            lp.call("cudaGraphLaunch", 6 * US)
+            if p < pieces - 1:
+                lp.launches(1)
+        lp.copy("cudaMemcpyAsync", "DtoH", "pinned", 64)
+        lp.idle(300 * US)
+    return lp

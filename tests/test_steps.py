@@ -24,7 +24,9 @@ from tests.synth import (
     hf_generate_loop,
     jax_loop,
     periodic_loop,
+    piecewise_graph_loop,
     serve_loop,
+    xla_compiled_loop,
     xla_graph_loop,
 )
 
@@ -46,6 +48,11 @@ LOOPS = {
     "cupy": (cupy_loop, 300, "readback"),
     # one cuGraphLaunch per iteration and no recorded wait (XLA command buffers)
     "xla_graph": (xla_graph_loop, 200, "graph_replay"),
+    # the same with uneven iterations, the copies from 3 threads, and compile threads' regular syncs
+    # before the loop: those move no data, the replays' intervals do
+    "xla_compiled": (xla_compiled_loop, 200, "graph_replay"),
+    # 8 graph replays per step from one place: one step each, not eight
+    "piecewise_graphs": (piecewise_graph_loop, 99, "graph_replay"),
     # nothing waits: the period of the recurring copies
     "periodic": (periodic_loop, 99, "period"),
 }
