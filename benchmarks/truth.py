@@ -109,12 +109,24 @@ def _copy_line(name: str, entry: dict) -> str:
     return "  ".join(parts)
 
 
-def _cctrace_json(*args: str) -> dict | list | None:
-    r = subprocess.run([sys.executable, "-m", "cctrace", *args, "--json"], capture_output=True, text=True, cwd=ROOT)
-    if r.returncode != 0:
-        sys.stderr.write(f"cctrace {' '.join(args)}: {r.stderr.strip()[-500:]}\n")
+def _analysis():
+    """cctrace's analysis, imported where the report phase runs (the record phase's machine has no duckdb)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # this checkout's cctrace
+    from cctrace.analyze import analysis
+
+    return analysis
+
+
+def _safely(what: str, fn, *args, **kwargs):
+    """fn's result, or None with one line on stderr: one trace that does not load leaves the table's others."""
+    from cctrace.analyze.store import LoadError
+
+    try:
+        return fn(*args, **kwargs)
+    except (LoadError, _analysis().QueryError, OSError, ValueError) as e:
+        sys.stderr.write(f"{what}: {e}\n")
         return None
-    return json.loads(r.stdout)
 
 
 def _traces(outdir: Path) -> Path:
@@ -142,26 +154,11 @@ def _extract(tar: tarfile.TarFile, dest: Path) -> None:
 
 
 def _injected_in_window(trace: Path) -> dict | None:
-    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
-        f.write(INJECTED_IN_WINDOW_SQL)
+    a = _analysis().Analysis(trace)
     try:
-        rows = _cctrace_json_query(f.name, trace)
+        return a.one(INJECTED_IN_WINDOW_SQL) or None
     finally:
-        os.unlink(f.name)
-    return rows[0] if rows else None
-
-
-def _cctrace_json_query(sql_file: str, trace: Path) -> list | None:
-    r = subprocess.run(
-        [sys.executable, "-m", "cctrace", "query", sql_file, str(trace), "--format", "json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    if r.returncode != 0:
-        sys.stderr.write(f"cctrace query: {r.stderr.strip()[-500:]}\n")
-        return None
-    return json.loads(r.stdout)
+        a.close()
 
 
 def _issued(name: str, plain: dict) -> dict:
@@ -179,6 +176,50 @@ def _ratio(a, b) -> float | None:
     return round(a / b, 4) if a is not None and b else None
 
 
+def workload_row(name: str, entry: dict, traces: Path) -> dict:
+    """One workload's row of the table: its summaries (`entry`, from summaries.json) against the report of
+    each of its traces under TRACES (TRACES/NAME-MODE) and the diff of the pair."""
+    if "skipped" in entry:
+        return {"workload": name, "skipped": entry["skipped"]}
+    analysis = _analysis()
+    plain = entry.get("plain") or {}
+    issued = _issued(name, plain)
+    row: dict = {"workload": name, "issued": {k: issued.get(k) for k in ("h2d", "d2h")}}
+    reports = {}
+    for mode in MODES:
+        trace = traces / f"{name}-{mode}"
+        w = (entry.get(mode) or {}).get("window") or {}
+        row[f"copies_{mode}"] = {k: w.get(k) for k in ("h2d", "d2h")}
+        row[f"workload_step_ms_{mode}"] = ((entry.get(mode) or {}).get("summary") or {}).get("step_ms_median")
+        row[f"copies_exact_{mode}"] = w.get("fences") == 2 and all(w.get(k) == issued.get(k) for k in KEYS)
+        rep = _safely(f"report {trace}", analysis.report, trace) if trace.is_dir() else None
+        if rep:
+            reports[mode] = rep
+            row[f"steps_{mode}"] = rep.get("steps")
+            row[f"step_source_{mode}"] = rep.get("step_source")
+            for k in ("step_median_ms", "step_p10_ms", "step_p90_ms"):
+                row[f"{k}_{mode}"] = rep.get(k)
+            lo, hi = plain.get("iterations") or 0, plain.get("iterations_total") or 0
+            row[f"steps_ok_{mode}"] = bool(rep.get("steps")) and 0.95 * lo <= rep["steps"] <= 1.05 * hi
+    row["iterations"] = plain.get("iterations")
+    bridge = reports.get("bridge")
+    inj = _safely(f"injected {name}", _injected_in_window, traces / f"{name}-bridge") if bridge else None
+    if bridge and inj:
+        row["injected_window_ms"] = round(inj["injected_ms"], 3)
+        row["explained_ms"] = bridge.get("explained_ms")
+        row["explained_share_of_injected"] = _ratio(bridge.get("explained_ms"), inj["injected_ms"])
+    if bridge and reports.get("default") and inj:
+        pair = (traces / f"{name}-default", traces / f"{name}-bridge")
+        d = _safely(f"diff {name}", analysis.diff, *pair, trace_report=bridge)
+        if d:
+            per_step = inj["injected_ms"] / bridge["steps"] if bridge.get("steps") else None
+            row["diff_explained_ms_per_step"] = d.get("explained_ms_per_step")
+            row["injected_ms_per_step"] = round(per_step, 5) if per_step else None
+            row["diff_share_of_injected_gap"] = _ratio(d.get("explained_ms_per_step"), per_step)
+            row["diff_explained_share_of_gap"] = d.get("explained_share")
+    return row
+
+
 def report(outdirs: list[Path]) -> list[dict]:
     """The table's rows from one or more record phases' OUTDIRs (e.g. the workloads split over runs)."""
     results, where = {}, {}
@@ -186,49 +227,7 @@ def report(outdirs: list[Path]) -> list[dict]:
         found = json.loads((outdir / "summaries.json").read_text())
         results.update(found)
         where.update(dict.fromkeys(found, _traces(outdir)))
-    rows = []
-    for name, entry in results.items():
-        traces = where[name]
-        if "skipped" in entry:
-            rows.append({"workload": name, "skipped": entry["skipped"]})
-            continue
-        plain = entry.get("plain") or {}
-        issued = _issued(name, plain)
-        row: dict = {"workload": name, "issued": {k: issued.get(k) for k in ("h2d", "d2h")}}
-        reports = {}
-        for mode in MODES:
-            trace = traces / f"{name}-{mode}"
-            w = (entry.get(mode) or {}).get("window") or {}
-            row[f"copies_{mode}"] = {k: w.get(k) for k in ("h2d", "d2h")}
-            row[f"workload_step_ms_{mode}"] = ((entry.get(mode) or {}).get("summary") or {}).get("step_ms_median")
-            row[f"copies_exact_{mode}"] = w.get("fences") == 2 and all(w.get(k) == issued.get(k) for k in KEYS)
-            if not trace.is_dir() or _cctrace_json("load", str(trace)) is None:
-                continue
-            reports[mode] = rep = _cctrace_json("report", str(trace))
-            if rep:
-                row[f"steps_{mode}"] = rep.get("steps")
-                row[f"step_source_{mode}"] = rep.get("step_source")
-                for k in ("step_median_ms", "step_p10_ms", "step_p90_ms"):
-                    row[f"{k}_{mode}"] = rep.get(k)
-                lo, hi = plain.get("iterations") or 0, plain.get("iterations_total") or 0
-                row[f"steps_ok_{mode}"] = bool(rep.get("steps")) and 0.95 * lo <= rep["steps"] <= 1.05 * hi
-        row["iterations"] = plain.get("iterations")
-        bridge = reports.get("bridge")
-        inj = _injected_in_window(traces / f"{name}-bridge") if bridge else None
-        if bridge and inj:
-            row["injected_window_ms"] = round(inj["injected_ms"], 3)
-            row["explained_ms"] = bridge.get("explained_ms")
-            row["explained_share_of_injected"] = _ratio(bridge.get("explained_ms"), inj["injected_ms"])
-        if bridge and reports.get("default") and inj:
-            d = _cctrace_json("diff", str(traces / f"{name}-default"), str(traces / f"{name}-bridge"))
-            if d:
-                per_step = inj["injected_ms"] / bridge["steps"] if bridge.get("steps") else None
-                row["diff_explained_ms_per_step"] = d.get("explained_ms_per_step")
-                row["injected_ms_per_step"] = round(per_step, 5) if per_step else None
-                row["diff_share_of_injected_gap"] = _ratio(d.get("explained_ms_per_step"), per_step)
-                row["diff_explained_share_of_gap"] = d.get("explained_share")
-        rows.append(row)
-    return rows
+    return [workload_row(name, entry, where[name]) for name, entry in results.items()]
 
 
 def _fmt(v, unit: str = "") -> str:
