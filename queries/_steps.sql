@@ -146,13 +146,13 @@ SELECT start_ns, row_number() OVER (ORDER BY start_ns) AS k FROM (
 -- Candidate groups: one signature on one thread, and (for a thread whose readbacks mix several places
 -- in the step, as HF generate's .item() calls do, or that replays several graph pieces per step) one
 -- signature in one context: the number of calls the thread made since the signature's previous
--- candidate (since its first call, for the first), in powers of 4. A group marks steps
--- (ok) when it has min_steps members, is regular (80% of its gaps within 0.5-1.5x the median gap),
--- is not sparse (a quarter of the members of its rank's largest group, so that a swap every 25
--- steps does not stand for the step) and moves data (more than half as many of its intervals hold
--- a crossing as those of the candidate whose intervals hold one most often; all do where none
--- holds one). The steps are the ok group of the first rank with the most
--- members; without one, the largest group of the first rank among those that move data.
+-- candidate (since its first call, for the first), in powers of 4. A group marks steps (ok) when it
+-- has min_steps members, is regular (80% of its gaps within 0.5-1.5x the median gap), is not sparse
+-- (a quarter of the members of its rank's largest group, so that a swap every 25 steps does not stand
+-- for the step) and moves data (more than half as many of its intervals hold a crossing as those of
+-- the candidate whose intervals hold one most often; all do where none holds one). The steps are the
+-- ok group of the first rank with the most members; without one, the largest group of the first rank
+-- among those that move data.
 --   pid, tid, rank, kind; grp: signature[/context]; n: members; wait_ns: its calls' total time
 --   regular: the share of regular gaps; moves: the share of its intervals in which a crossing started
 CREATE OR REPLACE TEMP TABLE step_groups AS
