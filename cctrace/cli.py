@@ -605,8 +605,9 @@ _profile_option = click.option(
 def report(trace, as_json, markdown, html_out, params, profile) -> None:
     """Attribute the time TRACE lost at the CPU<->GPU boundary, with advice.
 
-    TRACE is a trace directory (loaded on first use) or its trace.duckdb. JSON keys: window_ms,
-    steps, step_source (nvtx, step_function, readback, graph_replay, worker_sync, driver_sync, period,
+    TRACE is a trace directory (loaded on first use) or its trace.duckdb. JSON keys: traced ({windows,
+    traced_ms, run_ms} of a recording with tracing windows, null when the whole run was traced; every
+    figure counts traced time only), window_ms (its traced time), steps, step_source (nvtx, step_function, readback, graph_replay, worker_sync, driver_sync, period,
     none), step_ms, step_median_ms, step_p10_ms, step_p90_ms, categories[{category, events, lost_ms,
     per_step_us, pct_of_window, gpu_idle_overlap_ms, advice, where}], explained_ms, unexplained_ms,
     gpu_idle_ms, cost_model, top, facts, host_only, params, ground_truth (null unless the emulator's

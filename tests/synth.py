@@ -73,6 +73,12 @@ class Spec:
     readback_ns: int = 50 * US
     sync_ns: int = 20 * US
     kernels: bool = True
+    # tracing windows: after step `detach_after` (0-based) tracing stops for `untraced_ns` (the steps
+    # go on meanwhile, unrecorded); each window opens `margin_ns` before its first event and closes
+    # that long after its last (the GPU is idle there)
+    detach_after: int | None = None
+    untraced_ns: int = 0
+    margin_ns: int = 0
     truth: dict = field(default_factory=dict)
 
     def dur(self, nbytes: int) -> int:
@@ -117,7 +123,12 @@ def generate(out: Path, spec: Spec) -> Spec:
         return start + d
 
     t = 1_000_000_000
+    windows = [[t - spec.margin_ns, None]]
     for step in range(spec.steps):
+        if step and step - 1 == spec.detach_after:
+            windows[-1][1] = t + spec.margin_ns
+            t += spec.untraced_ns
+            windows.append([t - spec.margin_ns, None])
         s0 = t
         busy_until, idle = t, []  # GPU idle windows: only while the host is stuck in a stall
         # 1. small H2D crossings, 5 us calls, 100 us apart
@@ -195,16 +206,14 @@ def generate(out: Path, spec: Spec) -> Spec:
     ):
         w.extend(table, cols, rows)
     w.close()
-    (out / "manifest.json").write_text(
-        json.dumps(
-            {
-                "command": ["synthetic"],
-                "processes": [
-                    {"pid": PID, "ppid": 1, "argv": ["synthetic"], "start_ns": 0, "end_ns": t, "cupti": "synthetic"}
-                ],
-            }
-        )
-    )
+    windows[-1][1] = t + spec.margin_ns
+    proc = {"pid": PID, "ppid": 1, "argv": ["synthetic"], "start_ns": 0, "end_ns": t, "cupti": "synthetic"}
+    manifest: dict = {"command": ["synthetic"], "processes": [proc]}
+    if spec.detach_after is not None:
+        proc["windows"] = windows
+        manifest |= {"start_ns": 0, "end_ns": t + 2 * spec.margin_ns, "options": {"window": {"windows": windows}}}
+        truth["windows"] = windows
+    (out / "manifest.json").write_text(json.dumps(manifest))
     load(out)
     step_ns = [m[5] - m[4] for m in markers]
     truth["step_ns"] = sum(step_ns) / len(step_ns)
@@ -230,6 +239,7 @@ class Loop:
         self.kernels: list[tuple] = []
         self.markers: list[tuple] = []
         self.injections: list[tuple] = []
+        self.windows: list[list[int]] = [[self.t, self.t]]  # tracing windows: more than one after detach()
 
     def call(self, name: str, dur: int = 5 * US, tid: int | None = None, domain: str | None = None) -> int:
         self.cid += 1
@@ -267,6 +277,12 @@ class Loop:
     def idle(self, ns: int) -> None:
         self.t += ns
 
+    def detach(self, ns: int) -> None:
+        """Tracing stops for `ns` (a tracing window closes now and the next opens `ns` later)."""
+        self.windows[-1][1] = self.t
+        self.t += ns
+        self.windows.append([self.t, self.t])
+
     def write(self, out: Path, command: str = "synthetic-loop") -> Path:
         out = Path(out)
         w = ShardWriter(out, self.pid)
@@ -280,7 +296,11 @@ class Loop:
             if rows:
                 w.extend(table, cols, rows)
         w.close()
-        (out / "manifest.json").write_text(json.dumps({"command": [command], "processes": []}))
+        manifest: dict = {"command": [command], "processes": []}
+        if len(self.windows) > 1:
+            self.windows[-1][1] = self.t
+            manifest["processes"] = [{"pid": self.pid, "argv": [command], "start_ns": 0, "windows": self.windows}]
+        (out / "manifest.json").write_text(json.dumps(manifest))
         load(out)
         return out
 
@@ -288,15 +308,21 @@ class Loop:
 INJECTION = ("pid", "tid", "ts_ns", "ns", "kind", "direction", "bytes", "call", "correlation_id", "source")
 
 
-def serve_loop(steps: int = 300, warmup: int = 1, toll: int = 0, jitter: int = 0, seed: int = 0) -> Loop:
+def serve_loop(
+    steps: int = 300, warmup: int = 1, toll: int = 0, jitter: int = 0, seed: int = 0, detach_at: tuple[int, ...] = ()
+) -> Loop:
     """serve.py without NVTX: 3 small H2D, launches, a 128 B pageable readback (.tolist()) per step;
     every 25th step a 4 MiB pinned D2H swap completed by a stream sync. Steps: the readbacks' intervals.
-    `toll`: injected before each small H2D copy; `jitter`: up to this much idle time added per step."""
+    `toll`: injected before each small H2D copy; `jitter`: up to this much idle time added per step;
+    `detach_at`: iterations before which tracing stops for 50 ms (a detach: those iterations' steps,
+    between the last readback before it and the first after, span untraced time)."""
     import random
 
     rng = random.Random(seed)
     lp = Loop()
     for i in range(warmup + steps):
+        if i in detach_at:
+            lp.detach(50_000 * US)
         for n in (128, 64, 4096):
             lp.copy("cudaMemcpyAsync", "HtoD", "pageable", n, toll=toll)
         lp.launches(6)

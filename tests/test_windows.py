@@ -1,13 +1,17 @@
 """Bounded tracing (record --toggle-signal/--delay/--duration) with CUPTI truly detached outside the
 windows: the real launcher, tracer and C shim in real subprocesses with real signals, over the
 stand-in libcupti and cupti-python of tests/standin/ (no GPU here). What is asserted: which calls
-were recorded (only those inside a window), and that no CUPTI function was entered while detached.
+were recorded (only those inside a window), that no CUPTI function was entered while detached, and
+that the analysis counts only the traced time: synthetic traces (tests/synth.py) with two windows and
+an untraced gap give exact step counts, GPU-idle totals and windows, and so does a real recording
+through `report --json`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from cctrace.analyze.analysis import Analysis, report
+from cctrace.analyze.store import load, traced_windows_table
 from cctrace.trace.shards import read_shard
-from tests.conftest import cc_shared, project_env
+from tests.conftest import cc_shared, cctrace, project_env
+from tests.synth import PID, TID, US, Spec, generate, serve_loop
 
 STANDIN = Path(__file__).with_name("standin")
 
@@ -107,6 +114,66 @@ def test_toggle_signal_detaches_cupti_and_attaches_it_again(tmp_path, standin_en
     assert m["options"]["window"]["toggle_signal"] == "SIGUSR2"
     assert len(m["options"]["window"]["windows"]) == 2
     assert not list(out.glob("control.*.fifo"))  # the tracer removed its pipe
+    _report_counts_traced_time_only(out, proc)
+
+
+def _report_counts_traced_time_only(out: Path, proc: dict) -> None:
+    """`report --json` on the recording: two windows; steps (the period of the copy calls), the window
+    and the GPU-idle time inside them. The same trace read as if traced throughout has one step more:
+    the interval across the detach."""
+    r = cctrace("report", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    windows = proc["windows"]
+    m = json.loads((out / "manifest.json").read_text())
+    assert rep["traced"] == {
+        "windows": 2,
+        "traced_ms": round(sum(b - a for a, b in windows) / 1e6, 3),
+        "run_ms": round((m["end_ns"] - m["start_ns"]) / 1e6, 3),
+    }
+    text = cctrace("report", str(out)).stdout
+    assert "traced 2 windows, " in text  # the figures: rep["traced"]
+    lo, hi, traced_ns, idle, steps, across, copies = _analysed(out)
+    assert steps == rep["steps"] > 0 and across == 0  # no step holds the detach
+    assert windows[0][0] <= lo < windows[0][1] and windows[1][0] < hi <= windows[1][1]
+    # the window's traced time: its length less the time between the windows
+    assert traced_ns == hi - lo - (windows[1][0] - windows[0][1])
+    assert rep["window_ms"] == round(traced_ns / 1e6, 3)
+    # GPU idle: before each copy in the window, back to the previous one's end (the window's start
+    # before the first), cut to the windows: the detached half second between them is not idle time
+    want, busy = 0, lo
+    for s, e in copies:
+        for w0, w1 in windows:
+            want += max(0, min(s, w1) - max(busy, w0))
+        busy = max(busy, e)
+    assert idle == want < traced_ns
+    # read as if traced throughout: one interval more (across the detach), and the gap counted as idle
+    whole = out.with_name("whole")
+    shutil.copytree(out, whole, ignore=shutil.ignore_patterns("trace.duckdb*"))
+    del m["options"]["window"], m["processes"][0]["windows"]
+    (whole / "manifest.json").write_text(json.dumps(m))
+    load(whole)
+    w_lo, w_hi, w_traced, w_idle, w_steps, _, _ = _analysed(whole)
+    assert (w_steps, w_lo, w_hi, w_traced) == (steps + 1, lo, hi, hi - lo)
+    assert w_idle > idle + windows[1][0] - windows[0][1] - 1_000_000  # the gap, less what the steps' edges hold
+
+
+def _analysed(trace: Path) -> tuple:
+    """The window, its traced time, GPU idle, steps, steps across untraced time, and the window's copies."""
+    a = Analysis(trace)
+    try:
+        lo, hi, traced_ns, steps = a.con.execute("SELECT start_ns, end_ns, traced_ns, steps FROM win").fetchall()[0]
+        idle = a.scalar("SELECT coalesce(sum(end_ns - start_ns), 0) FROM gpu_idle")
+        across = a.scalar(
+            "SELECT count(*) FROM steps s WHERE NOT EXISTS "
+            "(SELECT 1 FROM traced_windows t WHERE s.start_ns >= t.start_ns AND s.end_ns <= t.end_ns)"
+        )
+        copies = a.con.execute(
+            "SELECT start_ns, end_ns FROM copies WHERE end_ns > ? AND start_ns < ? ORDER BY start_ns", [lo, hi]
+        ).fetchall()
+    finally:
+        a.close()
+    return lo, hi, traced_ns, idle, steps, across, copies
 
 
 @pytest.mark.parametrize("mode", ["idle", "idle-cancel"])
@@ -169,3 +236,125 @@ def test_window_options_say_no_in_one_line(tmp_path, run_cctrace):
         "record", "-o", str(tmp_path / "x"), "--duration", "1", "--emulate-bridge", "b300-tdx", "--", "true"
     )
     assert r.returncode == 2 and "cannot be combined" in r.stderr
+
+
+# ---- the analysis counts only traced time (synthetic traces) ----------------------------------------
+
+
+def test_two_windows_nvtx_steps_window_and_gpu_idle_exactly(tmp_path):
+    """20 NVTX steps, tracing off for 0.5 s after the 10th; each window opens 100 µs before its first
+    event and closes 100 µs after its last. The GPU is idle only in the stalls and those margins."""
+    margin, untraced = 100 * US, 500_000 * US
+    spec = generate(tmp_path / "w", Spec(steps=20, detach_after=9, untraced_ns=untraced, margin_ns=margin))
+    generate(tmp_path / "whole", Spec(steps=20))
+    gap = untraced - 2 * margin  # between the windows
+    a = Analysis(tmp_path / "w", {"normal_call_us": spec.normal_call_ns / 1000})
+    try:
+        w = a.one("SELECT * FROM win")
+        first, last = a.con.execute("SELECT min(start_ns), max(end_ns) FROM steps").fetchall()[0]
+        idle = a.scalar("SELECT sum(end_ns - start_ns) FROM gpu_idle")
+    finally:
+        a.close()
+    assert w["steps"] == 20 and w["step_source"] == "nvtx"
+    assert (w["start_ns"], w["end_ns"]) == (first, last)
+    assert w["traced_ns"] == last - first - gap
+    assert idle == spec.truth["idle_stall_ns"] + 2 * margin
+    params = {"normal_call_us": spec.normal_call_ns / 1000}
+    rep, ref = report(tmp_path / "w", params), report(tmp_path / "whole", params)
+    assert rep["window_ms"] == round(w["traced_ns"] / 1e6, 3)
+    assert rep["gpu_idle_ms"] == round(idle / 1e6, 3)
+    (w1, w2) = spec.truth["windows"]
+    assert rep["traced"] == {
+        "windows": 2,
+        "traced_ms": round((w1[1] - w1[0] + w2[1] - w2[0]) / 1e6, 3),
+        "run_ms": round((w2[1] + margin) / 1e6, 3),  # the recording ran on a little after the last window
+    }
+    assert ref["traced"] is None  # traced throughout: nothing to say
+    # the same events lost the same time; its share is of the traced time, not of the gap as well
+    for c, cref in zip(rep["categories"], ref["categories"], strict=True):
+        assert (c["events"], c["lost_ms"], c["per_step_us"]) == (cref["events"], cref["lost_ms"], cref["per_step_us"])
+        assert c["pct_of_window"] == pytest.approx(100 * c["lost_ms"] / rep["window_ms"], abs=0.01)
+    assert rep["window_ms"] == pytest.approx(ref["window_ms"] + 2 * margin / 1e6, abs=0.002)
+
+
+@pytest.mark.parametrize("detach_at", [(), (151,), (101, 201)])
+def test_no_detected_step_spans_a_detach(tmp_path, detach_at):
+    """serve.py without NVTX: 301 readbacks make 300 steps; each detach drops the one interval across it."""
+    lp = serve_loop(detach_at=detach_at)
+    d = lp.write(tmp_path / "t")
+    a = Analysis(d)
+    try:
+        w = a.one("SELECT * FROM win")
+        longest = a.scalar("SELECT max(end_ns - start_ns) FROM steps")
+        idle = a.scalar("SELECT coalesce(sum(end_ns - start_ns), 0) FROM gpu_idle")
+        # GPU idle over the window's traced time only: the gaps end where a window closes or opens
+        outside = a.scalar(
+            "SELECT count(*) FROM gpu_idle g WHERE NOT EXISTS "
+            "(SELECT 1 FROM traced t WHERE g.start_ns >= t.start_ns AND g.end_ns <= t.end_ns)"
+        )
+    finally:
+        a.close()
+    assert (w["steps"], w["step_source"]) == (300 - len(detach_at), "readback")
+    assert longest < 50_000 * US  # no step holds a 50 ms detach
+    assert w["traced_ns"] == w["end_ns"] - w["start_ns"] - 50_000 * US * len(detach_at)
+    assert outside == 0 and idle < w["traced_ns"]
+
+
+def test_a_stray_event_does_not_widen_the_window(tmp_path):
+    """Events outside every window (none can be recorded there, but a clock may slip) do not widen the
+    window (with no steps: every event, clamped to the traced time) nor the traced time."""
+    lp = serve_loop(steps=20, detach_at=(10,))
+    t0, t1 = lp.windows[0][0], lp.t
+    for t in (t0 - 5_000 * US, t1 + 5_000 * US):  # before the first window, after the last
+        lp.apis.append((PID, TID, "cudaGetDevice", "runtime", t, t + US, 99_999, 0, "synthetic", None))
+    d = lp.write(tmp_path / "t")
+    a = Analysis(d, {"steps_from": "none"})
+    try:
+        w = a.one("SELECT * FROM win")
+    finally:
+        a.close()
+    assert w["steps"] == 0
+    assert (w["start_ns"], w["end_ns"]) == (t0, t1)  # the first and last window's edges, not the strays
+    assert w["traced_ns"] == w["end_ns"] - w["start_ns"] - 50_000 * US
+
+
+def test_traced_windows_from_the_manifest(tmp_path):
+    """processes[].windows of every process, merged: overlapping windows are one span; a process of a
+    windowed recording without windows traced its life; an open window ends at the last event; odd
+    values are left out."""
+    no_windows = {"processes": [{"pid": 1, "start_ns": 0, "end_ns": 9, "windows": None}]}
+    assert traced_windows_table(no_windows).num_rows == 0
+    assert traced_windows_table({}).num_rows == 0
+    m = {
+        "options": {"window": {"windows": [[0, 1]]}},
+        "processes": [
+            {"pid": 1, "windows": [[10, 20], [30, 40], "x", [5], [7, 6], [True, 8], [50, None]]},
+            {"pid": 2, "windows": [[15, 25], [35, 38]]},
+            {"pid": 3, "start_ns": 60, "end_ns": 70, "windows": None},  # its listener failed: traced its life
+            {"pid": 4, "start_ns": 80},  # attach's record: no windows, no end yet
+            {"pid": 0, "windows": [[1, 2]]},  # no pid: left out
+        ],
+    }
+    rows = traced_windows_table(m).to_pylist()
+    assert [(r["pid"], r["start_ns"], r["end_ns"]) for r in rows] == [
+        (1, 10, 20), (1, 30, 40), (1, 50, None), (2, 15, 25), (2, 35, 38), (3, 60, 70), (4, 80, None),
+    ]  # fmt: skip
+    lp = serve_loop(steps=5)
+    d = lp.write(tmp_path / "t")
+    base = lp.windows[0][0]
+    procs = [
+        {"pid": 1, "windows": [[base + 10, base + 20], [base + 30, base + 40], [base + 100, None]]},
+        {"pid": 2, "windows": [[base + 15, base + 25], [base + 35, base + 38]]},
+    ]
+    manifest = json.loads((d / "manifest.json").read_text()) | {"processes": procs}
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    load(d)
+    a = Analysis(d)
+    try:
+        spans = a.con.execute("SELECT start_ns - ?, end_ns - ? FROM traced ORDER BY 1", [base, base]).fetchall()
+        last = a.scalar("SELECT max(end_ns) FROM api_calls")
+        summary = a.one("SELECT * FROM traced_summary")
+    finally:
+        a.close()
+    assert spans == [(10, 25), (30, 40), (100, last - base)]  # the open window: to the last event
+    assert summary == {"windows": 3, "traced_ns": 15 + 10 + last - base - 100}

@@ -2,8 +2,10 @@
 
 Steps are the rows of the analysis's `steps` table, numbered from 1 in time order (its `step` column,
 as `step_timeline` and the report print them). The window is the analysis's `win`: the first step's
-start to the last step's end, else everything recorded. `--steps A:B` (inclusive) and `--window A:B`
-(ms from the window's start) resolve here, and the explorer's go-to uses the same numbers.
+start to the last step's end, else everything recorded, within the traced time (queries/_traced.sql:
+a recording with tracing windows traced only inside them, and no step spans the time between two).
+`--steps A:B` (inclusive) and `--window A:B` (ms from the window's start) resolve here, and the
+explorer's go-to uses the same numbers.
 """
 
 from __future__ import annotations
