@@ -1,5 +1,6 @@
 """Bounded tracing on a real GPU: `record --toggle-signal` detaches CUPTI (cuptiFinalize at a CUDA
-call's exit) and attaches it again; only the copies made inside the windows are recorded."""
+call's exit) and attaches it again; only the copies made inside the windows are recorded, and the
+report counts only the traced time (no step, no GPU idle between the windows)."""
 
 import json
 import signal
@@ -11,6 +12,7 @@ import pytest
 
 from cctrace.trace.shards import read_shard
 from tests.conftest import ROOT, project_env
+from tests.test_windows import check_traced_report
 
 pytestmark = pytest.mark.gpu
 
@@ -38,3 +40,4 @@ def test_toggle_detaches_cupti_and_records_only_inside_the_windows(tmp_path):
     windows = proc["windows"]
     assert len(windows) == 2
     assert all(any(a <= c["start_ns"] and c["end_ns"] <= b for a, b in windows) for c in copies)
+    check_traced_report(out, proc)
