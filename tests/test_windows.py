@@ -22,6 +22,8 @@ import pytest
 from cctrace.analyze.analysis import Analysis, report
 from cctrace.analyze.store import load, traced_windows_table
 from cctrace.trace.shards import read_shard
+from cctrace.ui.html import report_page
+from cctrace.ui.render import describe_traced, report_markdown
 from tests.conftest import cc_shared, cctrace, project_env
 from tests.synth import PID, TID, US, Spec, generate, serve_loop
 
@@ -272,6 +274,11 @@ def test_two_windows_nvtx_steps_window_and_gpu_idle_exactly(tmp_path):
         "run_ms": round((w2[1] + margin) / 1e6, 3),  # the recording ran on a little after the last window
     }
     assert ref["traced"] is None  # traced throughout: nothing to say
+    said = "traced 2 windows, 48.0 ms of 1.5 s; the analysis counts traced time only"
+    assert describe_traced(rep) == said and describe_traced(ref) is None
+    assert f"\n{said}.\n" in report_markdown(rep) and "traced " not in report_markdown(ref)
+    assert f'<p class="meta" id="traced">{said}</p>' in report_page(rep, [], [])
+    assert 'id="traced"' not in report_page(ref, [], [])
     # the same events lost the same time; its share is of the traced time, not of the gap as well
     for c, cref in zip(rep["categories"], ref["categories"], strict=True):
         assert (c["events"], c["lost_ms"], c["per_step_us"]) == (cref["events"], cref["lost_ms"], cref["per_step_us"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import math
 
-from cctrace.ui.render import LABELS
+from cctrace.ui.render import LABELS, describe_traced
 from cctrace.ui.safe import clean
 
 # one colour per loss category (page only); "unexplained" is grey
@@ -232,6 +232,7 @@ def report_page(r: dict, steps: list[dict], latency: list[dict]) -> str:
         from cctrace.ui.render import describe_injected
 
         injected = f'<p class="meta" id="injected">{_t(describe_injected(r["bridge_emulation"]))}</p>'
+    traced = f'<p class="meta" id="traced">{_t(describe_traced(r))}</p>' if describe_traced(r) else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:">
@@ -242,6 +243,7 @@ def report_page(r: dict, steps: list[dict], latency: list[dict]) -> str:
 GPU {_t(", ".join(g for g in r["gpu"] if g) or "unknown")}; driver {_t(r.get("driver") or "unknown")};
 CC {_t((r.get("confidential_computing") or {}).get("ccFeature", "unknown"))}<br>
 window <span id="window-ms">{r["window_ms"]}</span> ms, {step_line}; GPU idle {r["gpu_idle_ms"]} ms</p>
+{traced}
 {injected}
 <h2>Where the time went</h2>
 {category_bars(r)}
