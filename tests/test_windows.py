@@ -367,3 +367,17 @@ def test_traced_windows_from_the_manifest(tmp_path):
         a.close()
     assert spans == [(10, 25), (30, 40), (100, last - base)]  # the open window: to the last event
     assert summary == {"windows": 3, "traced_ns": 15 + 10 + last - base - 100}
+
+
+async def test_the_explorer_says_what_was_traced(tmp_path):
+    """The explorer's overview carries the report's sentence on the traced share (none when traced throughout)."""
+    from textual.widgets import Static
+
+    from cctrace.ui.explore import Explorer
+
+    generate(tmp_path / "w", Spec(steps=6, detach_after=2, untraced_ns=900_000 * US))
+    app = Explorer(tmp_path / "w")
+    async with app.run_test(size=(120, 40)):
+        overview = str(app.query_one("#overview-text", Static).render())
+    assert "6 steps (nvtx)" in overview
+    assert "traced 2 windows, 14.3 ms of 1.9 s; the analysis counts traced time only" in overview

@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, OptionList,
 from cctrace.analyze.analysis import Analysis, QueryError, diff, list_queries, report
 from cctrace.analyze.span import analysis_window, step_range
 from cctrace.ui.costplot import cost_plot
-from cctrace.ui.render import LABELS, diff_rows
+from cctrace.ui.render import LABELS, describe_traced, diff_rows
 from cctrace.ui.safe import cell as safe_cell
 from cctrace.ui.safe import clean
 from cctrace.ui.timeline import busy_rows, legend, paint
@@ -425,7 +425,9 @@ class Explorer(App):
         out.append(
             f"driver {r.get('driver') or 'unknown'}; sources {srcs}; host probes {r.get('host_probes') or 'off'}\n"
         )
-        out.append(f"window {r['window_ms']} ms, {r['steps']} steps ({r['step_source']}), {r['step_ms']} ms/step\n\n")
+        out.append(f"window {r['window_ms']} ms, {r['steps']} steps ({r['step_source']}), {r['step_ms']} ms/step\n")
+        traced = describe_traced(r)
+        out.append(f"{traced}\n\n" if traced else "\n")
         for c in r["categories"]:
             out.append(
                 f"{LABELS[c['category']]:>23s} {_bar(c['pct_of_window'], 25)} {c['lost_ms']:9.3f} ms "
