@@ -6,6 +6,7 @@ real process calls them with known arguments. In CI (root, bcc installed by scri
 tests must run; elsewhere they skip with the reason.
 """
 
+import json
 import os
 import subprocess
 import textwrap
@@ -15,6 +16,7 @@ import pytest
 
 from cctrace.analyze.store import load
 from cctrace.record.sources.host_probes import HostProbes, ProbesUnavailable, check_ready
+from tests.conftest import cctrace
 
 LIB = r"""
 #include <stdint.h>
@@ -234,6 +236,13 @@ def test_attach_to_a_running_process(tmp_path, fake_cuda):
     assert "(5 entry points" in r.stderr and "37 calls" in r.stderr  # the launch too, as asked
     con = duckdb.connect(str(out / "trace.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM api_calls WHERE source = 'ebpf'").fetchone()[0] == 37
+    # attach traced one window (its record's life): every probed call inside it, so all analysed
+    ((start, end),) = con.execute("SELECT start_ns, end_ns FROM traced_windows").fetchall()
+    inside = "SELECT count(*) FROM api_calls WHERE start_ns >= ? AND end_ns <= ?"
+    assert con.execute(inside, [start, end]).fetchone()[0] == 37
+    con.close()
+    rep = json.loads(cctrace("report", "--json", str(out)).stdout)
+    assert rep["traced"]["windows"] == 1 and rep["traced"]["traced_ms"] <= rep["traced"]["run_ms"]
 
 
 def test_host_probes_on_without_root_or_bcc_is_a_clear_error(tmp_path, monkeypatch):
