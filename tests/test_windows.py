@@ -227,6 +227,12 @@ def test_delay_and_duration_trace_one_window_only(tmp_path, standin_env):
     (lw,) = m["options"]["window"]["windows"]
     assert lw[0] - m["start_ns"] >= delay * 1e9  # the launcher opened it no sooner than --delay
     assert lw[1] - m["start_ns"] >= (delay + 0.4) * 1e9  # and closed it no sooner than --delay + --duration
+    rep = json.loads(cctrace("report", "--json", str(out)).stdout)
+    assert rep["traced"] == {
+        "windows": 1,
+        "traced_ms": round((w[1] - w[0]) / 1e6, 3),
+        "run_ms": round((m["end_ns"] - m["start_ns"]) / 1e6, 3),
+    }
 
 
 def test_window_options_say_no_in_one_line(tmp_path, run_cctrace):
