@@ -46,12 +46,12 @@ WHERE api_start_ns IS NOT NULL AND copy_kind = 'DtoH'
 -- Allocation followed, within alloc_window_us on the same thread, by an H2D copy that fits in it.
 --   pid, tid; alloc_ns, alloc_bytes, alloc_call, alloc_call_ns: the allocation and its call
 --   copy_bytes, copy_call, copy_call_ns, copy_ns, copy_call_start_ns, copy_correlation_id: the copy
---   into it and its call
+--   into it and its call; copy_source: who recorded the copy's call
 CREATE OR REPLACE TEMP TABLE alloc_copy_pairs AS
 SELECT a.pid, ac.tid, a.ts_ns AS alloc_ns, a.bytes AS alloc_bytes, coalesce(ac.name, 'alloc') AS alloc_call,
        coalesce(ac.end_ns - ac.start_ns, 0) AS alloc_call_ns, x.bytes AS copy_bytes, x.api_name AS copy_call,
        x.api_end_ns - x.api_start_ns AS copy_call_ns, x.dur_ns AS copy_ns, x.api_start_ns AS copy_call_start_ns,
-       x.correlation_id AS copy_correlation_id
+       x.correlation_id AS copy_correlation_id, x.api_source AS copy_source
 FROM allocs a
 LEFT JOIN api_calls ac
        ON ac.pid = a.pid AND ac.correlation_id = a.correlation_id AND ac.source = a.source AND a.correlation_id > 0

@@ -9,20 +9,24 @@
 --   c: the category's code; pid; t: when it began; ns: the time it lost
 --   correlation_id: its call (an alloc-and-copy pair: its copy's; a delayed copy: its own)
 --   bytes: the bytes it moved (transfers), else NULL
+--   source: who recorded that call (CUPTI and the interposer number their calls independently)
 CREATE OR REPLACE TEMP VIEW category_events AS
-SELECT getvariable('c_small_crossings')::UTINYINT AS c, pid, start_ns AS t, excess_ns AS ns, correlation_id, bytes
+SELECT getvariable('c_small_crossings')::UTINYINT AS c, pid, start_ns AS t, excess_ns AS ns, correlation_id, bytes,
+       api_source AS source
 FROM xfer_costs WHERE small
 UNION ALL
 -- a copy delayed by several other streams' copies is one event
-SELECT getvariable('c_stream_concurrency'), pid, copy_start_ns, sum(wait_ns), any_value(correlation_id), any_value(bytes)
+SELECT getvariable('c_stream_concurrency'), pid, copy_start_ns, sum(wait_ns), any_value(correlation_id), any_value(bytes),
+       any_value(source)
 FROM bridge_waits GROUP BY pid, copy_start_ns
 UNION ALL
-SELECT getvariable('c_async_stalls'), pid, start_ns, stall_ns, correlation_id, NULL FROM async_calls WHERE stall_ns > 0
+SELECT getvariable('c_async_stalls'), pid, start_ns, stall_ns, correlation_id, NULL, source FROM async_calls WHERE stall_ns > 0
 UNION ALL
-SELECT getvariable('c_alloc_and_copy'), pid, alloc_ns, alloc_call_ns + copy_call_ns, copy_correlation_id, copy_bytes
+SELECT getvariable('c_alloc_and_copy'), pid, alloc_ns, alloc_call_ns + copy_call_ns, copy_correlation_id, copy_bytes,
+       copy_source
 FROM alloc_copy_pairs
 UNION ALL
-SELECT getvariable('c_sync_waits'), pid, start_ns, wait_ns, correlation_id, NULL FROM sync_calls;
+SELECT getvariable('c_sync_waits'), pid, start_ns, wait_ns, correlation_id, NULL, source FROM sync_calls;
 
 -- Host time stuck at the boundary, as intervals for the GPU-idle overlap. Intervals of one call
 -- overlap only where its copy or the work it waits for keeps the GPU busy: no idle time twice.

@@ -176,3 +176,40 @@ def test_call_sites_show_relative_to_the_commands_directory(synth, tmp_path):
     stall = SITES["stall"]
     assert f"Most of it at `serve.py:{stall} Server.line{stall}`." in md
     assert f"| `serve.py:{SITES['small']} Server.line{SITES['small']}` | small crossings |" in md
+
+
+def test_a_call_takes_its_stack_from_its_own_source_only(tmp_path):
+    """CUPTI and the interposer (`record --interpose on`) number their calls independently, so one
+    process holds the same correlation id from both: a CUPTI call without a stack (a thread with no
+    Python) must not take the stack of the interposer's unrelated call of that number."""
+    import json
+
+    from cctrace.analyze.analysis import Analysis
+    from cctrace.analyze.store import load
+    from cctrace.trace.shards import ShardWriter
+    from tests.synth import API, STACK
+
+    pid, python_tid, native_tid, ms = 7, 70, 71, 1_000_000
+    ip = 1 << 32  # the interposer's stack ids as stored (STACK_ID_BASE above the written ones)
+    cupti = [  # runtime syncs: one from Python (stack 5), one from a native thread (no stack)
+        (pid, python_tid, "cudaStreamSynchronize", "runtime", 10 * ms, 12 * ms, 2, 0, "cupti", 5),
+        (pid, native_tid, "cudaStreamSynchronize", "runtime", 20 * ms, 23 * ms, 1, 0, "cupti", None),
+    ]
+    interposer = [  # the same calls' driver calls, numbered by the interposer thread by thread
+        (pid, python_tid, "cuStreamSynchronize", "driver", 10 * ms, 12 * ms, 1, 0, "interposer", ip + 1),
+        (pid, native_tid, "cuStreamSynchronize", "driver", 20 * ms, 23 * ms, 2, 0, "interposer", None),
+    ]
+    stacks = [(pid, 5, 0, APP, 10, "main", True, "cupti"), (pid, ip + 1, 0, APP, 10, "main", True, "interposer")]
+    w = ShardWriter(tmp_path, pid)
+    w.extend("api_calls", (*API, "stack_id"), cupti + interposer)
+    w.extend("stacks", STACK, stacks)
+    w.close()
+    (tmp_path / "manifest.json").write_text(json.dumps({"command": ["mixed"], "processes": []}))
+    load(tmp_path)
+    a = Analysis(tmp_path)
+    try:
+        rows = {r["callsite"]: r for r in a.rows("callsites") if r["category"] == "sync_waits"}
+    finally:
+        a.close()
+    assert rows[f"{APP}:10"]["calls"] == 1 and rows[f"{APP}:10"]["lost_ms"] == 2
+    assert rows[None]["calls"] == 1 and rows[None]["lost_ms"] == 3  # the native thread's: no call site
