@@ -178,38 +178,64 @@ def test_call_sites_show_relative_to_the_commands_directory(synth, tmp_path):
     assert f"| `serve.py:{SITES['small']} Server.line{SITES['small']}` | small crossings |" in md
 
 
-def test_a_call_takes_its_stack_from_its_own_source_only(tmp_path):
+def _mixed_trace(d):
     """CUPTI and the interposer (`record --interpose on`) number their calls independently, so one
-    process holds the same correlation id from both: a CUPTI call without a stack (a thread with no
-    Python) must not take the stack of the interposer's unrelated call of that number."""
+    process holds the same correlation id from both. Here CUPTI's calls 1 (a sync) and 3 (a copy) come
+    from a thread with no Python, and the interposer's calls 1 and 3 from Python (stack at APP:10)."""
     import json
 
-    from cctrace.analyze.analysis import Analysis
     from cctrace.analyze.store import load
     from cctrace.trace.shards import ShardWriter
-    from tests.synth import API, STACK
+    from tests.synth import API, COPY, STACK
 
-    pid, python_tid, native_tid, ms = 7, 70, 71, 1_000_000
+    pid, py, native, ms = 7, 70, 71, 1_000_000
     ip = 1 << 32  # the interposer's stack ids as stored (STACK_ID_BASE above the written ones)
-    cupti = [  # runtime syncs: one from Python (stack 5), one from a native thread (no stack)
-        (pid, python_tid, "cudaStreamSynchronize", "runtime", 10 * ms, 12 * ms, 2, 0, "cupti", 5),
-        (pid, native_tid, "cudaStreamSynchronize", "runtime", 20 * ms, 23 * ms, 1, 0, "cupti", None),
+    cupti = [
+        (pid, py, "cudaStreamSynchronize", "runtime", 10 * ms, 12 * ms, 2, 0, "cupti", 5),
+        (pid, native, "cudaStreamSynchronize", "runtime", 20 * ms, 23 * ms, 1, 0, "cupti", None),
+        (pid, native, "cudaMemcpyAsync", "runtime", 30 * ms, 30 * ms + 5000, 3, 0, "cupti", None),
     ]
     interposer = [  # the same calls' driver calls, numbered by the interposer thread by thread
-        (pid, python_tid, "cuStreamSynchronize", "driver", 10 * ms, 12 * ms, 1, 0, "interposer", ip + 1),
-        (pid, native_tid, "cuStreamSynchronize", "driver", 20 * ms, 23 * ms, 2, 0, "interposer", None),
+        (pid, py, "cuStreamSynchronize", "driver", 10 * ms, 12 * ms, 1, 0, "interposer", ip + 1),
+        (pid, py, "cuMemcpyHtoDAsync_v2", "driver", 40 * ms, 40 * ms + 5000, 3, 0, "interposer", ip + 1),
+        (pid, native, "cuStreamSynchronize", "driver", 20 * ms, 23 * ms, 2, 0, "interposer", None),
     ]
+    copy = (pid, "memcpy", "HtoD", "pinned", "device", 256, 30 * ms + 2000, 30 * ms + 4000, 0, 1, 7, 3, True, "cupti")
     stacks = [(pid, 5, 0, APP, 10, "main", True, "cupti"), (pid, ip + 1, 0, APP, 10, "main", True, "interposer")]
-    w = ShardWriter(tmp_path, pid)
+    w = ShardWriter(d, pid)
     w.extend("api_calls", (*API, "stack_id"), cupti + interposer)
+    w.extend("copies", COPY, [copy])
     w.extend("stacks", STACK, stacks)
     w.close()
-    (tmp_path / "manifest.json").write_text(json.dumps({"command": ["mixed"], "processes": []}))
-    load(tmp_path)
-    a = Analysis(tmp_path)
+    (d / "manifest.json").write_text(json.dumps({"command": ["mixed"], "processes": []}))
+    load(d)
+    return d
+
+
+def test_a_call_takes_its_stack_from_its_own_source_only(tmp_path):
+    """A CUPTI call without a stack does not take the stack of the interposer's call of its number."""
+    from cctrace.analyze.analysis import Analysis
+
+    a = Analysis(_mixed_trace(tmp_path))
     try:
         rows = {r["callsite"]: r for r in a.rows("callsites") if r["category"] == "sync_waits"}
     finally:
         a.close()
     assert rows[f"{APP}:10"]["calls"] == 1 and rows[f"{APP}:10"]["lost_ms"] == 2
     assert rows[None]["calls"] == 1 and rows[None]["lost_ms"] == 3  # the native thread's: no call site
+
+
+async def test_explorer_shows_the_stack_of_the_copys_own_call(tmp_path):
+    from textual.widgets import Static
+
+    from cctrace.ui.explore import Explorer, Timeline
+
+    app = Explorer(_mixed_trace(tmp_path))
+    async with app.run_test(size=(160, 40)) as pilot:
+        await pilot.press("2")
+        tl = app.query_one(Timeline)
+        tl.selected_ns = tl.lo - 1
+        await pilot.press("e")  # the copy, issued by CUPTI's call 3 on the thread with no Python
+        detail = str(app.query_one("#event-detail", Static).render())
+        assert "correlation 3" in detail and "cudaMemcpyAsync" in detail
+        assert "serve.py" not in detail, detail

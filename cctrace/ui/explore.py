@@ -241,7 +241,7 @@ class Timeline(Static):
                 f"  {clean(c['api_name'])} on thread {c['api_tid']}"
                 + (f", {off / 1e3:.1f} us of it off-CPU\n" if off is not None else "\n")
             )
-        out.append(self._stack_lines(c["pid"], c["correlation_id"]))
+        out.append(self._stack_lines(c["pid"], c["correlation_id"], c["api_source"]))
         waits = self.a.con.execute(
             "SELECT blocked_by_stream, wait_ns FROM bridge_waits WHERE pid = ? AND copy_start_ns = ?",
             [c["pid"], c["start_ns"]],
@@ -250,13 +250,15 @@ class Timeline(Static):
             out.append(f"  waited {ns / 1e3:.1f} us for a copy on stream {stream}\n")
         return out
 
-    def _stack_lines(self, pid: int, correlation_id: int | None) -> Text:
-        """The call site and the Python stack of the call (pid, correlation id), when stacks were recorded."""
+    def _stack_lines(self, pid: int, correlation_id: int | None, source: str | None) -> Text:
+        """The call site and the Python stack of the call (pid, correlation id in its source's numbering),
+        when stacks were recorded."""
         frames = self.a.con.execute(
             """SELECT s.file, s.line, s.function, s.is_callsite FROM api_calls a
                JOIN stacks s ON s.pid = a.pid AND s.stack_id = a.stack_id
-               WHERE a.pid = ? AND a.correlation_id = ? AND a.stack_id IS NOT NULL ORDER BY s.depth""",
-            [pid, correlation_id],
+               WHERE a.pid = ? AND a.correlation_id = ? AND a.source = ? AND a.stack_id IS NOT NULL
+               ORDER BY s.depth""",
+            [pid, correlation_id, source],
         ).fetchall()
         out = Text()
         site = next((f for f in frames if f[3]), None)
