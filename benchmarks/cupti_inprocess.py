@@ -274,6 +274,7 @@ def inner(a: argparse.Namespace) -> None:
             kinds, bridged, stacks = parse_config(c)
             if kinds.startswith(FRESH):
                 switch.set_fresh(CONFIGS[kinds.removeprefix(FRESH)], torch.cuda.synchronize)
+                switch.set_stacks(stacks)  # else capture stays as the block before left it
             elif kinds == DETACHED:
                 switch.set_detached(True)
             else:
@@ -300,6 +301,8 @@ def inner(a: argparse.Namespace) -> None:
             torch.cuda.synchronize()
             blocks[c].append(1e3 * statistics.median(durations))
         print(f"round {r + 1}/{a.rounds} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
+    if switch.fresh is not None:  # set() below needs the attach the run started with (its callback hub)
+        switch.set_fresh(None, torch.cuda.synchronize)
     switch.set_detached(False)
     switch.set(tuple(ALL))  # leave it as it started
     switch.set_bridge(True)
