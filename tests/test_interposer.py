@@ -139,7 +139,7 @@ def test_every_way_to_the_driver_is_recorded(built, tmp_path, mode) -> None:
     syncs = _rows(t["syncs"])
     assert sorted((s["sync_type"], s["stream_id"], s["event_id"]) for s in syncs) == [
         ("context", 0, None),
-        ("context", 0, None),  # cuCtxSynchronize and CUDA 13's cuCtxSynchronize_v2
+        ("context", 0, None),  # cuCtxSynchronize and CUDA 13's cuCtxSynchronize_v2 (its context is no event)
         ("event", 0, 0xE1),
         ("stream", 0xAB, None),
     ]

@@ -113,7 +113,7 @@ static void work(void) {
     SetD32Async(d, 0, 256, s);
     StreamSync(s);
     CtxSync();
-    CtxSync2(NULL); /* CUDA 13's versioned context sync */
+    CtxSync2((void *)0xC7); /* CUDA 13's versioned context sync, naming a context (not an event) */
     EventSync((void *)0xE1);
     BeginCapture(s2, 0);
     HtoDAsync(d, h, 2048, s2);

@@ -363,6 +363,9 @@ def to_batches(
 
     sync = op == "sync"
     if sync.any():
+        sync_type = _names(header["sync_kinds"], rec["sync_kind"])[sync]
+        # aux is the event of an event sync or a stream wait; a context sync's (CUDA 13's context) is no event
+        event = rec["aux"][sync].astype(np.int64)
         out.append(
             (
                 "syncs",
@@ -370,12 +373,12 @@ def to_batches(
                     "syncs",
                     {
                         "pid": pids[sync],
-                        "sync_type": pa.array(_names(header["sync_kinds"], rec["sync_kind"])[sync], pa.string()),
+                        "sync_type": pa.array(sync_type, pa.string()),
                         "start_ns": start[sync],
                         "end_ns": end[sync],
                         "stream_id": stream[sync],
                         "correlation_id": corr[sync],
-                        "event_id": pa.array(rec["aux"][sync].astype(np.int64), pa.int64(), mask=rec["aux"][sync] == 0),
+                        "event_id": pa.array(event, pa.int64(), mask=(event == 0) | (sync_type == "context")),
                         "source": src(int(sync.sum())),
                     },
                 ),
