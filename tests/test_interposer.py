@@ -559,3 +559,36 @@ def test_manifest_and_record_summary_read_the_interposers_stacks(tmp_path, capsy
         "cctrace:   pid 2: no Python stacks (call sites): CPython 3.13's frame layout is not known to cctrace (3.11 and 3.12 are)",
         "cctrace:   pid 4: no Python stacks (call sites): runtime calls not recorded by the shim",
     ]
+
+
+def test_stack_ids_have_their_blocks_under_threads_flusher_and_fork(built, tmp_path) -> None:
+    """Threads intern stacks while the flusher drains their rings (every 0.05 s) and another thread
+    forks: every recorded stack id has its block in its own process's file, written once, holding the
+    frames of the call that named it (stacks_race_app.py spells each call's stream handle in its stack)."""
+    threads, calls, forks, bits, tag = 6, 3000, 10, 12, 1 << 16
+    app = NATIVE / "stacks_race_app.py"
+    out = tmp_path / "rec"
+    env = project_env() | {"LD_LIBRARY_PATH": str(built["dir"])}
+    r = subprocess.run(
+        [sys.executable, "-m", "cctrace", "record", "-o", str(out), "--kinds", "none", "--interpose", "on",
+         "--host-probes", "off", "--flush-interval", "0.05", "--no-load", "-q", "--",
+         sys.executable, str(app), str(threads), str(calls), str(forks)],
+        env=env, capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    t = _tables(out)
+    frames: dict[tuple[int, int], list[tuple[int, str, int]]] = {}
+    for s in _rows(t["stacks"]):
+        frames.setdefault((s["pid"], s["stack_id"]), []).append((s["depth"], s["file"], s["line"]))
+    assert all(len({f[0] for f in fs}) == len(fs) for fs in frames.values())  # each stack written once
+    rows = [c for c in _rows(t["api_calls"]) if c["name"] == "cuStreamSynchronize"]
+    pids = [c["pid"] for c in rows]
+    parent = max(set(pids), key=pids.count)  # the threads' process; the others are forked children
+    assert pids.count(parent) == threads * calls and len(set(pids)) == 1 + forks
+    lines = {_site(app, "ONE")[1]: 1, _site(app, "ZERO")[1]: 0}
+    for c in rows:
+        assert c["stack_id"] is not None and (c["pid"], c["stack_id"]) in frames  # its block is there
+        stack = [f for f in sorted(frames[(c["pid"], c["stack_id"])]) if f[1] == str(app)]
+        spelled = [lines[line] for _d, _f, line in stack[1 : bits + 1]]  # the innermost dive() made the call
+        assert sum(b << j for j, b in enumerate(spelled)) == c["stream"] - tag, (c, stack)
+    assert len({(c["pid"], c["stack_id"]) for c in rows if c["pid"] == parent}) == 1 << bits
