@@ -18,7 +18,7 @@ from cctrace.ui.costplot import cost_plot
 from cctrace.ui.render import LABELS, describe_traced, diff_rows
 from cctrace.ui.safe import cell as safe_cell
 from cctrace.ui.safe import clean
-from cctrace.ui.timeline import busy_rows, legend, paint
+from cctrace.ui.timeline import UNTRACED, busy_rows, legend, paint, traced_part, untraced_marks
 
 # the screens, in key order: (key, tab id, name); the help text and the bindings are derived from it
 SCREENS = (
@@ -107,6 +107,8 @@ class Timeline(Static):
         self.start, self.span = self.lo, self.hi - self.lo
         self.step = 0  # the step shown (from 1), 0 when none
         self.rows: list = []  # what was last painted (the busy-fraction test reads it)
+        self.traced: list[float] = []  # the traced part of each painted bucket (timeline.traced_part)
+        self.windowed = analysis.scalar("SELECT windows FROM traced_summary") is not None  # traced in windows
         self.row_height = 1  # lines per track in the last painting
         self._painted_for: tuple = ()  # (lo, hi, cells) of self.rows
         self.several_pids = (
@@ -134,13 +136,22 @@ class Timeline(Static):
         labels_w = 14 if self.several_pids else 11
         cells = max(width - labels_w - 1, 8)
         if self._painted_for != (lo, hi, cells):  # a resize to the same width asks DuckDB nothing
-            self.rows, self._painted_for = busy_rows(self.a.con, lo, hi, cells), (lo, hi, cells)
+            self.traced = traced_part(self.a.con, lo, hi, cells)
+            self.rows, self._painted_for = busy_rows(self.a.con, lo, hi, cells, self.traced), (lo, hi, cells)
         out = Text(no_wrap=True, overflow="crop")
         where = f"step {self.step} of {self.steps}: " if self.step else ""
         head = f"{where}{(lo - self.lo) / 1e6:.3f}-{(hi - self.lo) / 1e6:.3f} ms of the window, {_ms((hi - lo) / cells)}/cell"
+        untraced = (hi - lo) / cells * (cells - sum(self.traced))
+        if untraced >= 0.5:  # said only where tracing windows left time out of this view
+            head += f", {_ms(untraced)} untraced"
         out.append(head[:width] + "\n", style="bold")
         axis, end = f"{'':>{labels_w}} |{_ms(0)}", f"+{_ms(hi - lo)}|"
-        out.append((axis + " " * max(width - len(axis) - len(end), 1) + end)[:width] + "\n", style="dim")
+        line = (axis + " " * max(width - len(axis) - len(end), 1) + end)[:width]
+        if all(self.traced):
+            out.append(line + "\n", style="dim")
+        else:
+            out.append_text(self._axis(line, labels_w + 1))
+            out.append("\n", style="dim")
         out.append(f"{'steps':>{labels_w}} ")
         out.append(self._step_marks(lo, hi, cells), style="#b0b0b0")
         out.append("\n")
@@ -151,9 +162,21 @@ class Timeline(Static):
                 out.append(f"{r.label(self.several_pids)[:labels_w] if last else '':>{labels_w}} ")
                 out.append_text(line)
                 out.append("\n")
-        if not self.rows:
+        if not any(self.traced):
+            out.append("(not traced in this view: between tracing windows; w shows the whole window)\n", style="dim")
+        elif not self.rows:
             out.append("(nothing in this window: w shows the whole window)\n", style="dim")
-        out.append_text(legend(width))
+        out.append_text(legend(width, untraced=self.windowed))
+        return out
+
+    def _axis(self, line: str, at: int) -> Text:
+        """The time axis (dim) with the untraced buckets marked on it where it is blank; the cells start
+        at column `at`."""
+        marks = untraced_marks(self.traced)
+        out = Text(style="dim")
+        for i, ch in enumerate(line):
+            mark = marks[i - at] if 0 <= i - at < len(marks) and ch == " " else " "
+            out.append(ch if mark == " " else mark, style=None if mark == " " else UNTRACED[1])
         return out
 
     def _row_height(self, tracks: int) -> int:
