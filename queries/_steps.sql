@@ -150,11 +150,14 @@ SELECT start_ns, row_number() OVER (ORDER BY start_ns) AS k FROM (
 -- has min_steps members, is regular (80% of its gaps within 0.5-1.5x the median gap), is not sparse
 -- (a quarter of the members of its rank's largest group, so that a swap every 25 steps does not stand
 -- for the step) and moves data (more than half as many of its intervals hold a crossing as those of
--- the candidate whose intervals hold one most often; all do where none holds one). The steps are the
+-- the candidate whose intervals hold one most often among its rivals, those that run on past its
+-- middle; all do where none holds one: a start-up burst of syncs that moves nothing is not the loop
+-- after it, and a loop that keeps its data on the device is still the loop after a burst of loads). The steps are the
 -- ok group of the first rank with the most members; without one, the largest group of the first rank
 -- among those that move data.
 --   pid, tid, rank, kind; grp: signature[/context]; n: members; wait_ns: its calls' total time
 --   regular: the share of regular gaps; moves: the share of its intervals in which a crossing started
+--   first_ns, last_ns: its first and last end
 CREATE OR REPLACE TEMP TABLE step_groups AS
 WITH e AS (
     SELECT s.*, t - lag(t) OVER w AS gap, coalesce(x.k, 0) - lag(coalesce(x.k, 0)) OVER w AS crossed
@@ -163,18 +166,26 @@ WITH e AS (
 ), g AS (
     SELECT pid, tid, rank, sig AS grp, any_value(kind) AS kind, count(*) AS n, sum(wait_ns) AS wait_ns,
            count(*) FILTER (WHERE gap BETWEEN 0.5 * med_gap AND 1.5 * med_gap) / greatest(count(gap), 1) AS regular,
-           count(*) FILTER (WHERE crossed > 0) / greatest(count(gap), 1) AS moves
+           count(*) FILTER (WHERE crossed > 0) / greatest(count(gap), 1) AS moves, min(t) AS first_ns, max(t) AS last_ns
     FROM (SELECT *, median(gap) OVER (PARTITION BY pid, tid, rank, sig) AS med_gap FROM e)
     GROUP BY ALL
 )
-SELECT pid, tid, rank, grp, kind, n, wait_ns, regular, moves FROM g;
+SELECT pid, tid, rank, grp, kind, n, wait_ns, regular, moves, first_ns, last_ns FROM g;
 
 --   step_groups' columns; moving: the group moves data; ok: the group marks steps
 CREATE OR REPLACE TEMP VIEW step_groups_ok AS
-WITH m AS (
-    SELECT *, 2 * moves > coalesce(max(moves) FILTER (WHERE n >= getvariable('min_steps')) OVER (), 0)
-              OR coalesce(max(moves) FILTER (WHERE n >= getvariable('min_steps')) OVER (), 0) = 0 AS moving
-    FROM step_groups WHERE getvariable('steps_from') IN ('auto', kind)
+WITH g AS (
+    SELECT * FROM step_groups WHERE getvariable('steps_from') IN ('auto', kind)
+), b AS (  -- the groups that may be rivals: enough members, some moving (one that moves nothing outranks none)
+    SELECT n, moves, first_ns, last_ns FROM g WHERE n >= getvariable('min_steps') AND moves > 0
+), by_end AS (  -- per last end: the most moving group that ends then or later
+    SELECT last_ns, max(max(moves)) OVER (ORDER BY last_ns DESC) AS moves FROM b GROUP BY last_ns
+), r AS (  -- rival_moves: the most often moving rival's share (a rival runs on past its middle: a burst
+    -- before the loop is none of the loop's); a group short of min_steps is never picked over one that has them
+    SELECT a.*, CASE WHEN a.n >= getvariable('min_steps') THEN coalesce(f.moves, 0) ELSE 0 END AS rival_moves
+    FROM g a ASOF LEFT JOIN by_end f ON f.last_ns >= (a.first_ns + a.last_ns) / 2
+), m AS (
+    SELECT * EXCLUDE (rival_moves), 2 * moves > rival_moves OR rival_moves = 0 AS moving FROM r
 )
 SELECT *, n >= getvariable('min_steps') AND regular >= 0.8 AND 4 * n >= max(n) OVER (PARTITION BY rank) AND moving AS ok
 FROM m;
@@ -201,7 +212,7 @@ FROM x WINDOW w AS (PARTITION BY pid, tid, rank, grp ORDER BY t);
 INSERT INTO step_groups
 SELECT pid, tid, rank, grp, any_value(kind), count(*), sum(wait_ns),
        count(*) FILTER (WHERE gap BETWEEN 0.5 * med_gap AND 1.5 * med_gap) / greatest(count(gap), 1),
-       count(*) FILTER (WHERE crossed > 0) / greatest(count(gap), 1)
+       count(*) FILTER (WHERE crossed > 0) / greatest(count(gap), 1), min(t), max(t)
 FROM (SELECT *, median(gap) OVER (PARTITION BY pid, tid, rank, grp) AS med_gap FROM step_ends_ctx)
 GROUP BY pid, tid, rank, grp;
 

@@ -228,3 +228,26 @@ def test_diff_never_calls_a_different_program_emulator_cost(tmp_path):
     same = serve_loop(steps=40, toll=TOLL, jitter=300 * US, seed=5).write(tmp_path / "same", command="serve.py")
     out = cctrace("diff", str(base), str(same))
     assert diff(base, same)["same_program"] and "emulator's own cost" in out.stdout
+
+
+def test_a_loop_without_crossings_is_not_lost_to_a_load_before_it(tmp_path):
+    """Moving data decides between candidates of the same stretch of the run, not across it: a loop
+    whose data stay on the device (XLA: launches and a stream sync per step, no copy) after a weight
+    load (a copy and a context sync per layer, every interval a crossing) is still the loop."""
+    lp = Loop(domain="driver")
+    for _ in range(30):
+        lp.copy("cuMemcpyHtoD_v2", "HtoD", "pinned", 1 << 20)
+        lp.call("cuCtxSynchronize", 30 * US)
+        lp.idle(50 * US)
+    for _ in range(200):
+        lp.launches(5)
+        lp.call("cuStreamSynchronize", 100 * US)
+        lp.idle(100 * US)
+    w = _steps(lp.write(tmp_path))
+    assert (w["steps"], w["step_source"]) == (199, "driver_sync")
+
+
+def test_a_compile_burst_longer_than_the_loop_is_not_the_loop(tmp_path):
+    """XLA's autotuning syncs (no crossing) outnumber and outlast the replays of the loop after them."""
+    w = _steps(xla_compiled_loop(autotune=3000).write(tmp_path))
+    assert (w["steps"], w["step_source"]) == (200, "graph_replay")
