@@ -272,6 +272,10 @@ def test_manifest_says_whether_stacks_were_captured():
     assert got["captured"] is True and got["calls_with_stack"] == 5
     assert got["processes"] == {"1": "on", "2": "off (--no-stacks)"}
     assert stacks_summary([proc(2, "off (--no-stacks)", 0)])["captured"] is False
+    # --interpose on with CUPTI: both sources capture the same calls; the process's calls count once
+    both = proc(4, "on", 7)
+    both["sources"]["interposer"] = {"state": "active", "stacks": {"state": "on", "calls_with_stack": 7}}
+    assert stacks_summary([both])["calls_with_stack"] == 7
 
 
 WRONG_LAYOUT = """

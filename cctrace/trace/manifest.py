@@ -186,9 +186,8 @@ def stacks_summary(procs: list[dict]) -> dict:
         if health is None:
             continue
         states[str(p.get("pid"))] = health.get("state", "unknown")
-        for h in _stack_healths(p).values():
-            for k in counts:
-                counts[k] += int(h.get(k) or 0)
+        for k in counts:  # the account that speaks for the process: a call recorded twice counts once
+            counts[k] += int(health.get(k) or 0)
     return {"captured": any(s == "on" for s in states.values()), "processes": states, **counts}
 
 
