@@ -225,7 +225,9 @@ ORDER BY n >= getvariable('min_steps') DESC, ok DESC, moving DESC, rank,
 LIMIT 1;
 
 -- The steps: marked ranges, else the intervals between consecutive ends of the picked group, each
--- inside one traced span (an interval across time that was not traced, a detach, is no step).
+-- inside one traced span (an interval across time that was not traced, a detach, is no step) and, where
+-- its process has tracing windows, inside one of them (its own detach is no step while another process
+-- was traced).
 --   step: 1-based, in time order; name: the range's name or the detector's kind; pid, tid: its thread
 --   start_ns, end_ns: the step; step_source: nvtx | step_function | readback | graph_replay |
 --   driver_sync | worker_sync | period
@@ -245,7 +247,10 @@ SELECT row_number() OVER (ORDER BY start_ns) AS step, * FROM (
     UNION ALL
     SELECT * FROM detected WHERE start_ns IS NOT NULL AND getvariable('marked_source') IS NULL
 ) s
-WHERE EXISTS (SELECT 1 FROM traced t WHERE s.start_ns >= t.start_ns AND s.end_ns <= t.end_ns);
+WHERE EXISTS (SELECT 1 FROM traced t WHERE s.start_ns >= t.start_ns AND s.end_ns <= t.end_ns)
+  AND (NOT EXISTS (SELECT 1 FROM traced_windows w WHERE w.pid = s.pid)
+       OR EXISTS (SELECT 1 FROM traced_windows w WHERE w.pid = s.pid AND s.start_ns >= w.start_ns
+                  AND s.end_ns <= coalesce(w.end_ns, (SELECT end_ns FROM recorded_span))));
 
 -- The analysed window: first step start to last step end, else everything recorded, within the
 -- traced time (an event outside it does not widen the window).

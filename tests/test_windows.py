@@ -315,6 +315,25 @@ def test_no_detected_step_spans_a_detach(tmp_path, detach_at):
     assert outside == 0 and idle < w["traced_ns"]
 
 
+def test_a_process_own_detach_is_no_step_while_another_process_was_traced(tmp_path):
+    """Windows merge across processes into the traced spans, but a step lies inside its own process's
+    windows: another process traced throughout does not make this one's detach a step."""
+    lp = serve_loop(detach_at=(151,))
+    d = lp.write(tmp_path / "t")
+    m = json.loads((d / "manifest.json").read_text())
+    m["processes"].append({"pid": PID + 1, "argv": ["other"], "start_ns": 0, "windows": [[lp.windows[0][0], lp.t]]})
+    (d / "manifest.json").write_text(json.dumps(m))
+    load(d)
+    a = Analysis(d)
+    try:
+        w = a.one("SELECT * FROM win")
+        longest = a.scalar("SELECT max(end_ns - start_ns) FROM steps")
+    finally:
+        a.close()
+    assert w["traced_ns"] == w["end_ns"] - w["start_ns"]  # the other process kept the whole run traced
+    assert (w["steps"], w["step_source"]) == (299, "readback") and longest < 50_000 * US
+
+
 def test_a_stray_event_does_not_widen_the_window(tmp_path):
     """Events outside every window (none can be recorded there, but a clock may slip) do not widen the
     window (with no steps: every event, clamped to the traced time) nor the traced time."""
