@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import ROOT, project_env
@@ -523,6 +524,39 @@ def test_a_damaged_stacks_block_is_a_problem_not_a_crash(built, tmp_path) -> Non
     raw = I.read_raw(path)
     assert len(raw.records) == 36 and raw.stacks == []
     assert raw.problems == [f"{path.name}: a damaged stacks block; the stacks before it are kept"]
+
+
+def test_an_execd_image_keeps_its_own_stack_ids(built, tmp_path) -> None:
+    """A process that exec()s after recording appends a new image's blocks to the same file, its stack
+    ids starting again at 1: each record still names its own image's stack."""
+    import struct
+
+    from cctrace.record.sources import py_stacks
+
+    trace = tmp_path / "t"
+    _run(built, trace, "gpa")
+    header = I.read_raw(I.raw_files(trace)[0]).header
+    dt = I.dtype_of(header)
+
+    def block(magic: int, payload: bytes) -> bytes:
+        return struct.pack("<QQ", magic, len(payload)) + payload
+
+    def image(line: int, calls: int) -> bytes:
+        """One process image: its header, stack 1 (one frame at `line`), `calls` records naming it."""
+        frame = struct.pack("<iHH", line, 6, 4) + b"app.pymain"
+        rec = np.zeros(calls, dtype=dt)
+        rec["stack_id"] = 1
+        return (
+            block(I.HEAD_MAGIC, json.dumps(header).encode())
+            + block(py_stacks.STK_MAGIC, struct.pack("<II", 1, 1) + frame)
+            + block(I.REC_MAGIC, rec.tobytes())
+        )
+
+    path = trace / "interpose.4242.ipraw"
+    path.write_bytes(image(10, 3) + image(20, 2))  # before and after an exec
+    raw = I.read_raw(path)
+    assert raw.problems == [] and raw.stacks == [(1, [("app.py", 10, "main")]), (2, [("app.py", 20, "main")])]
+    assert raw.records["stack_id"].tolist() == [1, 1, 1, 2, 2]
 
 
 def test_manifest_and_record_summary_read_the_interposers_stacks(tmp_path, capsys) -> None:

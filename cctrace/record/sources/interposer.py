@@ -160,12 +160,17 @@ class Raw(NamedTuple):
 
 
 def read_raw(path: Path) -> Raw:
-    """Everything one raw file holds (whole blocks up to any damage, which `problems` names)."""
+    """Everything one raw file holds (whole blocks up to any damage, which `problems` names).
+
+    A process that exec()s after recording appends to the same file (same pid): a new header starts
+    the new image's blocks, whose stack ids start again at 1. Its stack ids (blocks and records) are
+    moved above every id the file held before, so each id still names one stack."""
     header: dict | None = None
-    chunks: list[bytes] = []
+    chunks: list[tuple[int, bytes]] = []  # (stack id offset of the image that wrote it, records)
     stats: dict = {}
     problems: list[str] = []
     stacks: list[tuple[int, list[py_stacks.Frame]]] = []
+    base = top = 0  # this image's stack id offset; the highest id (offset included) so far
     for magic, data, problem in read_blocks(path, (REC_MAGIC, HEAD_MAGIC, STAT_MAGIC, py_stacks.STK_MAGIC)):
         if problem:
             problems.append(f"{path.name}: {problem}; kept the whole blocks before it")
@@ -173,21 +178,35 @@ def read_raw(path: Path) -> Raw:
         if magic == HEAD_MAGIC:
             if header is None:
                 header = json.loads(data)
+            else:  # an exec()'d image of the same process
+                base = top
         elif magic == STAT_MAGIC:
             stats = json.loads(data)
         elif magic == py_stacks.STK_MAGIC:
             try:
-                stacks.extend(list(py_stacks.parse_stacks(data)))
+                got = [(sid + base, frames) for sid, frames in py_stacks.parse_stacks(data)]
             except struct.error:
                 problems.append(f"{path.name}: a damaged stacks block; the stacks before it are kept")
+                continue
+            stacks.extend(got)
+            top = max([top, *(sid for sid, _ in got)])
         else:
-            chunks.append(data)
+            chunks.append((base, data))
     if header is None:
         raise RawFileError(f"{path.name}: no header block (not written by cctrace's interposer)")
     dt = dtype_of(header)
-    raw = b"".join(chunks)
+    raw = b"".join(data for _, data in chunks)
     whole = len(raw) - len(raw) % dt.itemsize
-    return Raw(header, np.frombuffer(raw[:whole], dtype=dt), stats, problems, stacks)
+    records = np.frombuffer(raw[:whole], dtype=dt)
+    if any(b for b, _ in chunks) and "stack_id" in dt.names:
+        records = records.copy()
+        at = 0
+        for b, data in chunks:
+            n = min(len(data) // dt.itemsize, len(records) - at)
+            ids = records["stack_id"][at : at + n]
+            ids[ids != 0] += b
+            at += n
+    return Raw(header, records, stats, problems, stacks)
 
 
 def _names(table: list[str], codes: np.ndarray) -> np.ndarray:
