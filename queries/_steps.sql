@@ -248,9 +248,9 @@ SELECT row_number() OVER (ORDER BY start_ns) AS step, * FROM (
     SELECT * FROM detected WHERE start_ns IS NOT NULL AND getvariable('marked_source') IS NULL
 ) s
 WHERE EXISTS (SELECT 1 FROM traced t WHERE s.start_ns >= t.start_ns AND s.end_ns <= t.end_ns)
-  AND (NOT EXISTS (SELECT 1 FROM traced_windows w WHERE w.pid = s.pid)
-       OR EXISTS (SELECT 1 FROM traced_windows w WHERE w.pid = s.pid AND s.start_ns >= w.start_ns
-                  AND s.end_ns <= coalesce(w.end_ns, (SELECT end_ns FROM recorded_span))));
+  AND (NOT EXISTS (SELECT 1 FROM process_windows w WHERE w.pid = s.pid)
+       OR EXISTS (SELECT 1 FROM process_windows w WHERE w.pid = s.pid AND s.start_ns >= w.start_ns
+                  AND s.end_ns <= w.end_ns));
 
 -- The analysed window: first step start to last step end, else everything recorded, within the
 -- traced time (an event outside it does not widen the window).

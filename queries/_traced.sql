@@ -12,13 +12,19 @@ SELECT min(start_ns) AS start_ns, max(end_ns) AS end_ns FROM (
     UNION ALL SELECT start_ns, end_ns FROM kernels UNION ALL SELECT start_ns, end_ns FROM markers
 );
 
--- The traced time as disjoint spans in time order: the processes' windows (the loaded table
--- traced_windows) merged, else one span over every recorded event.
+-- Each process's tracing windows (the loaded table traced_windows; none: traced throughout), a window
+-- the process never closed ending at the last recorded event.
+--   pid, start_ns, end_ns: a window
+CREATE OR REPLACE TEMP TABLE process_windows AS
+SELECT pid, start_ns, coalesce(end_ns, greatest((SELECT end_ns FROM recorded_span), start_ns)) AS end_ns
+FROM traced_windows;
+
+-- The traced time as disjoint spans in time order: the processes' windows merged, else one span over
+-- every recorded event.
 --   start_ns, end_ns: a span
 CREATE OR REPLACE TEMP TABLE traced AS
 WITH w AS (
-    SELECT start_ns, coalesce(end_ns, greatest((SELECT end_ns FROM recorded_span), start_ns)) AS end_ns
-    FROM traced_windows
+    SELECT start_ns, end_ns FROM process_windows
 ), e AS (  -- a window that starts after every earlier one ended begins a new span
     SELECT *, max(end_ns) OVER (ORDER BY start_ns, end_ns ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before
     FROM w
