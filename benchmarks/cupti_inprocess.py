@@ -31,6 +31,10 @@ With `--bridge SPEC` the run is recorded with `--emulate-bridge SPEC`, and confi
 have the emulator acting (stopped in the others): `--bridge toll_us=0,bw_ratio=1,serialize=off,async_block=off
 --configs off,off+bridge,default,default+bridge` is the emulator's own cost, in one process.
 
+Config `interposer` detaches CUPTI for the block and has the preloaded driver interposer record the host calls
+instead (the run is recorded with `--interpose on`; the other blocks have it switched off): against `detached`,
+what the CUPTI-free mode costs, and `interposer+stacks` with call sites.
+
 Configs named `NAME+stacks` capture the calling thread's Python stack with each recorded call (off in
 the others): `--configs off,default,default+stacks,default+kernel,default+kernel+stacks` is what call
 sites cost (with `--workload copy`, per call).
@@ -77,6 +81,7 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "detached": (),  # CUPTI finalized for the block (Switch.set_detached), not just every kind off
     "none": (),  # with fresh: CUPTI attached (buffer callbacks registered), no kind, no subscription
     "activity": tuple(k for k in DEFAULT if k != "runtime"),  # the default's GPU records, no subscription
+    "interposer": (),  # CUPTI detached, the interposer recording (INTERPOSER below)
 }
 DETACHED = "detached"
 # "fresh:NAME" finalizes CUPTI and attaches it again with only NAME's kinds, so nothing a kind once
@@ -84,6 +89,9 @@ DETACHED = "detached"
 # `detached`, `fresh:none` is what attaching alone costs, `fresh:activity` the GPU records without
 # any API callback, `fresh:runtime` the callback subscription alone.
 FRESH = "fresh:"
+# "interposer": CUPTI detached (as `detached`) and the preloaded driver interposer recording the host calls
+# (run with `record --interpose on`; every other block has it switched off): what the interposer costs
+INTERPOSER = "interposer"
 NO_DRIVER = "-driver"
 # with --bridge SPEC, "NAME+bridge" runs config NAME with the bridge emulator acting (else it is off)
 BRIDGED = "+bridge"
@@ -179,6 +187,21 @@ class Switch:
         self.bridge = t.sources.get("bridge")
         self.bridge_on = self.bridge is not None
         self.stacks_state = src.stacks.get("state")
+        self.ip = t.sources.get("interposer")  # with `record --interpose on` (an interposer config asked)
+        self.ip_on = self.ip is not None
+
+    def set_interposer(self, on: bool, stacks: bool = False) -> None:
+        """The interposer recording (and capturing stacks) or calling straight through."""
+        if self.ip is None:
+            if on:
+                raise SystemExit("the interposer is not recording in this process")
+            return
+        self.ip.window(on)
+        if self.ip.stacks.get("state") == "on":
+            self.ip.lib.cct_stacks_enable(1 if on and stacks else 0)
+        elif on and stacks:
+            raise SystemExit(f"interposer stacks cannot be switched on here: {self.ip.stacks.get('state')}")
+        self.ip_on = on
 
     def set_detached(self, detached: bool) -> None:
         """CUPTI out of the process (the tracer's own detach, flusher asleep), or back with every kind."""
@@ -272,7 +295,10 @@ def inner(a: argparse.Namespace) -> None:
         rng.shuffle(order)
         for c in order:
             kinds, bridged, stacks = parse_config(c)
-            if kinds.startswith(FRESH):
+            switch.set_interposer(kinds == INTERPOSER, stacks)
+            if kinds == INTERPOSER:
+                switch.set_detached(True)
+            elif kinds.startswith(FRESH):
                 switch.set_fresh(CONFIGS[kinds.removeprefix(FRESH)], torch.cuda.synchronize)
                 switch.set_stacks(stacks)  # else capture stays as the block before left it
             elif kinds == DETACHED:
@@ -288,7 +314,7 @@ def inner(a: argparse.Namespace) -> None:
                 step(i)
                 i += 1
             torch.cuda.synchronize()
-            if kinds == DETACHED:
+            if kinds in (DETACHED, INTERPOSER):
                 switch.check_detached()
             durations = []
             for _ in range(a.block):
@@ -307,6 +333,7 @@ def inner(a: argparse.Namespace) -> None:
     switch.set(tuple(ALL))  # leave it as it started
     switch.set_bridge(True)
     switch.set_stacks(switch.stacks_state == "on")
+    switch.set_interposer(switch.ip is not None)
     print("INPROCESS_SUMMARY " + json.dumps({"workload": a.workload, "block_ms": blocks}), flush=True)
 
 
@@ -373,7 +400,7 @@ def outer(a: argparse.Namespace) -> int:
     unknown = [c for c in configs if parse_config(c)[0].removeprefix(FRESH) not in CONFIGS]
     if not a.bridge and any(parse_config(c)[1] for c in configs):
         sys.exit(f"configs ending in {BRIDGED} need --bridge SPEC")
-    if a.bridge and any(c == DETACHED or c.startswith(FRESH) for c in configs):
+    if a.bridge and any(parse_config(c)[0] in (DETACHED, INTERPOSER) or c.startswith(FRESH) for c in configs):
         sys.exit(
             f"configs {DETACHED} and {FRESH}NAME cannot run with --bridge (the emulator acts through CUPTI's subscription)"
         )
@@ -386,6 +413,8 @@ def outer(a: argparse.Namespace) -> int:
             "--configs", a.configs, "--seed", str(a.seed), "--", *a.serve_args,
         ]  # fmt: skip
         opts = ["--kinds", ",".join(ALL), *(["--emulate-bridge", a.bridge] if a.bridge else [])]
+        if any(parse_config(c)[0] == INTERPOSER for c in configs):
+            opts += ["--interpose", "on"]
         cmd = recorded(inner_cmd, f"{tmp}/t", opts)
         env = dict(os.environ, CCTRACE_RUNTIME_ACTIVITY="1") if a.runtime_activity else None
         line, rc, tail = _summary_line(pinned(cmd, a.cpus), env)

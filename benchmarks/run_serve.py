@@ -192,6 +192,7 @@ class Run:
     steps_per_s: float
     step_ms: float
     records_per_s: float | None
+    step_ms_p10: float | None = None  # the run's fastest decile of steps: less of the machine's drift
 
 
 def records_per_s(trace: Path) -> float | None:
@@ -241,7 +242,9 @@ def run_one(
         raise SystemExit(f"run failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-2000:]}")
     if trace.is_dir():
         (trace / "serve_summary.json").write_text(json.dumps(s, indent=2) + "\n")
-    return Run(s["steps_per_s"], s["step_ms_median"], records_per_s(trace) if trace.is_dir() else None)
+    return Run(
+        s["steps_per_s"], s["step_ms_median"], records_per_s(trace) if trace.is_dir() else None, s.get("step_ms_p10")
+    )
 
 
 def slowdown(base: list[float], xs: list[float]) -> float:
@@ -250,15 +253,22 @@ def slowdown(base: list[float], xs: list[float]) -> float:
     return 100 * (b - statistics.median(xs)) / b
 
 
-def bootstrap_ci(base: list[float], xs: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% interval of slowdown(): both sets of runs resampled with replacement."""
+def longer(base: list[float], xs: list[float]) -> float:
+    """% longer than the baseline, by median time."""
+    b = statistics.median(base)
+    return 100 * (statistics.median(xs) - b) / b
+
+
+def bootstrap_ci(base: list[float], xs: list[float], n: int = 2000, seed: int = 0, stat=slowdown) -> tuple[float, float]:
+    """95% interval of `stat` (slowdown()): both sets of runs resampled with replacement."""
     rng = random.Random(seed)
-    draws = sorted(slowdown(rng.choices(base, k=len(base)), rng.choices(xs, k=len(xs))) for _ in range(n))
+    draws = sorted(stat(rng.choices(base, k=len(base)), rng.choices(xs, k=len(xs))) for _ in range(n))
     return draws[int(0.025 * n)], draws[int(0.975 * n) - 1]
 
 
 def table(suite: Suite, runs: dict[str, list[Run]]) -> list[dict]:
     base = [r.steps_per_s for r in runs[suite.baseline]]
+    base_p10 = [r.step_ms_p10 for r in runs[suite.baseline] if r.step_ms_p10 is not None]
     rows = []
     for name, rs in runs.items():
         sps = [r.steps_per_s for r in rs]
@@ -275,6 +285,11 @@ def table(suite: Suite, runs: dict[str, list[Run]]) -> list[dict]:
                 "records_per_s": statistics.median(rps) if rps else None,
             }
         )
+        p10 = [r.step_ms_p10 for r in rs if r.step_ms_p10 is not None]
+        if p10 and base_p10:
+            rows[-1]["step_ms_p10"] = p10
+            rows[-1]["p10_longer_pct"] = longer(base_p10, p10)
+            rows[-1]["p10_longer_ci95_pct"] = list(bootstrap_ci(base_p10, p10, stat=longer))
     return rows
 
 
@@ -290,6 +305,16 @@ def render(rows: list[dict], baseline: str) -> str:
             f"{r['config']:28} {r['median']:8.1f} {min(s):7.1f}-{max(s):<7.1f} {r['step_ms_median']:8.3f} "
             f"{r['slowdown_pct']:+8.1f}% {ci:>17} {rec}"
         )
+    if all("step_ms_p10" in r for r in rows):
+        out += ["fastest decile of steps (each run's p10 step time; the machine's drift lengthens the others):"]
+        for r in rows:
+            lo, hi = r["p10_longer_ci95_pct"]
+            ci = "(baseline)" if r["config"] == baseline else f"[{lo:+.1f}, {hi:+.1f}]%"
+            p = r["step_ms_p10"]
+            out.append(
+                f"{r['config']:28} {statistics.median(p):8.4f} ms {min(p):.4f}-{max(p):.4f} "
+                f"{r['p10_longer_pct']:+8.1f}% {ci:>17}"
+            )
     return "\n".join(out)
 
 

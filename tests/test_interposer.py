@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -626,3 +627,27 @@ def test_stack_ids_have_their_blocks_under_threads_flusher_and_fork(built, tmp_p
         spelled = [lines[line] for _d, _f, line in stack[1 : bits + 1]]  # the innermost dive() made the call
         assert sum(b << j for j, b in enumerate(spelled)) == c["stream"] - tag, (c, stack)
     assert len({(c["pid"], c["stack_id"]) for c in rows if c["pid"] == parent}) == 1 << bits
+
+
+def test_the_interposer_follows_tracing_windows(built, tmp_path) -> None:
+    """--interpose on with --toggle-signal: the interposer records the copies made inside the windows
+    and none of those made outside (the tracer switches it off and on at the window's edges)."""
+    out = tmp_path / "w"
+    env = project_env() | {"LD_LIBRARY_PATH": str(built["dir"])}
+    cmd = [sys.executable, "-m", "cctrace", "record", "-o", str(out), "--kinds", "none", "--interpose", "on",
+           "--host-probes", "off", "--flush-interval", "0.05", "-q", "--toggle-signal", "USR2",
+           "--", sys.executable, str(NATIVE / "windowed_ip_app.py")]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line)["at"] in ("off?", "on?"):
+            proc.send_signal(signal.SIGUSR2)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    (p,) = m["processes"]
+    assert p["sources"]["interposer"]["mode"] == "windowed" and p["sources"]["interposer"]["state"] == "active"
+    copies = sorted((c for c in _rows(_tables(out)["copies"]) if c["bytes"] > 1), key=lambda c: c["bytes"])
+    assert [c["bytes"] for c in copies] == list(range(100, 150)) + list(range(2000, 2050))
+    (w1, w2) = p["windows"]
+    assert all(any(a <= c["start_ns"] and c["end_ns"] <= b for a, b in (w1, w2)) for c in copies)

@@ -283,17 +283,13 @@ def _loadable(name: str) -> bool:
 def interposer_mode(opts: RecordOptions) -> dict:
     """--interpose: 'on' records from the start, 'standby' preloads it for the tracer to switch on if
     CUPTI is refused in the process, 'off' leaves the program alone. auto is on when CUPTI cannot run
-    (no kinds asked, cupti-python missing, Confidential Computing on) and standby otherwise."""
+    (no kinds asked, cupti-python missing, Confidential Computing on) and standby otherwise. With tracing
+    windows, 'on' becomes 'windowed': off outside them, switched by each Python process's tracer."""
     if opts.interpose == "off":
         return {"mode": "off", "why": "--interpose off"}
-    if opts.window is not None:  # it records from the program's start, and cannot be detached yet
-        if opts.interpose == "on":
-            raise RecordError("--interpose on records from the program's start: it does not follow tracing windows")
-        return {
-            "mode": "off",
-            "why": "tracing windows (--delay/--duration/--toggle-signal): the interposer does not follow them",
-        }
     why = "asked (--interpose on)" if opts.interpose == "on" else _cupti_cannot_run(opts)
+    if why and opts.window is not None:  # each process's tracer switches it at the window's edges
+        return {"mode": "windowed", "why": f"{why}; inside tracing windows, in Python processes only"}
     return {"mode": "on" if why else "standby", "why": why or "CUPTI runs; on only where it is refused"}
 
 

@@ -83,7 +83,7 @@ class Tracer:
         if self._start_attached():
             self.windows.append([time.monotonic_ns(), None])
             self._start_cupti()
-        self._start_interposer()
+            self._start_interposer()  # else the library waits, off, for the first window
         self._start_bridge()
         self._write_proc_record(final=False)
         self._start_flusher()
@@ -132,6 +132,11 @@ class Tracer:
         src = InterposerSource(self.interposer["lib"], self.interposer["mode"], stacks=self.stacks)
         src.start(cupti_running=self.cupti_status == "active")
         self.sources["interposer"] = src
+
+    def _interposer_window(self, on: bool) -> None:
+        src = self.sources.get("interposer")
+        if src is not None:
+            src.window(on)  # type: ignore[attr-defined]
 
     def _start_bridge(self) -> None:
         """--emulate-bridge: act out a CC bridge inside this process's copy calls."""
@@ -222,9 +227,13 @@ class Tracer:
                         self._start_cupti()  # the first window: CUPTI starts only now
                     else:
                         src.attach()  # type: ignore[attr-defined]
+                    if "interposer" not in self.sources:
+                        self._start_interposer()  # standby or on, decided now that CUPTI's state is known
+                    self._interposer_window(True)
                 else:
                     if src is not None:
                         src.detach(wait_s)  # type: ignore[attr-defined]
+                    self._interposer_window(False)
                     self.writer.flush()
                     self.windows[-1][1] = time.monotonic_ns()
             except Exception as e:  # noqa: BLE001 - a window failure must not kill the traced program

@@ -59,7 +59,9 @@ CALLSITE_SKIP = _var("CALLSITE_SKIP", "--callsite-skip patterns (newline-separat
 CALLSITE_KEEP = _var("CALLSITE_KEEP", "--callsite-keep patterns (newline-separated): never skipped")
 STEP_FUNCTIONS = _var("STEP_FUNCTIONS", "--step-function MODULE:QUALNAME targets (newline-separated)")
 INTERPOSE = _var(
-    "INTERPOSE", "the preloaded driver interposer: 'on' records, 'standby' waits for the tracer (CUPTI refused)"
+    "INTERPOSE",
+    "the preloaded driver interposer: 'on' records, 'standby' waits for the tracer (CUPTI refused), "
+    "'windowed' records inside tracing windows (the tracer switches it)"
 )
 INTERPOSE_LIB = _var("INTERPOSE_LIB", "path of the compiled driver interposer (native/interpose.c), also in LD_PRELOAD")
 INTERPOSE_LIB_ERROR = _var("INTERPOSE_LIB_ERROR", "why the driver interposer could not be built")
@@ -97,7 +99,7 @@ class Handoff:
     callsite_skip: tuple[str, ...] = ()
     callsite_keep: tuple[str, ...] = ()
     step_functions: tuple[str, ...] = ()  # --step-function MODULE:QUALNAME
-    interpose: str = "off"  # on | standby | off
+    interpose: str = "off"  # on | standby | windowed | off
     interpose_launches: bool = False
     window: dict | None = None  # {"start_detached": bool}: the launcher opens and closes windows
 

@@ -211,7 +211,7 @@ static __thread struct tbuf *t_buf;
 static __thread uint32_t t_tid;
 static pthread_key_t g_key;
 static volatile int g_on;     /* recording in this process: CCTRACE_DIR set and the file writable */
-static int g_armed;           /* CCTRACE_DIR and CCTRACE_INTERPOSE were set: cct_ip_enable may switch on */
+static int g_armed;           /* CCTRACE_DIR and CCTRACE_INTERPOSE were set: cct_ip_set may switch it */
 static int g_launches;        /* CCTRACE_INTERPOSE_LAUNCHES: also record kernel launches */
 static char g_dir[3072];
 static volatile int g_fd = -1;
@@ -1245,7 +1245,7 @@ __attribute__((constructor)) static void start(void) {
     pthread_key_create(&g_key, thread_gone);
     /* the names are cctrace/trace/handoff.py's DIR, INTERPOSE, FLUSH_S and INTERPOSE_LAUNCHES */
     const char *dir = getenv("CCTRACE_DIR"), *mode = getenv("CCTRACE_INTERPOSE");
-    if (!mode || (strcmp(mode, "on") && strcmp(mode, "standby"))) return;
+    if (!mode || (strcmp(mode, "on") && strcmp(mode, "standby") && strcmp(mode, "windowed"))) return;
     if (!dir || !*dir || strlen(dir) >= sizeof g_dir) return;
     strcpy(g_dir, dir);
     const char *f = getenv("CCTRACE_FLUSH_S");
@@ -1256,7 +1256,8 @@ __attribute__((constructor)) static void start(void) {
     g_launches = getenv("CCTRACE_INTERPOSE_LAUNCHES") != NULL;
     pthread_atfork(NULL, NULL, after_fork_child);
     g_armed = 1;
-    g_on = !strcmp(mode, "on"); /* standby: the in-process tracer switches it on when CUPTI cannot run */
+    /* standby: the in-process tracer switches it on when CUPTI cannot run; windowed: inside tracing windows */
+    g_on = !strcmp(mode, "on");
 }
 
 __attribute__((destructor)) static void finish(void) {
@@ -1272,10 +1273,11 @@ void cct_ip_flush(int last) {
 /* 1 when this process records (CCTRACE_DIR was set at start and the file could be opened). */
 int cct_ip_active(void) { return g_on; }
 
-/* Standby -> recording (the tracer found CUPTI refused); 0 when it now records. */
-int cct_ip_enable(void) {
+/* Recording on or off in this process: standby -> on when the tracer found CUPTI refused, and both ways
+   at a tracing window's edges (off: every wrapper calls straight through). 0 when done, -1 if not armed. */
+int cct_ip_set(int on) {
     if (!g_armed) return -1;
-    g_on = 1;
+    g_on = on ? 1 : 0;
     return 0;
 }
 

@@ -63,11 +63,12 @@ class InterposerSource:
             return
         self.lib = ctypes.CDLL(self.path)  # the preloaded copy: dlopen hands back the same library
         self.lib.cct_ip_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 5)]
-        if self.mode == "on":
+        if self.mode in ("on", "windowed"):  # windowed: the library starts off, the window is open now
+            self.lib.cct_ip_set(1)
             self.status = "active"
         elif cupti_running:
             self.status = "standby: CUPTI records this process"
-        elif self.lib.cct_ip_enable() == 0:
+        elif self.lib.cct_ip_set(1) == 0:
             self.status = "active: CUPTI is off in this process"
         else:
             self.status = "off: the interposer was not armed (no trace directory at its start)"
@@ -76,6 +77,12 @@ class InterposerSource:
 
     def recording(self) -> bool:
         return self.lib is not None and self.status.startswith("active")
+
+    def window(self, on: bool) -> None:
+        """A tracing window opened or closed: record inside it, call straight through outside it."""
+        if self.recording():
+            assert self.lib is not None
+            self.lib.cct_ip_set(1 if on else 0)
 
     def callback_hooks(self) -> tuple[tuple[int, int, int], dict[str, int]]:
         """CUPTI-shaped subscribe/enable/unsubscribe through which a callback user (the bridge
