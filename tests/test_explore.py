@@ -186,14 +186,15 @@ async def test_timeline_paints_the_busy_fraction(trace, size):
             cell_ns = (hi - lo) / cells
             assert cells > size[0] - 20
             tracks = {r.label(False): r for r in tl.rows}
-            assert set(tracks) == {"stream 7", "thread 791"}
+            (tid,) = con.execute("SELECT DISTINCT tid FROM api_calls").fetchone()  # the one host thread
+            assert set(tracks) == {"stream 7", f"thread {tid}"}
             painted = _painted(lines, tl.row_height, cells)
             gpu = con.execute(
                 "SELECT start_ns, end_ns FROM copies WHERE stream_id = 7 UNION ALL "
                 "SELECT start_ns, end_ns FROM kernels WHERE stream_id = 7"
             ).fetchall()
-            host = con.execute("SELECT start_ns, end_ns FROM api_calls WHERE tid = 791").fetchall()
-            for label, intervals in (("stream 7", gpu), ("thread 791", host)):
+            host = con.execute("SELECT start_ns, end_ns FROM api_calls WHERE tid = ?", [tid]).fetchall()
+            for label, intervals in (("stream 7", gpu), (f"thread {tid}", host)):
                 truth = _union_ns(intervals, lo, hi)
                 assert abs(sum(painted[label]) * cell_ns - truth) <= cell_ns, (view, label, painted, truth, cell_ns)
             if view == "whole":  # the GPU is busy about 5% of the window: no cell is painted full

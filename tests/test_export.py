@@ -141,7 +141,8 @@ def test_perfetto_proto_decodes_with_perfettos_protos(trace, tmp_path):
     t.ParseFromString(out.read_bytes())
     tracks = {p.track_descriptor.uuid: p.track_descriptor for p in t.packet if p.HasField("track_descriptor")}
     names = {u: d.thread.thread_name or d.name or d.process.process_name for u, d in tracks.items()}
-    assert "GPU stream 7" in names.values() and "host thread 791" in names.values()
+    (proc,) = json.loads((trace / "manifest.json").read_text())["processes"]
+    assert "GPU stream 7" in names.values() and f"host thread {proc['pid']}" in names.values()
     assert "HtoD bytes in flight" in names.values()
     te = P.TrackEvent
     open_: dict = {}
