@@ -753,7 +753,9 @@ def diff_cmd(base, trace, as_json, params, profile) -> None:
     other than the boundary. JSON keys: base_step_ms, trace_step_ms, gap_ms_per_step, gap_pct,
     base_step_median_ms, trace_step_median_ms, gap_median_ms_per_step, categories[{category,
     base_ms_per_step, trace_ms_per_step, delta_ms_per_step, share_of_gap, injected_ms_per_step}],
-    explained_ms_per_step, unexplained_ms_per_step, explained_share, noise_ms_per_step,
+    explained_ms_per_step, slow_steps ({base, trace}: steps at least slow_step_factor x the median step with
+    no crossings to show for it), slow_steps_ms_per_step (their excess, per step, beside the categories),
+    unexplained_ms_per_step (the gap less both), explained_share, noise_ms_per_step,
     base_step_source, trace_step_source, same_program, warnings (why the gap cannot be judged),
     bridge_injected_ms_per_step (traces recorded with --emulate-bridge: what the emulator injected per
     step more in TRACE than in BASE, else null) and bridge_injected_scope (window | whole_run).

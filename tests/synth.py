@@ -79,6 +79,10 @@ class Spec:
     detach_after: int | None = None
     untraced_ns: int = 0
     margin_ns: int = 0
+    # step index -> host time in that step with nothing recorded (the host or another tenant held it up)
+    pause_ns: dict[int, int] = field(default_factory=dict)
+    # step index -> blocking launches in that step beyond stalls_per_step (a step slowed by crossings)
+    extra_stalls: dict[int, int] = field(default_factory=dict)
     truth: dict = field(default_factory=dict)
 
     def dur(self, nbytes: int) -> int:
@@ -155,7 +159,7 @@ def generate(out: Path, spec: Spec) -> Spec:
         # is covered by the other streams' copies: sum of the earlier copies' durations
         t = end + 10 * US
         # 4. async launches that block: GPU idle meanwhile
-        for _ in range(spec.stalls_per_step):
+        for _ in range(spec.stalls_per_step + spec.extra_stalls.get(step, 0)):
             dur = spec.normal_call_ns + spec.stall_ns
             api("cudaLaunchKernel", t, dur, "stall")
             if spec.stall_ns:
@@ -176,6 +180,7 @@ def generate(out: Path, spec: Spec) -> Spec:
             truth["alloc_pairs"] += 1
             truth["alloc_copy_ns"] += spec.alloc_call_ns + spec.alloc_copy_call_ns
             t = a + spec.alloc_copy_call_ns + 10 * US
+        t += spec.pause_ns.get(step, 0)  # nothing recorded: the host was held up
         # 6. blocking readback and a stream sync
         c = api("cudaMemcpyAsync", t, spec.readback_ns, "readback")
         copy("DtoH", "device", "pageable", 128, t + spec.readback_ns - 3 * US, 7, c, dur=3 * US)

@@ -63,6 +63,12 @@ PARAM_TABLE: tuple[Param, ...] = (
         "normal cost of a call meant to return at once (bundled H100 profile: 2x p90 of an async copy call)",
     ),
     Param("alloc_window_us", float, 200.0, "how soon after an allocation a copy counts as alloc-and-copy"),
+    Param(
+        "slow_step_factor",
+        float,
+        4.0,
+        "a step this many times the median step, its excess not from crossings, was slowed by something else",
+    ),
 )
 PARAMS: dict[str, Param] = {p.name: p for p in PARAM_TABLE}
 STEP_SOURCES = (
@@ -348,6 +354,7 @@ def report(trace: Path, params: dict[str, object] | None = None, profile: Path |
                 }
             )
         explained = sum(c["lost_ms"] for c in categories)
+        slow = a.rows("slow_steps")
         top = {c.name: a.rows(c.query)[:3] for c in CATEGORIES}
         m = read_manifest(trace if Path(trace).is_dir() else Path(trace).parent)
 
@@ -381,6 +388,8 @@ def report(trace: Path, params: dict[str, object] | None = None, profile: Path |
             "categories": categories,
             "explained_ms": round(explained, 3),
             "unexplained_ms": round(window_ms - explained, 3),
+            # steps far longer than the median without crossings to show for it: their excess, not crossings'
+            "slow_steps": {"steps": len(slow), "excess_ms": round(sum(r["excess_us"] for r in slow) / 1e3, 3)},
             "gpu_idle_ms": round(a.scalar("SELECT coalesce(sum(end_ns - start_ns), 0) FROM gpu_idle") / 1e6, 3),
             "gpu_busy_complete": a.scalar("SELECT count(*) FROM kernels") > 0,
             "cost_model": a.rows("cost_model"),
@@ -483,6 +492,7 @@ def diff(base: Path, trace: Path, params: dict[str, object] | None = None, trace
     inj_b = _injected_per_step(b, scope) if scope else {}
     inj_t = _injected_per_step(t, scope) if scope else {}
     rows, explained = [], 0.0
+    slowed = per_step(t, t["slow_steps"]["excess_ms"]) - per_step(b, b["slow_steps"]["excess_ms"])
     for cb, ct in zip(b["categories"], t["categories"], strict=True):
         delta = per_step(t, ct["lost_ms"]) - per_step(b, cb["lost_ms"])
         explained += delta
@@ -542,7 +552,10 @@ def diff(base: Path, trace: Path, params: dict[str, object] | None = None, trace
         "warnings": warnings,
         "categories": rows,
         "explained_ms_per_step": round(explained, 5),
-        "unexplained_ms_per_step": round(gap - explained, 5),
+        # the slow steps' excess (report's slow_steps), per step: the gap's part that crossings did not cause
+        "slow_steps": {"base": b["slow_steps"]["steps"], "trace": t["slow_steps"]["steps"]},
+        "slow_steps_ms_per_step": round(slowed, 5),
+        "unexplained_ms_per_step": round(gap - explained - slowed, 5),
         "explained_share": round(explained / gap, 4) if gap else None,
         "callsites": callsite_diff(b, t),
         # ground truth, when a trace was recorded with --emulate-bridge: what the emulator injected per

@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, OptionList,
 from cctrace.analyze.analysis import Analysis, QueryError, diff, list_queries, report
 from cctrace.analyze.span import analysis_window, step_range
 from cctrace.ui.costplot import cost_plot
-from cctrace.ui.render import LABELS, describe_traced, diff_rows
+from cctrace.ui.render import LABELS, describe_traced, diff_rows, slow_steps_cells
 from cctrace.ui.safe import cell as safe_cell
 from cctrace.ui.safe import clean
 from cctrace.ui.timeline import UNTRACED, busy_rows, legend, paint, traced_part, untraced_marks
@@ -405,6 +405,9 @@ class Explorer(App):
         t.add_columns("category", "base ms/step", "trace ms/step", "delta ms/step", "share of gap")
         for row in diff_rows(d):
             t.add_row(*row)
+        slow = slow_steps_cells(d)
+        if slow:
+            t.add_row(*slow)
         gap = d["gap_ms_per_step"]
         share = f"{100 * d['unexplained_ms_per_step'] / gap:.1f}%" if gap else ""
         t.add_row("unexplained", "", "", f"{d['unexplained_ms_per_step']:+.4f}", share)

@@ -146,6 +146,13 @@ def print_report(r: dict, console: Console) -> None:
         )
     t.add_row("[dim]unexplained (compute, Python, ...)[/dim]", "", f"{r['unexplained_ms']:.3f}", "", "", "")
     console.print(t)
+    slow = r.get("slow_steps") or {}
+    if slow.get("steps"):
+        console.print(
+            f"[yellow]{slow['steps']} step(s) ran at least {r['params']['slow_step_factor']:g}x the median step with "
+            f"no crossings to show for it ({slow['excess_ms']:.3f} ms beyond the median): the host, another tenant, "
+            "a GC pause or other work (cctrace query slow_steps lists them)[/yellow]"
+        )
     if not r["gpu_busy_complete"]:
         console.print("[yellow]no kernels recorded: GPU idle counts copies only (record with --kernels)[/yellow]")
     for c in r["categories"]:
@@ -225,6 +232,17 @@ def diff_rows(d: dict) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+def slow_steps_cells(d: dict) -> tuple[str, ...] | None:
+    """The diff table's row for the steps slowed by something other than crossings; None without any."""
+    slow = d.get("slow_steps")
+    if not slow or not (slow["base"] or slow["trace"]):
+        return None
+    gap = d["gap_ms_per_step"]
+    share = f"{100 * d['slow_steps_ms_per_step'] / gap:.1f}%" if gap else ""
+    label = f"slow steps, not crossings ({slow['base']} -> {slow['trace']})"
+    return (label, "", "", f"{d['slow_steps_ms_per_step']:+.4f}", share)
+
+
 def print_diff(d: dict, console: Console) -> None:
     console.print(f"[bold]cctrace diff[/bold] {markup(d['base'])} -> {markup(d['trace'])}")
     print_partial(d.get("partial") or [], console)
@@ -243,6 +261,9 @@ def print_diff(d: dict, console: Console) -> None:
         t.add_column(c, justify="left" if c == "category" else "right")
     for row in diff_rows(d):
         t.add_row(*row)
+    slow = slow_steps_cells(d)
+    if slow:
+        t.add_row(f"[dim]{slow[0]}[/dim]", *slow[1:])
     t.add_row("[dim]unexplained[/dim]", "", "", f"{d['unexplained_ms_per_step']:+.4f}", "")
     console.print(t)
     sites = [row for row in d.get("callsites") or [] if row["delta_ms_per_step"]]

@@ -1,0 +1,39 @@
+"""Steps slowed by something other than crossings (the slow_steps query, report's slow_steps and the diff's
+row for them) on synthetic traces with injected host pauses: which steps, and their excess, exactly."""
+
+from __future__ import annotations
+
+from cctrace.analyze.analysis import Analysis, diff, report
+from tests.synth import US, Spec, generate
+
+PAUSES = {5: 20_000 * US, 12: 31_000 * US}  # step index -> nothing recorded for this long
+
+
+def test_paused_steps_are_slow_and_a_step_slowed_by_crossings_is_not(tmp_path):
+    spec = generate(tmp_path / "t", Spec(steps=20, pause_ns=PAUSES, extra_stalls={8: 40}))
+    a = Analysis(tmp_path / "t")
+    try:
+        rows = a.rows("slow_steps")
+        durations = {r["name"]: r["step_us"] for r in a.rows("step_timeline")}
+    finally:
+        a.close()
+    assert [r["name"] for r in rows] == ["step 5", "step 12"]
+    assert [r["excess_us"] for r in rows] == [PAUSES[5] / 1e3, PAUSES[12] / 1e3]
+    assert durations["step 8"] >= 4 * durations["step 0"]  # as long as a slow step, but its stalls explain it
+    r = report(tmp_path / "t")
+    assert r["slow_steps"] == {"steps": 2, "excess_ms": sum(PAUSES.values()) / 1e6}
+    assert spec.truth["stall_count"] == 20 * 2 + 40
+
+
+def test_the_diff_puts_the_pauses_beside_the_categories(tmp_path):
+    generate(tmp_path / "base", Spec(steps=20))
+    generate(tmp_path / "paused", Spec(steps=20, pause_ns=PAUSES))
+    d = diff(tmp_path / "base", tmp_path / "paused")
+    per_step_ms = sum(PAUSES.values()) / 20 / 1e6
+    assert d["slow_steps"] == {"base": 0, "trace": 2}
+    assert d["gap_ms_per_step"] == round(per_step_ms, 5)
+    assert d["slow_steps_ms_per_step"] == round(per_step_ms, 5)
+    assert d["explained_ms_per_step"] == 0 and d["unexplained_ms_per_step"] == 0
+    # a higher factor: no step is slow enough, and the pauses are unexplained again
+    d = diff(tmp_path / "base", tmp_path / "paused", {"slow_step_factor": 20.0})
+    assert d["slow_steps"] == {"base": 0, "trace": 0} and d["unexplained_ms_per_step"] == round(per_step_ms, 5)
