@@ -107,8 +107,10 @@ def test_report_page_renders_the_reports_numbers(page_and_report, browser):
     assert page.eval_on_selector_all("#cost-plot polyline.model", "els => els.length") == len(rep["cost_model"])
     box = page.eval_on_selector("#cost-plot", "e => e.getBoundingClientRect().height")
     assert box > 300
-    # top offenders: the report's top rows, as printed; no call-site table when no stack named one
-    assert page.query_selector("table.callsites") is None
+    # top offenders: the report's top rows, as printed; the call sites table, one row per site (at most 15)
+    sites = [s for s in rep["callsites"] if s.get("callsite")]
+    assert sites and page.eval_on_selector_all("table.callsites tr:has(td)", "els => els.length") == min(15, len(sites))
+    assert "serve.py" in page.inner_text("table.callsites")
     text = page.inner_text("body")
     assert f"{rep['top']['small_crossings'][0]['excess_ms']}" in text
     assert page.inner_text("#window-ms") == str(rep["window_ms"])

@@ -1,4 +1,4 @@
-"""Regression tests on the traces recorded on the H100 (sample_traces/), against what serve.py issued
+"""Regression tests on the sample traces of serve.py (sample_traces/: H200, and serve-hostonly H100), against what serve.py issued
 (each sample's serve_summary.json) and, for the emulated-bridge runs, what the emulator injected
 (manifest.json bridge_emulation: the ground truth).
 
@@ -121,17 +121,21 @@ def test_async_stalls_never_exceed_the_injected_blocking(samples, name):
 def test_diff_explains_the_bridge_gap(samples):
     dirs, _ = samples
     # the zero bridge runs the emulator with nothing to inject: the gap is the bridge's alone
+    # (steps that another tenant or the host slowed, with no crossings to show for it, are set beside the
+    # categories as slow steps: the categories must explain the rest)
     d = diff(dirs["serve-zero-bridge"], dirs["serve-bridge"])
-    gap = d["gap_ms_per_step"]
+    gap, slow = d["gap_ms_per_step"], d["slow_steps_ms_per_step"]
     explained = sum(r["delta_ms_per_step"] for r in d["categories"])
-    assert gap > 1.0 and explained >= 0.90 * gap, (explained, gap)
+    assert gap > 1.0 and explained >= 0.90 * (gap - slow), (explained, gap, slow)
+    assert explained + slow >= 0.90 * gap and 0 <= slow < gap
     # against the plain run the gap also holds the host's run-to-run variance, which on the lent
     # machines is as large as the bridge's toll (sample_traces/record.sh keeps each sample's median
     # run of three for that reason): issue 6's floor, 90% of the mean step's gap, and the same for
     # the median step, which the steps another tenant slowed do not move
     d = diff(dirs["serve-baseline"], dirs["serve-bridge"])
     explained = sum(r["delta_ms_per_step"] for r in d["categories"])
-    assert explained >= 0.90 * d["gap_ms_per_step"], (explained, d["gap_ms_per_step"])
+    gap, slow = d["gap_ms_per_step"], d["slow_steps_ms_per_step"]
+    assert explained >= 0.90 * (gap - slow) and explained + slow >= 0.90 * gap, (explained, gap, slow)
     assert explained >= 0.90 * d["gap_median_ms_per_step"], (explained, d["gap_median_ms_per_step"])
     top = max(d["categories"], key=lambda r: r["delta_ms_per_step"])
     assert top["category"] == "small_crossings"
@@ -182,14 +186,22 @@ def test_advice_fits_each_sample(samples):
     assert reports["serve-hostonly"]["host_only"] and "record with CUPTI" in advice["serve-hostonly"]["small_crossings"]
 
 
-def test_traces_recorded_before_per_injection_rows_keep_the_whole_run_truth(samples):
-    """The samples predate bridge_injections: the report and diff keep the manifest's whole-run counters,
-    labelled as such; a diff of two runs of serve.py judges, a diff against the remedied program warns."""
+def test_traces_without_per_injection_rows_keep_the_whole_run_truth(samples, tmp_path):
+    """serve-hostonly predates bridge_injections, and so do copies of the others with those shards taken
+    out: report and diff keep the manifest's whole-run counters, labelled as such. With the rows the
+    truth is the window's. A diff of two runs of serve.py judges, a diff against the remedied program warns."""
     dirs, reports = samples
-    assert all(r["ground_truth"] is None for r in reports.values())
-    d = diff(dirs["serve-zero-bridge"], dirs["serve-bridge"])
+    assert reports["serve-hostonly"]["ground_truth"] is None
+    assert reports["serve-bridge"]["ground_truth"] and reports["serve-bridge-remedied"]["ground_truth"]
+    old = {}
+    for name in ("serve-zero-bridge", "serve-bridge"):
+        old[name] = tmp_path / name
+        shutil.copytree(dirs[name], old[name], ignore=shutil.ignore_patterns("trace.duckdb*", "bridge_injections.*"))
+    assert report(old["serve-bridge"])["ground_truth"] is None
+    d = diff(old["serve-zero-bridge"], old["serve-bridge"])
     assert d["bridge_injected_scope"] == "whole_run" and d["same_program"]
     assert d["warnings"] == []
+    assert diff(dirs["serve-baseline"], dirs["serve-bridge"])["bridge_injected_scope"] == "window"
     d = diff(dirs["serve-bridge"], dirs["serve-bridge-remedied"])
     assert not d["same_program"] and any("different programs" in w for w in d["warnings"])
     d = diff(dirs["serve-bridge"], dirs["serve-hostonly"])

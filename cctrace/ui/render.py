@@ -146,13 +146,9 @@ def print_report(r: dict, console: Console) -> None:
         )
     t.add_row("[dim]unexplained (compute, Python, ...)[/dim]", "", f"{r['unexplained_ms']:.3f}", "", "", "")
     console.print(t)
-    slow = r.get("slow_steps") or {}
-    if slow.get("steps"):
-        console.print(
-            f"[yellow]{slow['steps']} step(s) ran at least {r['params']['slow_step_factor']:g}x the median step with "
-            f"no crossings to show for it ({slow['excess_ms']:.3f} ms beyond the median): the host, another tenant, "
-            "a GC pause or other work (cctrace query slow_steps lists them)[/yellow]"
-        )
+    slow = describe_slow_steps(r)
+    if slow:
+        console.print(f"[yellow]{slow}[/yellow]")
     if not r["gpu_busy_complete"]:
         console.print("[yellow]no kernels recorded: GPU idle counts copies only (record with --kernels)[/yellow]")
     for c in r["categories"]:
@@ -230,6 +226,18 @@ def diff_rows(d: dict) -> list[tuple[str, str, str, str, str]]:
             )
         )
     return rows
+
+
+def describe_slow_steps(r: dict) -> str | None:
+    """A report's steps slowed by something other than crossings, in a sentence; None without any."""
+    slow = r.get("slow_steps") or {}
+    if not slow.get("steps"):
+        return None
+    return (
+        f"{slow['steps']} step(s) ran at least {r['params']['slow_step_factor']:g}x the median step with no crossings "
+        f"to show for it ({slow['excess_ms']:.3f} ms of the unexplained time): the host, another tenant, a GC pause "
+        "or other work (cctrace query slow_steps lists them)"
+    )
 
 
 def slow_steps_cells(d: dict) -> tuple[str, ...] | None:
