@@ -208,11 +208,14 @@ def records_per_s(trace: Path) -> float | None:
 
 HF_GENERATE = ROOT / "tests" / "workloads" / "hf_generate.py"
 # cupti_inprocess.py's config for each overhead-suite configuration it can switch within one process
+# (fresh: CUPTI attached anew with only those kinds, as a traced process starts: a kind switched off after it
+# was on leaves most of its cost behind, so switching kinds within one attach is not the between-process twin)
 INPROCESS = {
-    "default": "default",
-    "memcpy": "memcpy",
-    "runtime": "runtime",
-    "default+kernels+nvtx": "default+kernel+nvtx",
+    "default": "fresh:default",
+    "memcpy": "fresh:memcpy",
+    "runtime": "fresh:runtime",
+    "default+kernels+nvtx": "fresh:default+kernel+nvtx",
+    "interposer": "interposer",  # CUPTI detached, the interposer recording
 }
 ATTACHED_OFF = "off"  # in one process: CUPTI attached (subscription included) with every kind off
 
