@@ -197,6 +197,8 @@ class Switch:
                 raise SystemExit("the interposer is not recording in this process")
             return
         self.ip.window(on)
+        if self.ip.lib.cct_ip_active() != int(on):
+            raise SystemExit(f"the interposer did not switch {'on' if on else 'off'}")
         if self.ip.stacks.get("state") == "on":
             self.ip.lib.cct_stacks_enable(1 if on and stacks else 0)
         elif on and stacks:
@@ -276,6 +278,28 @@ class Switch:
         self.on = want
 
 
+def enter_block(switch: Switch, c: str, poke) -> str:
+    """Put the process into config `c` for a block; its kinds config. `poke` makes a CUDA call."""
+    kinds, bridged, stacks = parse_config(c)
+    if kinds == INTERPOSER:
+        switch.set_detached(True)
+    elif kinds.startswith(FRESH):
+        switch.set_fresh(CONFIGS[kinds.removeprefix(FRESH)], poke)
+        switch.set_stacks(stacks)  # else capture stays as the block before left it
+    elif kinds == DETACHED:
+        switch.set_detached(True)
+    else:
+        if switch.fresh is not None:
+            switch.set_fresh(None, poke)
+        switch.set_detached(False)
+        switch.set(CONFIGS[kinds], driver=not kinds.endswith(NO_DRIVER))
+        switch.set_bridge(bridged)
+        switch.set_stacks(stacks)
+    # last: attaching or detaching CUPTI switches the interposer with it (a tracing window's edge)
+    switch.set_interposer(kinds == INTERPOSER, stacks)
+    return kinds
+
+
 def inner(a: argparse.Namespace) -> None:
     import torch
 
@@ -294,22 +318,7 @@ def inner(a: argparse.Namespace) -> None:
         order = configs[:]
         rng.shuffle(order)
         for c in order:
-            kinds, bridged, stacks = parse_config(c)
-            switch.set_interposer(kinds == INTERPOSER, stacks)
-            if kinds == INTERPOSER:
-                switch.set_detached(True)
-            elif kinds.startswith(FRESH):
-                switch.set_fresh(CONFIGS[kinds.removeprefix(FRESH)], torch.cuda.synchronize)
-                switch.set_stacks(stacks)  # else capture stays as the block before left it
-            elif kinds == DETACHED:
-                switch.set_detached(True)
-            else:
-                if switch.fresh is not None:
-                    switch.set_fresh(None, torch.cuda.synchronize)
-                switch.set_detached(False)
-                switch.set(CONFIGS[kinds], driver=not kinds.endswith(NO_DRIVER))
-                switch.set_bridge(bridged)
-                switch.set_stacks(stacks)
+            kinds = enter_block(switch, c, torch.cuda.synchronize)
             for _ in range(a.settle):
                 step(i)
                 i += 1
@@ -333,7 +342,7 @@ def inner(a: argparse.Namespace) -> None:
     switch.set(tuple(ALL))  # leave it as it started
     switch.set_bridge(True)
     switch.set_stacks(switch.stacks_state == "on")
-    switch.set_interposer(switch.ip is not None)
+    switch.set_interposer(switch.ip is not None, switch.ip is not None and switch.ip.stacks.get("state") == "on")
     print("INPROCESS_SUMMARY " + json.dumps({"workload": a.workload, "block_ms": blocks}), flush=True)
 
 

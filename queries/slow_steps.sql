@@ -1,23 +1,25 @@
 -- name: slow_steps
--- answers: Which steps took far longer than the median step without crossings to show for it (the host, another tenant, a GC pause, other work)?
--- needs: categories
--- columns: step, name, step_us, lost_us, excess_us
--- A step is slow when it lasts at least slow_step_factor times the median step and the crossings' time
--- in it, beyond the median step's, accounts for less than half of its excess over the median step.
--- excess_us is that excess less the crossings' share: the time the step lost to something else.
+-- answers: Which steps took far longer than the median step outside any recorded CUDA call (the host, another tenant, a GC pause, other work)?
+-- needs: steps
+-- columns: step, name, step_us, in_calls_us, excess_us
+-- A step is slow when it lasts at least slow_step_factor times the median step and the time its own
+-- process spent in recorded CUDA calls during it (copies, syncs, allocations, launches: every crossing's
+-- host time), beyond the median step's, accounts for less than half of its excess over the median step.
+-- excess_us is that excess less the calls' share: the time the step lost to something else. Time inside a
+-- call is never counted as something else, so a stall the host caused inside a call is not found.
+-- (each call counts in the step it starts in, up to that step's end: one ASOF join, not a range join)
 WITH ev AS (
-    SELECT s.step, sum(e.ns) AS lost
-    FROM steps s JOIN category_events e ON e.t >= s.start_ns AND e.t < s.end_ns
+    SELECT s.step, sum(least(c.end_ns, s.end_ns) - c.start_ns) AS ns
+    FROM calls c ASOF JOIN steps s ON c.pid = s.pid AND c.start_ns >= s.start_ns
+    WHERE c.start_ns < s.end_ns
     GROUP BY s.step
 ), per AS (
-    SELECT s.step, s.name, s.end_ns - s.start_ns AS ns, coalesce(ev.lost, 0) AS lost
-    FROM steps s LEFT JOIN ev USING (step)
-), typical AS (
-    SELECT median(ns) AS ns, median(lost) AS lost FROM per
+    SELECT s.step, s.name, s.end_ns - s.start_ns AS ns, coalesce(ev.ns, 0) AS in_calls FROM steps s LEFT JOIN ev USING (step)
 ), judged AS (
-    SELECT per.*, per.ns - t.ns AS over, per.ns - t.ns - greatest(per.lost - t.lost, 0) AS other
-    FROM per, typical t
-    WHERE per.ns >= getvariable('slow_step_factor') * t.ns
+    SELECT *, ns - median(ns) OVER () AS over,
+           ns - median(ns) OVER () - greatest(in_calls - median(in_calls) OVER (), 0) AS other,
+           ns >= getvariable('slow_step_factor') * median(ns) OVER () AS long
+    FROM per
 )
-SELECT step, name, round(ns / 1e3, 3) AS step_us, round(lost / 1e3, 3) AS lost_us, round(other / 1e3, 3) AS excess_us
-FROM judged WHERE other >= 0.5 * over ORDER BY step;
+SELECT step, name, round(ns / 1e3, 3) AS step_us, round(in_calls / 1e3, 3) AS in_calls_us, round(other / 1e3, 3) AS excess_us
+FROM judged WHERE long AND over > 0 AND other >= 0.5 * over ORDER BY step;

@@ -80,3 +80,23 @@ def one_call_trace(tmp_path) -> Path:
     (d / "manifest.json").write_text(json.dumps({"command": ["x"], "processes": [{"pid": 7}]}))
     load(d)
     return d
+
+
+STANDIN = Path(__file__).with_name("standin")
+
+
+@pytest.fixture
+def standin_env(tmp_path):
+    """An environment in which the stand-in CUPTI is the one cctrace finds."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    libcupti = lib / "libcupti.so.13"
+    cc_shared(STANDIN / "libcupti_standin.c", libcupti)
+    (lib / "empty.c").write_text("int cctrace_test_libcuda;\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib / "libcuda.so.1"), str(lib / "empty.c")], check=True)
+    env = project_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(STANDIN), env["PYTHONPATH"]])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(lib), env.get("LD_LIBRARY_PATH")]))
+    env["CCTRACE_TEST_LIBCUPTI"] = str(libcupti)
+    env["CCTRACE_CACHE"] = str(tmp_path / "cache")
+    return env

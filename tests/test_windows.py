@@ -10,7 +10,6 @@ through `report --json`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -24,27 +23,8 @@ from cctrace.analyze.store import load, traced_windows_table
 from cctrace.trace.shards import read_shard
 from cctrace.ui.html import report_page
 from cctrace.ui.render import describe_traced, report_markdown
-from tests.conftest import cc_shared, cctrace, project_env
+from tests.conftest import STANDIN, cctrace
 from tests.synth import PID, TID, US, Spec, generate, serve_loop
-
-STANDIN = Path(__file__).with_name("standin")
-
-
-@pytest.fixture
-def standin_env(tmp_path):
-    """An environment in which the stand-in CUPTI is the one cctrace finds."""
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    libcupti = lib / "libcupti.so.13"
-    cc_shared(STANDIN / "libcupti_standin.c", libcupti)
-    (lib / "empty.c").write_text("int cctrace_test_libcuda;\n")
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib / "libcuda.so.1"), str(lib / "empty.c")], check=True)
-    env = project_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(STANDIN), env["PYTHONPATH"]])
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(lib), env.get("LD_LIBRARY_PATH")]))
-    env["CCTRACE_TEST_LIBCUPTI"] = str(libcupti)
-    env["CCTRACE_CACHE"] = str(tmp_path / "cache")
-    return env
 
 
 def _record(env, out: Path, mode: str, *window: str, answer=None) -> list[dict]:
