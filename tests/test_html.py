@@ -111,6 +111,8 @@ def test_report_page_renders_the_reports_numbers(page_and_report, browser):
     sites = [s for s in rep["callsites"] if s.get("callsite")]
     assert sites and page.eval_on_selector_all("table.callsites tr:has(td)", "els => els.length") == min(15, len(sites))
     assert "serve.py" in page.inner_text("table.callsites")
+    # the sample's host burst, in the report's own words
+    assert rep["slow_steps"]["steps"] > 0 and f"{rep['slow_steps']['steps']} step(s)" in page.inner_text("#slow-steps")
     text = page.inner_text("body")
     assert f"{rep['top']['small_crossings'][0]['excess_ms']}" in text
     assert page.inner_text("#window-ms") == str(rep["window_ms"])

@@ -651,3 +651,23 @@ def test_the_interposer_follows_tracing_windows(built, tmp_path) -> None:
     assert [c["bytes"] for c in copies] == list(range(100, 150)) + list(range(2000, 2050))
     (w1, w2) = p["windows"]
     assert all(any(a <= c["start_ns"] and c["end_ns"] <= b for a, b in (w1, w2)) for c in copies)
+
+
+def test_a_child_forked_outside_a_window_is_recorded_by_the_interposer(built, tmp_path) -> None:
+    """--start-detached: the parent is never traced, and a child it forks is traced throughout (its tracer
+    says so), so the interposer it inherited switched off must record the child's copies."""
+    out = tmp_path / "f"
+    env = project_env() | {"LD_LIBRARY_PATH": str(built["dir"])}
+    r = subprocess.run(
+        [sys.executable, "-m", "cctrace", "record", "-o", str(out), "--kinds", "none", "--interpose", "on",
+         "--host-probes", "off", "-q", "--start-detached", "--toggle-signal", "USR2", "--",
+         sys.executable, str(NATIVE / "windowed_ip_app.py"), "fork"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    child = next(p for p in m["processes"] if p.get("forked_from"))
+    copies = _rows(_tables(out)["copies"])
+    assert sorted(c["bytes"] for c in copies) == list(range(3000, 3050))
+    assert {c["pid"] for c in copies} == {child["pid"]}
+    assert child["sources"]["interposer"]["state"].startswith("active")

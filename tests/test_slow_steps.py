@@ -37,3 +37,20 @@ def test_the_diff_puts_the_pauses_beside_the_categories(tmp_path):
     # a higher factor: no step is slow enough, and the pauses are unexplained again
     d = diff(tmp_path / "base", tmp_path / "paused", {"slow_step_factor": 20.0})
     assert d["slow_steps"] == {"base": 0, "trace": 0} and d["unexplained_ms_per_step"] == round(per_step_ms, 5)
+
+
+def test_no_step_is_slow_in_a_regular_run_or_without_steps(tmp_path):
+    """Steps alike: none is slow; a factor at or below 1 still needs a step longer than the median."""
+    generate(tmp_path / "even", Spec(steps=20))
+    assert report(tmp_path / "even")["slow_steps"] == {"steps": 0, "excess_ms": 0}
+    assert report(tmp_path / "even", {"slow_step_factor": 0.5})["slow_steps"]["steps"] == 0
+    generate(tmp_path / "one", Spec(steps=1, pause_ns={0: 20_000 * US}))
+    assert report(tmp_path / "one")["slow_steps"]["steps"] == 0  # one step is its own median
+
+
+def test_the_markdown_report_says_so(tmp_path):
+    from cctrace.ui.render import report_markdown
+
+    generate(tmp_path / "t", Spec(steps=20, pause_ns=PAUSES))
+    text = report_markdown(report(tmp_path / "t"))
+    assert "2 step(s) ran at least 4x the median step" in text

@@ -269,7 +269,7 @@ class Tracer:
             self.windows[-1][1] = time.monotonic_ns()
         if self.window is not None and not self.windows and "cupti" not in self.sources:
             self.cupti_status = "off: no tracing window opened while it ran"
-        for src in self.sources.values():
+        for src in list(self.sources.values()):  # a window opening now may still add one
             try:
                 src.stop()  # type: ignore[attr-defined]
             except Exception as e:  # noqa: BLE001
@@ -331,8 +331,20 @@ class Tracer:
                 f"off: forked from pid {parent}, and CUPTI does not survive fork() "
                 "(start CUDA workers with spawn or forkserver to trace them)"
             )
+        self._fork_interposer()
         self._write_proc_record(final=False)
         self._start_flusher()
+
+    def _fork_interposer(self) -> None:
+        """A forked child is traced throughout and CUPTI is off in it: the interposer records it, even
+        when the parent's stood by (CUPTI recorded the parent) or was outside a window at the fork."""
+        if not self.interposer:
+            return
+        src = self.sources.get("interposer")
+        if src is None or not src.recording():  # type: ignore[attr-defined]
+            self.sources.pop("interposer", None)
+            self._start_interposer()
+        self._interposer_window(True)
 
     def _wrap_os_exit(self) -> None:
         """multiprocessing's fork children (and some servers' workers) leave through os._exit,

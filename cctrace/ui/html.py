@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import math
 
-from cctrace.ui.render import LABELS, describe_traced
+from cctrace.ui.render import LABELS, describe_slow_steps, describe_traced
 from cctrace.ui.safe import clean
 
 # one colour per loss category (page only); "unexplained" is grey
@@ -233,6 +233,8 @@ def report_page(r: dict, steps: list[dict], latency: list[dict]) -> str:
 
         injected = f'<p class="meta" id="injected">{_t(describe_injected(r["bridge_emulation"]))}</p>'
     traced = f'<p class="meta" id="traced">{_t(describe_traced(r))}</p>' if describe_traced(r) else ""
+    slow = describe_slow_steps(r)
+    slow_p = f'<p class="meta" id="slow-steps">{_t(slow)}</p>' if slow else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:">
@@ -247,6 +249,7 @@ window <span id="window-ms">{r["window_ms"]}</span> ms, {step_line}; GPU idle {r
 {injected}
 <h2>Where the time went</h2>
 {category_bars(r)}
+{slow_p}
 {"<ul>" + advice + "</ul>" if advice else ""}
 <h2>Lost time per step</h2>
 <p class="legend-row">{legend} <span><i class="sw" style="background:#ddd"></i> step time</span></p>

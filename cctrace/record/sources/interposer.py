@@ -64,8 +64,8 @@ class InterposerSource:
         self.lib = ctypes.CDLL(self.path)  # the preloaded copy: dlopen hands back the same library
         self.lib.cct_ip_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 5)]
         if self.mode in ("on", "windowed"):  # windowed: the library starts off, the window is open now
-            self.lib.cct_ip_set(1)
-            self.status = "active"
+            armed = self.lib.cct_ip_set(1) == 0
+            self.status = "active" if armed else "off: the interposer was not armed (no trace directory at its start)"
         elif cupti_running:
             self.status = "standby: CUPTI records this process"
         elif self.lib.cct_ip_set(1) == 0:
