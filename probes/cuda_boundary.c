@@ -48,6 +48,7 @@ struct ioctl_t {
 };
 
 BPF_HASH(traced, u32, u8, 65536);        // tgids being traced (filled by user space and fork)
+BPF_HASH(roots, u32, u8, 64);            // tgids whose new processes are traced, themselves not (the launcher)
 BPF_HASH(inflight, u32, struct call_t, 65536);
 BPF_HASH(ioctl_inflight, u32, struct ioctl_t, 65536);
 BPF_ARRAY(lost, u64, 1);
@@ -173,10 +174,11 @@ TRACEPOINT_PROBE(sched, sched_switch) {
     return 0;
 }
 
-// new processes of traced processes are traced too
+// new processes of traced processes (and of the roots) are traced too; the parent is the current task,
+// whose tgid is the process (args->parent_pid is the forking thread's id)
 TRACEPOINT_PROBE(sched, sched_process_fork) {
-    u32 parent = args->parent_pid;
-    if (!is_traced(parent)) return 0;
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    if (!is_traced(parent) && roots.lookup(&parent) == NULL) return 0;
     u32 child = args->child_pid;
     u8 one = 1;
     traced.update(&child, &one);

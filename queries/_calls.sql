@@ -47,18 +47,30 @@ WHERE api_start_ns IS NOT NULL AND copy_kind = 'DtoH'
 --   pid, tid; alloc_ns, alloc_bytes, alloc_call, alloc_call_ns: the allocation and its call
 --   copy_bytes, copy_call, copy_call_ns, copy_ns, copy_call_start_ns, copy_correlation_id: the copy
 --   into it and its call; copy_source: who recorded the copy's call
+-- (copies are looked up in buckets one window wide, the allocation's own and the next: an equality join on
+-- pid and bucket, then the exact test; a range join of every allocation against every copy took seconds)
 CREATE OR REPLACE TEMP TABLE alloc_copy_pairs AS
-SELECT a.pid, ac.tid, a.ts_ns AS alloc_ns, a.bytes AS alloc_bytes, coalesce(ac.name, 'alloc') AS alloc_call,
-       coalesce(ac.end_ns - ac.start_ns, 0) AS alloc_call_ns, x.bytes AS copy_bytes, x.api_name AS copy_call,
+WITH w AS (
+    SELECT greatest(1, (getvariable('alloc_window_us') * 1000)::BIGINT) AS ns
+), a AS (
+    SELECT a.pid, a.ts_ns, a.address, a.bytes, ac.tid, ac.name, ac.start_ns AS call_start_ns, ac.end_ns AS call_end_ns,
+           coalesce(ac.end_ns, a.ts_ns) AS from_ns
+    FROM allocs a
+    LEFT JOIN api_calls ac
+           ON ac.pid = a.pid AND ac.correlation_id = a.correlation_id AND ac.source = a.source AND a.correlation_id > 0
+    WHERE a.op = 'alloc' AND a.memory_kind = 'device'
+      AND (a.source <> 'interposer' OR NOT (SELECT copies FROM cupti_present))
+), x AS (
+    SELECT x.*, x.api_start_ns // (SELECT ns FROM w) AS bucket FROM xfer_dir x WHERE x.copy_kind = 'HtoD'
+)
+SELECT a.pid, a.tid, a.ts_ns AS alloc_ns, a.bytes AS alloc_bytes, coalesce(a.name, 'alloc') AS alloc_call,
+       coalesce(a.call_end_ns - a.call_start_ns, 0) AS alloc_call_ns, x.bytes AS copy_bytes, x.api_name AS copy_call,
        x.api_end_ns - x.api_start_ns AS copy_call_ns, x.dur_ns AS copy_ns, x.api_start_ns AS copy_call_start_ns,
        x.correlation_id AS copy_correlation_id, x.api_source AS copy_source
-FROM allocs a
-LEFT JOIN api_calls ac
-       ON ac.pid = a.pid AND ac.correlation_id = a.correlation_id AND ac.source = a.source AND a.correlation_id > 0
-JOIN xfer_dir x ON x.pid = a.pid AND x.copy_kind = 'HtoD' AND x.bytes <= a.bytes
-     AND x.api_start_ns >= coalesce(ac.end_ns, a.ts_ns)
-     AND x.api_start_ns <= coalesce(ac.end_ns, a.ts_ns) + getvariable('alloc_window_us') * 1000
-     AND (ac.tid IS NULL OR x.api_tid = ac.tid)
-WHERE a.op = 'alloc' AND a.memory_kind = 'device'
-  AND (a.source <> 'interposer' OR NOT (SELECT copies FROM cupti_present))
+FROM a, unnest([a.from_ns // (SELECT ns FROM w), a.from_ns // (SELECT ns FROM w) + 1]) AS b(bucket)
+JOIN x ON x.pid = a.pid AND x.bucket = b.bucket
+WHERE x.bytes <= a.bytes
+  AND x.api_start_ns >= a.from_ns
+  AND x.api_start_ns <= a.from_ns + getvariable('alloc_window_us') * 1000
+  AND (a.tid IS NULL OR x.api_tid = a.tid)
 QUALIFY row_number() OVER (PARTITION BY a.pid, a.ts_ns, a.address ORDER BY x.api_start_ns) = 1;

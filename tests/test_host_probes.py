@@ -18,6 +18,13 @@ from cctrace.analyze.store import load
 from cctrace.record.sources.host_probes import HostProbes, ProbesUnavailable, check_ready
 from tests.conftest import cctrace
 
+# An off-CPU interval is two sched_switch events; now and then one is not seen (on this 2-core machine about
+# one full run of this file in five lost one of its twenty 5 ms sleeps: that call showed all its time on-CPU,
+# with no host wait). The kernel does not run a tracepoint's BPF program while another BPF program runs on
+# that CPU, which is the likely cause; it is not confirmed. The assertions below allow one such call, no more:
+# a broken split loses all twenty.
+MISSED_SWITCHES = 1
+
 LIB = r"""
 #include <stdint.h>
 #include <stddef.h>
@@ -120,7 +127,7 @@ def test_probes_see_each_call_with_arguments_and_split(tmp_path, fake_cuda):
     waits = con.execute(
         "SELECT count(*), sum(end_ns - start_ns) FROM host_waits WHERE in_call = 'cuMemcpyHtoDAsync_v2'"
     ).fetchone()
-    assert waits[0] >= 20 and waits[1] >= 0.8 * 20 * 5e6
+    assert waits[0] >= 20 - MISSED_SWITCHES and waits[1] >= 0.8 * (20 - MISSED_SWITCHES) * 5e6
 
 
 @pytest.mark.root
@@ -192,12 +199,14 @@ def test_record_with_host_probes_and_report_on_it(tmp_path, fake_cuda):
     # the crossing's own work, which the fitted model explains)
     stalls = {r["name"]: r for r in j["top"]["async_stalls"]}
     assert stalls["cuMemcpyHtoDAsync_v2"]["stalled_calls"] == 20
-    assert stalls["cuMemcpyHtoDAsync_v2"]["stall_ms"] >= 20 * (5.0 - 0.1) * 0.99  # each sleeps >= 5 ms
+    # each sleeps >= 5 ms
+    assert stalls["cuMemcpyHtoDAsync_v2"]["stall_ms"] >= (20 - MISSED_SWITCHES) * (5.0 - 0.1) * 0.99
     # the D2H spin is the crossing's own work: beyond the time it was preempted (off-CPU), only what
     # stretches on-CPU work without a switch (interrupts, the probes' own traps, the model's fit over
-    # ten calls) may be a stall: under 5% of the 10 x 3 ms spun, an order below the H2D calls' 100 ms
+    # ten calls, a preemption whose switch was missed) may be a stall: under 10% of the 10 x 3 ms spun,
+    # an order below the H2D calls' 100 ms (the runs seen here: 0.3-2.6 ms)
     d2h = stalls.get("cuMemcpyDtoHAsync_v2", {"stall_ms": 0, "off_cpu_ms": 0})
-    assert d2h["stall_ms"] - d2h["off_cpu_ms"] <= 0.05 * 10 * 3.0
+    assert d2h["stall_ms"] - d2h["off_cpu_ms"] <= 0.10 * 10 * 3.0
     assert cats["sync_waits"]["events"] == 5
 
 

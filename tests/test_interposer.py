@@ -312,7 +312,7 @@ def test_rtld_next_keeps_meaning_after_the_caller(built, tmp_path) -> None:
 def test_kernel_view_joined_to_interposed_calls(tmp_path) -> None:
     """--interpose on with host probes: no uprobes (no trap per call), and the off-CPU time the kernel
     saw lands on the interposed calls it fell in (the stand-in's H2D call sleeps 5 ms)."""
-    from tests.test_host_probes import APP, LIB, _require_probes
+    from tests.test_host_probes import APP, LIB, MISSED_SWITCHES, _require_probes
 
     _require_probes()
     (tmp_path / "lib.c").write_text(LIB)
@@ -338,9 +338,11 @@ def test_kernel_view_joined_to_interposed_calls(tmp_path) -> None:
     assert {c["source"] for c in calls} == {"interposer"}  # the probes recorded no calls themselves
     h2d = [c for c in calls if c["name"] == "cuMemcpyHtoDAsync_v2"]
     assert len(h2d) == 20
-    assert all(c["off_cpu_ns"] > 0 and c["on_cpu_ns"] == c["end_ns"] - c["start_ns"] - c["off_cpu_ns"] for c in h2d)
-    assert sum(c["off_cpu_ns"] for c in h2d) >= 20 * 4_000_000
-    assert t["host_waits"].num_rows >= 20
+    assert all(c["on_cpu_ns"] == c["end_ns"] - c["start_ns"] - c["off_cpu_ns"] for c in h2d)
+    # every 5 ms sleep off-CPU, but for at most one whose sched_switch was missed (tests/test_host_probes.py)
+    assert sum(c["off_cpu_ns"] == 0 for c in h2d) <= MISSED_SWITCHES
+    assert sum(c["off_cpu_ns"] for c in h2d) >= (20 - MISSED_SWITCHES) * 4_000_000
+    assert t["host_waits"].num_rows >= 20 - MISSED_SWITCHES
     sync = [c for c in calls if c["name"] == "cuStreamSynchronize"]
     assert len(sync) == 5 and all(c["ioctl_ns"] > 0 for c in sync)  # each makes one NVIDIA-type ioctl
 

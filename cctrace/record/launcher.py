@@ -446,6 +446,8 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
             driver.close()
         raise
     options["interpose"] = {k: v for k, v in interposer.items() if k != "lib"}
+    if probes:
+        probes.trace_children(os.getpid())  # the command is traced from its fork, not once Popen returns
     try:
         child = subprocess.Popen(cmd, env=child_environment(trace_dir, opts, interposer=interposer))
     except (FileNotFoundError, PermissionError) as e:
@@ -458,6 +460,7 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
         return 127 if isinstance(e, FileNotFoundError) else 126
     if probes:
         probes.trace_pid(child.pid)
+        probes.trace_children(os.getpid(), on=False)
 
     def forward(signum, frame):  # noqa: ARG001
         try:

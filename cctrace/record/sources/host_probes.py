@@ -303,6 +303,15 @@ class HostProbes:
     def trace_pid(self, pid: int) -> None:
         self.bpf[b"traced"][ct.c_uint32(pid)] = ct.c_uint8(1)
 
+    def trace_children(self, pid: int, on: bool = True) -> None:
+        """While on, every process `pid` starts is traced from its first instruction (the launcher sets
+        it around starting the command, so nothing the command does comes before its tracing)."""
+        key = ct.c_uint32(pid)
+        if on:
+            self.bpf[b"roots"][key] = ct.c_uint8(1)
+        else:
+            self.bpf[b"roots"].pop(key, None)
+
     def _poll(self) -> None:
         last = time.monotonic()
         while not self._stop.wait(0.01):  # events come without wakeups: drain every 10 ms
