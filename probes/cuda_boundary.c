@@ -185,6 +185,14 @@ TRACEPOINT_PROBE(sched, sched_process_fork) {
     return 0;
 }
 
+// an exiting task leaves the map: a process (its leader: pid == tgid), or a thread that the fork
+// tracepoint added under its own id; so the map does not fill up, and a reused id is not traced
+TRACEPOINT_PROBE(sched, sched_process_exit) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    traced.delete(&tid);
+    return 0;
+}
+
 TRACEPOINT_PROBE(syscalls, sys_enter_ioctl) {
     u64 id = bpf_get_current_pid_tgid();
     if (!is_traced(id >> 32)) return 0;

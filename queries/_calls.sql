@@ -51,7 +51,7 @@ WHERE api_start_ns IS NOT NULL AND copy_kind = 'DtoH'
 -- pid and bucket, then the exact test; a range join of every allocation against every copy took seconds)
 CREATE OR REPLACE TEMP TABLE alloc_copy_pairs AS
 WITH w AS (
-    SELECT greatest(1, (getvariable('alloc_window_us') * 1000)::BIGINT) AS ns
+    SELECT greatest(1, least(getvariable('alloc_window_us') * 1000, 1e15)::BIGINT) AS ns  -- at most ~12 days
 ), a AS (
     SELECT a.pid, a.ts_ns, a.address, a.bytes, ac.tid, ac.name, ac.start_ns AS call_start_ns, ac.end_ns AS call_end_ns,
            coalesce(ac.end_ns, a.ts_ns) AS from_ns
@@ -73,4 +73,4 @@ WHERE x.bytes <= a.bytes
   AND x.api_start_ns >= a.from_ns
   AND x.api_start_ns <= a.from_ns + getvariable('alloc_window_us') * 1000
   AND (a.tid IS NULL OR x.api_tid = a.tid)
-QUALIFY row_number() OVER (PARTITION BY a.pid, a.ts_ns, a.address ORDER BY x.api_start_ns) = 1;
+QUALIFY row_number() OVER (PARTITION BY a.pid, a.ts_ns, a.address ORDER BY x.api_start_ns, x.correlation_id, x.start_ns) = 1;

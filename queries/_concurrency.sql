@@ -25,17 +25,38 @@ WITH c AS MATERIALIZED (
 ),
 -- Overlaps found through 1 ms buckets of time (an equality join on pid and bucket, then the exact test):
 -- a range join of every copy against every other took seconds per 100k copies. Each interval lists the
--- buckets it touches; a pair is kept in the first bucket both touch, so once.
-cb AS (
-    SELECT c.*, b.bucket FROM (SELECT * FROM c WHERE c.start_ns > c.ready_ns) c,
-        unnest(range(c.ready_ns // 1000000, (c.start_ns - 1) // 1000000 + 1)) AS b(bucket)
+-- buckets it touches; a pair is kept in the first bucket both touch, so once. An interval over 1,000
+-- buckets (a second: rare, or a damaged timestamp) is joined by range instead, so no list grows with it.
+cs AS (
+    SELECT *, (c.start_ns - 1) // 1000000 - c.ready_ns // 1000000 > 1000 AS long
+    FROM c WHERE c.start_ns > c.ready_ns
+), os AS (
+    SELECT *, greatest(o.start_ns, o.end_ns - 1) // 1000000 - o.start_ns // 1000000 > 1000 AS long FROM o
+), cb AS (
+    SELECT cs.*, b.bucket FROM cs, unnest(range(cs.ready_ns // 1000000, (cs.start_ns - 1) // 1000000 + 1)) AS b(bucket)
+    WHERE NOT cs.long
 ), ob AS (
-    SELECT o.*, b.bucket FROM o,
-        unnest(range(o.start_ns // 1000000, greatest(o.start_ns, o.end_ns - 1) // 1000000 + 1)) AS b(bucket)
+    SELECT os.*, b.bucket FROM os,
+        unnest(range(os.start_ns // 1000000, greatest(os.start_ns, os.end_ns - 1) // 1000000 + 1)) AS b(bucket)
+    WHERE NOT os.long
+), pairs AS (
+    SELECT c.pid, c.stream_id, c.start_ns, c.ready_ns, c.correlation_id, c.bytes, c.source,
+           o.stream_id AS o_stream, o.start_ns AS o_start, o.end_ns AS o_end
+    FROM cb c JOIN ob o ON o.pid = c.pid AND o.bucket = c.bucket
+    WHERE o.start_ns < c.start_ns AND o.end_ns > c.ready_ns AND o.stream_id <> c.stream_id
+      AND c.bucket = greatest(o.start_ns // 1000000, c.ready_ns // 1000000)
+    UNION ALL  -- a long wait: by range against every copy (few rows on one side)
+    SELECT c.pid, c.stream_id, c.start_ns, c.ready_ns, c.correlation_id, c.bytes, c.source,
+           o.stream_id, o.start_ns, o.end_ns
+    FROM (SELECT * FROM cs WHERE long) c JOIN os o ON o.start_ns < c.start_ns AND o.end_ns > c.ready_ns
+    WHERE o.pid = c.pid AND o.stream_id <> c.stream_id
+    UNION ALL  -- a short wait against a long copy: by range against the long ones
+    SELECT c.pid, c.stream_id, c.start_ns, c.ready_ns, c.correlation_id, c.bytes, c.source,
+           o.stream_id, o.start_ns, o.end_ns
+    FROM (SELECT * FROM cs WHERE NOT long) c JOIN (SELECT * FROM os WHERE long) o
+         ON o.start_ns < c.start_ns AND o.end_ns > c.ready_ns
+    WHERE o.pid = c.pid AND o.stream_id <> c.stream_id
 )
-SELECT c.pid, c.stream_id, o.stream_id AS blocked_by_stream, c.start_ns AS copy_start_ns,
-       least(o.end_ns, c.start_ns) - greatest(o.start_ns, c.ready_ns) AS wait_ns, c.correlation_id, c.bytes,
-       c.source
-FROM cb c JOIN ob o ON o.pid = c.pid AND o.bucket = c.bucket
-WHERE o.start_ns < c.start_ns AND o.end_ns > c.ready_ns AND o.stream_id <> c.stream_id
-  AND c.bucket = greatest(o.start_ns // 1000000, c.ready_ns // 1000000);
+SELECT pid, stream_id, o_stream AS blocked_by_stream, start_ns AS copy_start_ns,
+       least(o_end, start_ns) - greatest(o_start, ready_ns) AS wait_ns, correlation_id, bytes, source
+FROM pairs;

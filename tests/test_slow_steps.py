@@ -54,3 +54,30 @@ def test_the_markdown_report_says_so(tmp_path):
     generate(tmp_path / "t", Spec(steps=20, pause_ns=PAUSES))
     text = report_markdown(report(tmp_path / "t"))
     assert "2 step(s) ran at least 4x the median step" in text
+
+
+def test_another_threads_call_does_not_hide_a_pause(tmp_path):
+    """Steps detected from readbacks (no NVTX); in the 11th iteration the main thread pauses 20 ms while a
+    worker thread sits in a 25 ms sync across it: the step is slow by exactly the pause (a step's call
+    time is its own thread's)."""
+    from tests.synth import Loop
+
+    lp = Loop()
+    for i in range(31):
+        for n in (128, 64, 4096):
+            lp.copy("cudaMemcpyAsync", "HtoD", "pageable", n)
+        lp.launches(6)
+        if i == 10:
+            worker = (lp.pid, lp.tid + 1, "cudaStreamSynchronize", "runtime", lp.t - US, lp.t + 25_000 * US)
+            lp.apis.append((*worker, 99_999, 0, "synthetic", None))
+            lp.idle(20_000 * US)
+        lp.copy("cudaMemcpyAsync", "DtoH", "pageable", 128, dur=60 * US)
+        lp.idle(100 * US)
+    lp.write(tmp_path / "t")
+    a = Analysis(tmp_path / "t")
+    try:
+        assert a.scalar("SELECT count(*) FROM steps") == 30
+        rows = a.rows("slow_steps")
+    finally:
+        a.close()
+    assert [r["excess_us"] for r in rows] == [20_000.0]

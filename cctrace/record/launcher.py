@@ -446,10 +446,11 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
             driver.close()
         raise
     options["interpose"] = {k: v for k, v in interposer.items() if k != "lib"}
+    env = child_environment(trace_dir, opts, interposer=interposer)  # may compile helpers: before tracing forks
     if probes:
         probes.trace_children(os.getpid())  # the command is traced from its fork, not once Popen returns
     try:
-        child = subprocess.Popen(cmd, env=child_environment(trace_dir, opts, interposer=interposer))
+        child = subprocess.Popen(cmd, env=env)
     except (FileNotFoundError, PermissionError) as e:
         if probes:
             probes.stop()
@@ -458,9 +459,11 @@ def run_traced(cmd: list[str], trace_dir: Path, opts: RecordOptions) -> int:
         what = "command not found" if isinstance(e, FileNotFoundError) else "permission denied"
         _to_stderr(f"{what}: {cmd[0]}")
         return 127 if isinstance(e, FileNotFoundError) else 126
+    finally:
+        if probes:
+            probes.trace_children(os.getpid(), on=False)
     if probes:
         probes.trace_pid(child.pid)
-        probes.trace_children(os.getpid(), on=False)
 
     def forward(signum, frame):  # noqa: ARG001
         try:

@@ -256,7 +256,13 @@ class Tracer:
         """Drain the sources and close the shards; safe to call more than once."""
         if self._stopped or os.getpid() != self.pid:
             return
-        self._stopped = True
+        # under the fork lock when it comes soon: a window opening now then sees _stopped and adds no source
+        locked = self._fork_lock.acquire(timeout=2.0)
+        try:
+            self._stopped = True
+        finally:
+            if locked:
+                self._fork_lock.release()
         self._stop.set()
         if self._wake_w >= 0:
             try:
@@ -331,18 +337,21 @@ class Tracer:
                 f"off: forked from pid {parent}, and CUPTI does not survive fork() "
                 "(start CUDA workers with spawn or forkserver to trace them)"
             )
-        self._fork_interposer()
+        try:
+            self._fork_interposer()
+        except Exception as e:  # noqa: BLE001 - the child must still write its record and shards
+            self._error(f"the interposer in a forked child: {e}")
         self._write_proc_record(final=False)
         self._start_flusher()
 
     def _fork_interposer(self) -> None:
-        """A forked child is traced throughout and CUPTI is off in it: the interposer records it, even
-        when the parent's stood by (CUPTI recorded the parent) or was outside a window at the fork."""
-        if not self.interposer:
+        """A forked child is traced throughout: an interposer that records this trace (on, or windowed and
+        not started yet because the parent was outside a window at the fork) records the child. One that
+        stood by stays so: the parent's CUPTI records speak for the trace, and the analysis takes CUPTI's
+        calls over the interposer's trace-wide."""
+        if not self.interposer or self.interposer["mode"] not in ("on", "windowed"):
             return
-        src = self.sources.get("interposer")
-        if src is None or not src.recording():  # type: ignore[attr-defined]
-            self.sources.pop("interposer", None)
+        if "interposer" not in self.sources:
             self._start_interposer()
         self._interposer_window(True)
 

@@ -306,6 +306,8 @@ class HostProbes:
     def trace_children(self, pid: int, on: bool = True) -> None:
         """While on, every process `pid` starts is traced from its first instruction (the launcher sets
         it around starting the command, so nothing the command does comes before its tracing)."""
+        if self.bpf is None:  # stopped already
+            return
         key = ct.c_uint32(pid)
         if on:
             self.bpf[b"roots"][key] = ct.c_uint8(1)
