@@ -61,6 +61,9 @@ from cctrace.record import tracer as T
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = T.DEFAULT_KINDS
 ALL = (*DEFAULT, "overhead", "sync", "kernel", "nvtx")  # every kind a config below switches
+# "interposer": CUPTI detached (as `detached`) and the preloaded driver interposer recording the host calls
+# (run with `record --interpose on`; every other block has it switched off): what the interposer costs
+INTERPOSER = "interposer"
 CONFIGS: dict[str, tuple[str, ...]] = {
     "off": (),
     "memcpy": ("memcpy",),
@@ -81,7 +84,7 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "detached": (),  # CUPTI finalized for the block (Switch.set_detached), not just every kind off
     "none": (),  # with fresh: CUPTI attached (buffer callbacks registered), no kind, no subscription
     "activity": tuple(k for k in DEFAULT if k != "runtime"),  # the default's GPU records, no subscription
-    "interposer": (),  # CUPTI detached, the interposer recording (INTERPOSER below)
+    INTERPOSER: (),
 }
 DETACHED = "detached"
 # "fresh:NAME" finalizes CUPTI and attaches it again with only NAME's kinds, so nothing a kind once
@@ -89,9 +92,6 @@ DETACHED = "detached"
 # `detached`, `fresh:none` is what attaching alone costs, `fresh:activity` the GPU records without
 # any API callback, `fresh:runtime` the callback subscription alone.
 FRESH = "fresh:"
-# "interposer": CUPTI detached (as `detached`) and the preloaded driver interposer recording the host calls
-# (run with `record --interpose on`; every other block has it switched off): what the interposer costs
-INTERPOSER = "interposer"
 NO_DRIVER = "-driver"
 # with --bridge SPEC, "NAME+bridge" runs config NAME with the bridge emulator acting (else it is off)
 BRIDGED = "+bridge"
@@ -188,7 +188,6 @@ class Switch:
         self.bridge_on = self.bridge is not None
         self.stacks_state = src.stacks.get("state")
         self.ip = t.sources.get("interposer")  # with `record --interpose on` (an interposer config asked)
-        self.ip_on = self.ip is not None
 
     def set_interposer(self, on: bool, stacks: bool = False) -> None:
         """The interposer recording (and capturing stacks) or calling straight through."""
@@ -203,7 +202,6 @@ class Switch:
             self.ip.lib.cct_stacks_enable(1 if on and stacks else 0)
         elif on and stacks:
             raise SystemExit(f"interposer stacks cannot be switched on here: {self.ip.stacks.get('state')}")
-        self.ip_on = on
 
     def set_detached(self, detached: bool) -> None:
         """CUPTI out of the process (the tracer's own detach, flusher asleep), or back with every kind."""
@@ -281,13 +279,11 @@ class Switch:
 def enter_block(switch: Switch, c: str, poke) -> str:
     """Put the process into config `c` for a block; its kinds config. `poke` makes a CUDA call."""
     kinds, bridged, stacks = parse_config(c)
-    if kinds == INTERPOSER:
+    if kinds in (DETACHED, INTERPOSER):
         switch.set_detached(True)
     elif kinds.startswith(FRESH):
         switch.set_fresh(CONFIGS[kinds.removeprefix(FRESH)], poke)
         switch.set_stacks(stacks)  # else capture stays as the block before left it
-    elif kinds == DETACHED:
-        switch.set_detached(True)
     else:
         if switch.fresh is not None:
             switch.set_fresh(None, poke)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +51,28 @@ def cctrace(*args: str, timeout: float = 120, env: dict | None = None, **kw) -> 
     return subprocess.run(
         [sys.executable, "-m", "cctrace", *args], capture_output=True, text=True, timeout=timeout, env=e, **kw
     )
+
+
+def toggle_when_asked(proc: subprocess.Popen, msg: dict) -> None:
+    """Answer a traced program's "off?"/"on?" message with SIGUSR2 to the `cctrace record --toggle-signal
+    USR2` in front of it."""
+    if msg["at"] in ("off?", "on?"):
+        proc.send_signal(signal.SIGUSR2)
+
+
+def run_answering(cmd: list[str], env: dict, answer=None, timeout: float = 120, cwd=None) -> list[dict]:
+    """Run `cmd`, handing each JSON message its program prints (a line of stdout) to `answer(proc, msg)`,
+    which may signal it; the messages. The test fails on a non-zero exit."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    assert proc.stdout is not None
+    msgs = []
+    for line in proc.stdout:
+        msgs.append(json.loads(line))
+        if answer:
+            answer(proc, msgs[-1])
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return msgs
 
 
 def cc_shared(src: Path, so: Path, *flags: str) -> Path:

@@ -3,15 +3,13 @@ call's exit) and attaches it again; only the copies made inside the windows are 
 report counts only the traced time (no step, no GPU idle between the windows)."""
 
 import json
-import signal
-import subprocess
 import sys
 from collections import Counter
 
 import pytest
 
 from cctrace.trace.shards import read_shard
-from tests.conftest import ROOT, project_env
+from tests.conftest import ROOT, project_env, run_answering, toggle_when_asked
 from tests.test_windows import check_traced_report
 
 pytestmark = pytest.mark.gpu
@@ -21,12 +19,7 @@ def test_toggle_detaches_cupti_and_records_only_inside_the_windows(tmp_path):
     out = tmp_path / "t"
     cmd = [sys.executable, "-m", "cctrace", "record", "-o", str(out), "--toggle-signal", "USR2", "--no-load"]
     cmd += ["--host-probes", "off", "--", sys.executable, str(ROOT / "tests" / "workloads" / "toggled_copies.py")]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=project_env())
-    for line in p.stdout:
-        if json.loads(line)["at"] in ("off?", "on?"):
-            p.send_signal(signal.SIGUSR2)
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err
+    run_answering(cmd, project_env(), toggle_when_asked, timeout=300)
     m = json.loads((out / "manifest.json").read_text())
     (proc,) = [q for q in m["processes"] if q["cupti"] == "active"]
     detach = proc["sources"]["cupti"]["detach"]

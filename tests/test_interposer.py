@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import ROOT, project_env
+from conftest import ROOT, project_env, run_answering, toggle_when_asked
 
 from cctrace.record import native as N
 from cctrace.record.sources import interposer as I
@@ -639,13 +638,7 @@ def test_the_interposer_follows_tracing_windows(built, tmp_path) -> None:
     cmd = [sys.executable, "-m", "cctrace", "record", "-o", str(out), "--kinds", "none", "--interpose", "on",
            "--host-probes", "off", "--flush-interval", "0.05", "-q", "--toggle-signal", "USR2",
            "--", sys.executable, str(NATIVE / "windowed_ip_app.py")]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if json.loads(line)["at"] in ("off?", "on?"):
-            proc.send_signal(signal.SIGUSR2)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    run_answering(cmd, env, toggle_when_asked, cwd=ROOT)
     m = json.loads((out / "manifest.json").read_text())
     (p,) = m["processes"]
     assert p["sources"]["interposer"]["mode"] == "windowed" and p["sources"]["interposer"]["state"] == "active"

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from cctrace.analyze.store import load, traced_windows_table
 from cctrace.trace.shards import read_shard
 from cctrace.ui.html import report_page
 from cctrace.ui.render import describe_traced, report_markdown
-from tests.conftest import STANDIN, cctrace
+from tests.conftest import STANDIN, cctrace, run_answering, toggle_when_asked
 from tests.synth import PID, TID, US, Spec, generate, serve_loop
 
 
@@ -32,16 +30,7 @@ def _record(env, out: Path, mode: str, *window: str, answer=None) -> list[dict]:
     cmd = [sys.executable, "-m", "cctrace", "record", "-o", str(out), "--kinds", "memcpy,runtime"]
     cmd += ["--flush-interval", "0.05", "--host-probes", "off", "--no-load", "-q", *window]
     cmd += ["--", sys.executable, str(STANDIN / "windowed.py"), mode]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    msgs = []
-    for line in proc.stdout:
-        msg = json.loads(line)
-        msgs.append(msg)
-        if answer:
-            answer(proc, msg)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    return msgs
+    return run_answering(cmd, env, answer)
 
 
 def _recorded(out: Path) -> tuple[dict, dict]:
@@ -67,11 +56,7 @@ def _cupti_calls(pair: list[dict]) -> int:
 def test_toggle_signal_detaches_cupti_and_attaches_it_again(tmp_path, standin_env):
     out = tmp_path / "t"
 
-    def answer(proc, msg):
-        if msg["at"] in ("off?", "on?"):
-            proc.send_signal(signal.SIGUSR2)
-
-    msgs = _record(standin_env, out, "toggle", "--toggle-signal", "USR2", answer=answer)
+    msgs = _record(standin_env, out, "toggle", "--toggle-signal", "USR2", answer=toggle_when_asked)
     ids, proc = _recorded(out)
     by = {m["at"]: m for m in msgs}
     # inside the windows: every call, both ways; outside: none
@@ -166,11 +151,7 @@ def test_a_detach_without_cuda_calls_finalizes_at_the_next_call_or_is_called_off
     ('idle'), or, when tracing is turned on again first, the finalize is called off ('idle-cancel')."""
     out = tmp_path / mode
 
-    def answer(proc, msg):
-        if msg["at"] in ("off?", "on?"):
-            proc.send_signal(signal.SIGUSR2)
-
-    msgs = _record(standin_env, out, mode, "--toggle-signal", "USR2", answer=answer)
+    msgs = _record(standin_env, out, mode, "--toggle-signal", "USR2", answer=toggle_when_asked)
     by = {m["at"]: m for m in msgs}
     assert by["on?"]["state"].startswith("finalize pending")
     ids, proc = _recorded(out)

@@ -349,7 +349,9 @@ class Tracer:
         not started yet because the parent was outside a window at the fork) records the child. One that
         stood by stays so: the parent's CUPTI records speak for the trace, and the analysis takes CUPTI's
         calls over the interposer's trace-wide."""
-        if not self.interposer or self.interposer["mode"] not in ("on", "windowed"):
+        from cctrace.record.sources.interposer import RECORDING_MODES
+
+        if not self.interposer or self.interposer["mode"] not in RECORDING_MODES:
             return
         if "interposer" not in self.sources:
             self._start_interposer()

@@ -194,8 +194,9 @@ def report_markdown(r: dict) -> str:
         )
     lines.append(f"| unexplained | | {r['unexplained_ms']:.3f} | | | |")
     lines.append("")
-    if describe_slow_steps(r):
-        lines += [f"_{describe_slow_steps(r)}_", ""]
+    slow = describe_slow_steps(r)
+    if slow:
+        lines += [f"_{slow}_", ""]
     lines += [
         f"- **{LABELS[c['category']]}**: {c['advice']}"
         + (f" Most of it at `{clean(relative(c['where'], r.get('cwd')))}`." if c.get("where") else "")

@@ -41,6 +41,7 @@ STAT_MAGIC = 0x3130535049544343  # "CCTIPS01"
 NUMPY_TYPES = {"u8": "<u8", "u4": "<u4", "u2": "<u2", "u1": "u1", "i4": "<i4"}
 STACK_ID_BASE = 1 << 32  # interposer stack ids as stored: above every id the CUPTI shim writes (u32)
 COPY_OPS = {"copy": "memcpy", "memset": "memset", "p2p": "p2p"}  # interposer op -> copies.op
+RECORDING_MODES = ("on", "windowed")  # the launcher's modes in which the interposer records the trace
 
 
 class InterposerSource:
@@ -63,7 +64,7 @@ class InterposerSource:
             return
         self.lib = ctypes.CDLL(self.path)  # the preloaded copy: dlopen hands back the same library
         self.lib.cct_ip_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 5)]
-        if self.mode in ("on", "windowed"):  # windowed: the library starts off, the window is open now
+        if self.mode in RECORDING_MODES:  # windowed: the library starts off, the window is open now
             armed = self.lib.cct_ip_set(1) == 0
             self.status = "active" if armed else "off: the interposer was not armed (no trace directory at its start)"
         elif cupti_running:
