@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -15,6 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVE = str(ROOT / "examples" / "serve.py")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the benchmarks import cctrace from this checkout
+
+
+def median_ci(xs: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the median of xs."""
+    rng = random.Random(seed)
+    draws = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(n))
+    return draws[int(0.025 * n)], draws[int(0.975 * n) - 1]
 
 
 @dataclass

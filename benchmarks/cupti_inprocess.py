@@ -5,7 +5,10 @@ hides a few-percent cost. Here one process runs under `cctrace record` with ever
 start (the real tracer: C buffer shim, flusher thread, runtime filter), and this script switches kinds
 off and on between blocks of steps (cuptiActivityDisable/Enable), in a shuffled order each round. Each
 block's median step time is divided by the all-off block of the same round; the table gives the median
-and the 25th-75th percentiles of those ratios over the rounds.
+and the 25th-75th percentiles of those ratios over the rounds, and the median's bootstrap 95% interval.
+Short blocks and many rounds (`--block 20 --rounds 300`) pair each block with its neighbours closely
+where the machine drifts between speeds; then leave out `off` (its CUPTI attach and detach each round
+are slow) and compare against `detached`.
 
 Config `off` switches every kind off but leaves CUPTI attached (its hooks, worker thread and callback
 subscription); config `detached` takes CUPTI out of the process as `record --duration` does outside its
@@ -54,9 +57,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _serve import pinned, recorded
+from _serve import median_ci, pinned, recorded
 
 from cctrace.record import tracer as T
+from cctrace.record.sources.interposer import RECORDING_MODES
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = T.DEFAULT_KINDS
@@ -187,7 +191,8 @@ class Switch:
         self.bridge = t.sources.get("bridge")
         self.bridge_on = self.bridge is not None
         self.stacks_state = src.stacks.get("state")
-        self.ip = t.sources.get("interposer")  # with `record --interpose on` (an interposer config asked)
+        ip = t.sources.get("interposer")  # recording with `record --interpose on` (an interposer config asked)
+        self.ip = ip if ip is not None and ip.mode in RECORDING_MODES else None  # standby (auto) never records
 
     def set_interposer(self, on: bool, stacks: bool = False) -> None:
         """The interposer recording (and capturing stacks) or calling straight through."""
@@ -202,6 +207,17 @@ class Switch:
             self.ip.lib.cct_stacks_enable(1 if on and stacks else 0)
         elif on and stacks:
             raise SystemExit(f"interposer stacks cannot be switched on here: {self.ip.stacks.get('state')}")
+
+    def restore(self, poke) -> None:
+        """Leave the process as it started: every kind on, the bridge acting, stacks and the interposer as
+        the run asked."""
+        if self.fresh is not None:  # set() below needs the attach the run started with (its callback hub)
+            self.set_fresh(None, poke)
+        self.set_detached(False)
+        self.set(tuple(ALL))
+        self.set_bridge(True)
+        self.set_stacks(self.stacks_state == "on")
+        self.set_interposer(self.ip is not None, self.ip is not None and self.ip.stacks.get("state") == "on")
 
     def set_detached(self, detached: bool) -> None:
         """CUPTI out of the process (the tracer's own detach, flusher asleep), or back with every kind."""
@@ -332,13 +348,7 @@ def inner(a: argparse.Namespace) -> None:
             torch.cuda.synchronize()
             blocks[c].append(1e3 * statistics.median(durations))
         print(f"round {r + 1}/{a.rounds} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
-    if switch.fresh is not None:  # set() below needs the attach the run started with (its callback hub)
-        switch.set_fresh(None, torch.cuda.synchronize)
-    switch.set_detached(False)
-    switch.set(tuple(ALL))  # leave it as it started
-    switch.set_bridge(True)
-    switch.set_stacks(switch.stacks_state == "on")
-    switch.set_interposer(switch.ip is not None, switch.ip is not None and switch.ip.stacks.get("state") == "on")
+    switch.restore(torch.cuda.synchronize)
     print("INPROCESS_SUMMARY " + json.dumps({"workload": a.workload, "block_ms": blocks}), flush=True)
 
 
@@ -357,6 +367,7 @@ def _against(ms: list[float], ref: list[float], per_call: int | None) -> dict:
         "slowdown_pct": statistics.median(ratios),
         "p25_pct": _pct(ratios, 0.25),
         "p75_pct": _pct(ratios, 0.75),
+        "ci95_pct": list(median_ci(ratios)),
         "added_us_per_step": statistics.median(added_us),
     }
     if per_call:
@@ -409,8 +420,11 @@ def outer(a: argparse.Namespace) -> int:
         sys.exit(
             f"configs {DETACHED} and {FRESH}NAME cannot run with --bridge (the emulator acts through CUPTI's subscription)"
         )
-    if unknown or "off" not in configs:
-        sys.exit(f"--configs must name 'off' and only known configs ({', '.join(CONFIGS)}); unknown: {unknown}")
+    if unknown or not {"off", DETACHED} & set(configs):
+        sys.exit(
+            f"--configs must name 'off' or '{DETACHED}' (a baseline) and only known configs ({', '.join(CONFIGS)}); "
+            f"unknown: {unknown}"
+        )
     with tempfile.TemporaryDirectory(prefix="cct-inproc-") as tmp:
         inner_cmd = [
             sys.executable, __file__, "--inner", "--workload", a.workload, "--rounds", str(a.rounds),
@@ -427,7 +441,8 @@ def outer(a: argparse.Namespace) -> int:
         sys.stderr.write(tail)
         sys.exit(f"the traced run failed (exit {rc})")
     summary = json.loads(line.split(" ", 1)[1])
-    rows, stacks = table(summary), stacks_table(summary)
+    rows = table(summary) if "off" in summary["block_ms"] else []
+    stacks = stacks_table(summary)
     vs_detached = table(summary, DETACHED) if DETACHED in summary["block_ms"] else []
     result = {"workload": a.workload, "rounds": a.rounds, "block": a.block, "rows": rows, "stacks": stacks, **summary}
     result["vs_detached"] = vs_detached
@@ -437,13 +452,15 @@ def outer(a: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     print(f"workload {a.workload}: {a.rounds} rounds x {a.block}-step blocks per config, one process")
-    _print_rows(rows, a.workload, "against 'off' (every kind off, CUPTI attached)")
+    if rows:
+        _print_rows(rows, a.workload, "against 'off' (every kind off, CUPTI attached)")
     if vs_detached:
         _print_rows(vs_detached, a.workload, "against 'detached' (CUPTI finalized, flusher asleep)")
     for r in stacks:
         per_call = f", {r['added_us_per_call']:+.3f} us per recorded call" if "added_us_per_call" in r else ""
         print(
-            f"stacks on {r['against']}: {r['slowdown_pct']:+.2f}% (p25..p75 {r['p25_pct']:+.2f}..{r['p75_pct']:+.2f}%), "
+            f"stacks on {r['against']}: {r['slowdown_pct']:+.2f}% (p25..p75 {r['p25_pct']:+.2f}..{r['p75_pct']:+.2f}%, "
+            f"median's 95% CI {r['ci95_pct'][0]:+.2f}..{r['ci95_pct'][1]:+.2f}%), "
             f"{r['added_us_per_step']:+.1f} us per step{per_call}"
         )
     return 0
@@ -451,12 +468,13 @@ def outer(a: argparse.Namespace) -> int:
 
 def _print_rows(rows: list[dict], workload: str, title: str) -> None:
     print(title)
-    head = f"{'config':<22}{'median step ms':>15}{'slowdown':>10}{'p25..p75':>18}{'added us/step':>15}"
+    head = f"{'config':<22}{'median step ms':>15}{'slowdown':>10}{'p25..p75':>18}{'95% CI':>18}{'added us/step':>15}"
     print(head + (f"{'us/call':>9}" if workload in CALLS_PER_STEP else ""))
     for r in rows:
         line = (
             f"{r['config']:<22}{r['median_step_ms']:>15.4f}{r['slowdown_pct']:>9.1f}%"
-            f"{r['p25_pct']:>8.1f}..{r['p75_pct']:>5.1f}%{r['added_us_per_step']:>15.1f}"
+            f"{r['p25_pct']:>8.1f}..{r['p75_pct']:>5.1f}%{r['ci95_pct'][0]:>10.1f}..{r['ci95_pct'][1]:>5.1f}%"
+            f"{r['added_us_per_step']:>15.1f}"
         )
         if "added_us_per_call" in r:
             line += f"{r['added_us_per_call']:>9.3f}"

@@ -18,9 +18,10 @@ left out.
 
 The overhead suite (>= 12 reps for its figures) also runs benchmarks/cupti_inprocess.py in one process
 (--inprocess-rounds, serve.py only): the same settings switched between blocks against CUPTI detached,
-printed beside the between-process slowdown with a flag where the two 95% intervals do not overlap:
+printed beside the between-process slowdown with a flag where the two 95% intervals do not overlap. Its
+blocks are short (20 steps), so neighbouring blocks share the machine's drifting speed:
 
-    python benchmarks/run_serve.py overhead --reps 12 --cpus 2-5 --only default,none,interposer --inprocess-rounds 8
+    python benchmarks/run_serve.py overhead --reps 12 --cpus 2-5 --only default,none,interposer --inprocess-rounds 150
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _serve import ROOT, SERVE, pinned, recorded, serve_summary, summary_line
+from _serve import ROOT, SERVE, median_ci, pinned, recorded, serve_summary, summary_line
 
 from cctrace.record import tracer as T
 from cctrace.trace import handoff as H
@@ -218,6 +219,8 @@ INPROCESS = {
     "interposer": "interposer",  # CUPTI detached, the interposer recording
 }
 ATTACHED_OFF = "off"  # in one process: CUPTI attached (subscription included) with every kind off
+# short blocks paired round by round: the lent H200 drifts between speeds over spans longer than 300 steps
+INPROCESS_BLOCK, INPROCESS_SETTLE = 20, 5
 
 
 def _hf_summary(stdout: str) -> dict | None:
@@ -334,13 +337,6 @@ def _progress_log(suite: str):
     return write
 
 
-def median_ci(xs: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of the median of xs."""
-    rng = random.Random(seed)
-    draws = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(n))
-    return draws[int(0.025 * n)], draws[int(0.975 * n) - 1]
-
-
 def inprocess_beside(rows: list[dict], rounds: int, cpus: str | None, serve_args: list[str]) -> list[dict]:
     """cupti_inprocess.py on serve.py with the overhead suite's settings against CUPTI detached; per
     setting the slowdown by steps/s (as the between-process table gives it), its 95% interval over the
@@ -350,7 +346,8 @@ def inprocess_beside(rows: list[dict], rounds: int, cpus: str | None, serve_args
         return []
     configs = ["detached", ATTACHED_OFF, *dict.fromkeys(INPROCESS[c] for c in wanted)]
     cmd = [sys.executable, str(Path(__file__).with_name("cupti_inprocess.py")), "--workload", "serve"]
-    cmd += ["--rounds", str(rounds), "--configs", ",".join(configs), "--json"]
+    cmd += ["--rounds", str(rounds), "--block", str(INPROCESS_BLOCK), "--settle", str(INPROCESS_SETTLE)]
+    cmd += ["--configs", ",".join(configs), "--json"]
     cmd += [*(["--cpus", cpus] if cpus else []), "--", *serve_args]
     env = {k: v for k, v in os.environ.items() if k != "OUT"}  # its JSON comes back on stdout
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
@@ -435,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--inprocess-rounds",
         type=int,
-        default=8,
+        default=150,
         help="overhead suite: rounds of cupti_inprocess.py printed beside the table (0: none)",
     )
     ap.add_argument("serve_args", nargs="*", help="extra arguments for serve.py (after --)")

@@ -113,9 +113,9 @@ _duration_option = click.option(
     show_default=True,
     help="Preload cctrace's CUDA driver interposer (copies, allocs, syncs, graph replays; no CUPTI needed). "
     "auto: on where CUPTI cannot run (--kinds none, no cupti-python, Confidential Computing on), and on in "
-    "any process where CUPTI is refused; --kinds none --interpose on is the CUPTI-free mode (0.01-0.4 µs per "
-    "call with call sites, against CUPTI's ~2.6 µs per copy). With tracing windows it records inside them, in "
-    "Python processes.",
+    "any process where CUPTI is refused; --kinds none --interpose on is the CUPTI-free mode, and the cheapest: "
+    "its copies carry host call times, not GPU-side ones (costs: benchmarks/README.md). With tracing windows it "
+    "records inside them, in Python processes.",
 )
 @click.option(
     "--emulate-bridge",

@@ -15,13 +15,26 @@ ALL_KINDS = "memcpy,memcpy2,memset,memory,runtime,overhead,sync,kernel,nvtx"
 CONFIGS = ["off", "interposer", "fresh:none", "interposer", "detached", "interposer", "default", "fresh:activity", "off"]
 
 
-def test_the_interposer_records_in_its_blocks_only(tmp_path, standin_env):
+def _switched(tmp_path, env: dict, interpose: str, configs: list[str]) -> list[dict]:
     cmd = [sys.executable, "-m", "cctrace", "record", "-o", str(tmp_path / "t"), "--kinds", ALL_KINDS,
-           "--interpose", "on", "--host-probes", "off", "--no-load", "-q", "--",
-           sys.executable, str(STANDIN / "inprocess_switch.py"), str(ROOT / "benchmarks"), ",".join(CONFIGS)]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, env=standin_env, timeout=120, cwd=ROOT)
+           "--interpose", interpose, "--host-probes", "off", "--no-load", "-q", "--",
+           sys.executable, str(STANDIN / "inprocess_switch.py"), str(ROOT / "benchmarks"), ",".join(configs)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr
-    blocks = json.loads(r.stdout.strip().splitlines()[-1])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_the_interposer_records_in_its_blocks_only(tmp_path, standin_env):
+    blocks = _switched(tmp_path, standin_env, "on", CONFIGS)
     assert [b["config"] for b in blocks] == CONFIGS
     assert [b["interposer"] for b in blocks] == [int(c == "interposer") for c in CONFIGS]
     assert [b["cupti_attached"] for b in blocks] == [c not in ("interposer", "detached") for c in CONFIGS]
+
+
+def test_a_standby_interposer_is_left_alone(tmp_path, standin_env):
+    """Without an interposer config the run has the interposer on standby (auto, CUPTI recording): the
+    benchmark neither switches it nor asks it back on at the end (it cannot record: that failed once)."""
+    configs = ["off", "detached", "fresh:none", "default"]
+    blocks = _switched(tmp_path, standin_env, "auto", configs)
+    assert [b["interposer"] for b in blocks] == [None] * len(configs)
+    assert [b["cupti_attached"] for b in blocks] == [True, False, True, True]

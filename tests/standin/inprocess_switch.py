@@ -1,7 +1,8 @@
 """The traced program of tests/test_inprocess_switch.py: benchmarks/cupti_inprocess.py's Switch put into
 each config named in argv[2] (comma-separated), over the stand-in CUPTI and the preloaded interposer, with
 one stand-in CUDA call after each (a block's first call, which finalizes a detach). It prints, per block,
-whether CUPTI was attached and whether the interposer recorded."""
+whether CUPTI was attached and whether the interposer recorded (null: not recording in this run), then
+leaves the process as the benchmark does at its end."""
 
 import ctypes
 import json
@@ -29,7 +30,8 @@ for config in sys.argv[2].split(","):
         {
             "config": config,
             "cupti_attached": tracer._active.attached,
-            "interposer": switch.ip.lib.cct_ip_active(),
+            "interposer": switch.ip.lib.cct_ip_active() if switch.ip is not None else None,
         }
     )
+switch.restore(poke)
 print(json.dumps(out), flush=True)
