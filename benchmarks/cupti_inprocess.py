@@ -21,7 +21,9 @@ gives every config against it: what recording costs with nothing left on in the 
 Workloads: `serve` (examples/serve.py's decode step; its arguments after `--`), `launch` (100 tiny
 kernel launches and a sync per step: the per-launch price of a kind), `copy` (10 small pinned async
 H2D copies and a sync per step: the per-copy price) and `driver` (the same through the driver API,
-cuMemcpyHtoDAsync_v2 and cuStreamSynchronize, as JAX/XLA makes them). Needs a GPU.
+cuMemcpyHtoDAsync_v2 and cuStreamSynchronize, as JAX/XLA makes them), `hf` (one transformers `generate`
+request of tests/workloads/hf_generate.py per step, its arguments after `--`, e.g. `-- --new-tokens 8`).
+Needs a GPU.
 
 Configs named `NAME-driver` record runtime calls only, without the kept driver calls (the default
 records both, a driver call inside a recorded runtime call once): `--workload copy --configs
@@ -129,6 +131,17 @@ def _workload(name: str, serve_args: list[str]):
 
         srv = serve.Server(serve.parse_args(serve_args))
         return srv.step
+    if name == "hf":
+        sys.path.insert(0, str(ROOT / "tests" / "workloads"))
+        import hf_generate
+
+        request = hf_generate.make_request(hf_generate.parse_args(serve_args))
+
+        def hf_step(_i: int) -> None:
+            with torch.inference_mode():
+                request()
+
+        return hf_step
     x = torch.zeros(1, device="cuda")
     if name == "launch":
 
@@ -483,7 +496,7 @@ def _print_rows(rows: list[dict], workload: str, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workload", choices=("serve", "launch", "copy", "driver"), default="serve")
+    p.add_argument("--workload", choices=("serve", "hf", "launch", "copy", "driver"), default="serve")
     p.add_argument("--rounds", type=int, default=20, help="rounds; each runs every config once")
     p.add_argument("--block", type=int, default=300, help="timed steps per config per round")
     p.add_argument("--settle", type=int, default=20, help="untimed steps after each switch")

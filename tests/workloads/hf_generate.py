@@ -114,7 +114,7 @@ def _totals(sizes: Counter) -> dict:
     return out
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None):
     p = parser(__doc__)
     p.add_argument("--requests", type=int, default=6)
     p.add_argument("--new-tokens", type=int, default=64)
@@ -130,9 +130,13 @@ def main(argv=None) -> dict:
         help="also count the crossings under a torch dispatch mode (slower): `counted`",
     )
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def make_request(a):
+    """The model, built on the GPU, and one request's work (prompt up, generate, output down), to be run
+    under torch.inference_mode(); benchmarks/cupti_inprocess.py times it as a step."""
     import torch
-    import transformers
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     if not torch.cuda.is_available():
@@ -166,6 +170,16 @@ def main(argv=None) -> dict:
         tokens = out.cpu()  # D2H
         assert tokens.shape == (a.batch, a.prompt + a.new_tokens), tokens.shape
 
+    return request
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    import torch
+    import transformers
+
+    request = make_request(a)
+    dev = torch.device("cuda")
     with torch.inference_mode():
         for _ in range(a.warmup):
             request()
