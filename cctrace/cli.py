@@ -611,8 +611,9 @@ def report(trace, as_json, markdown, html_out, params, profile) -> None:
     traced_ms, run_ms} of a recording with tracing windows, null when the whole run was traced; every
     figure counts traced time only), window_ms (its traced time), steps, step_source (nvtx, step_function, readback, graph_replay, worker_sync, driver_sync, period,
     none), step_ms, step_median_ms, step_p10_ms, step_p90_ms, categories[{category, events, lost_ms,
-    per_step_us, pct_of_window, gpu_idle_overlap_ms, advice, where}], explained_ms, unexplained_ms,
-    gpu_idle_ms, cost_model, top, facts, host_only, params, ground_truth (null unless the emulator's
+    per_step_us, pct_of_window, gpu_idle_overlap_ms, measured, advice, where}] (measured: false where the
+    trace cannot measure it, e.g. lost stream concurrency without GPU-side copy times), explained_ms,
+    unexplained_ms, gpu_idle_ms, cost_model, top, facts, host_only, gpu_times, params, ground_truth (null unless the emulator's
     per-injection rows exist: injected vs explained ms inside the window, per category), bridge_emulation
     (null unless recorded with --emulate-bridge: the whole run's injected ms per kind).
     """

@@ -123,6 +123,7 @@ def test_report_totals_and_unexplained(synth):
     assert close(cats["stream_concurrency"]["lost_ms"], spec.truth["stream_wait_ns"] / 1e6)
     assert close(r["explained_ms"] + r["unexplained_ms"], r["window_ms"], rel=1e-6)
     assert cats["async_stalls"]["advice"] and r["gpu_busy_complete"]
+    assert r["gpu_times"] and all(c["measured"] for c in r["categories"])  # CUPTI's copies: GPU-side times
 
 
 def test_diff_attributes_a_known_gap_to_its_category(tmp_path):

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pytest
 from conftest import ROOT, project_env, run_answering, toggle_when_asked
 
+from cctrace.analyze.categories import CATEGORIES
 from cctrace.record import native as N
 from cctrace.record.sources import interposer as I
 from cctrace.trace import handoff as H
@@ -477,6 +478,32 @@ def test_report_and_callsites_query_name_the_line(app_trace) -> None:
     report = cctrace("report", str(app_trace))
     assert report.returncode == 0, report.stderr
     assert f"{Path(file).relative_to(ROOT)}:{line} read_token" in report.stdout  # named from the recording's cwd
+
+
+def test_what_needs_gpu_side_times_is_not_measured_rather_than_zero(app_trace) -> None:
+    """The interposer's copies carry the calls' host times: lost stream concurrency (and GPU idle) cannot
+    be measured from them, and every view says so instead of showing 0."""
+    from tests.conftest import cctrace
+
+    r = cctrace("report", str(app_trace), "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["gpu_times"] is False and rep["host_only"] is False  # copies, but none with GPU times
+    assert {c["category"]: c["measured"] for c in rep["categories"]} == {
+        c.name: not c.gpu_timed for c in CATEGORIES
+    }
+    assert [c.name for c in CATEGORIES if c.gpu_timed] == ["stream_concurrency"]
+    text = cctrace("report", str(app_trace))
+    words = " ".join(text.stdout.split())
+    assert "GPU idle are not measured; record with CUPTI (`--interpose off`, the default kinds) for them" in words
+    md = cctrace("report", str(app_trace), "--markdown")
+    assert "| lost stream concurrency | 0 | not measured | - | - | - |" in md.stdout, md.stdout
+    d = cctrace("diff", str(app_trace), str(app_trace), "--json")
+    assert d.returncode == 0, d.stderr
+    assert [c["category"] for c in json.loads(d.stdout)["categories"] if not c["measured"]] == ["stream_concurrency"]
+    lines = cctrace("diff", str(app_trace), str(app_trace)).stdout.splitlines()
+    row = next(line for line in lines if "lost stream concurrency" in line)
+    assert [cell.strip() for cell in row.strip("│ ").split("│")][:2] == ["lost stream concurrency", "not measured"]
 
 
 def test_callsite_skip_reaches_the_interposer_decoder(built, tmp_path) -> None:

@@ -177,6 +177,7 @@ def test_advice_fits_each_sample(samples):
     assert "worker thread" not in advice["serve-bridge-remedied"]["sync_waits"]
     assert reports["serve-bridge-remedied"]["facts"] == {
         "host_only": False,
+        "gpu_times": True,
         "packed_h2d": True,
         "staging_stream": True,
         "async_readback": True,
@@ -184,6 +185,9 @@ def test_advice_fits_each_sample(samples):
     }
     assert all("staging stream" not in text for a in advice.values() for text in a.values())
     assert reports["serve-hostonly"]["host_only"] and "record with CUPTI" in advice["serve-hostonly"]["small_crossings"]
+    # host probes see calls, not the GPU: what needs GPU-side copy times is not measured, in that sample only
+    assert [n for n, r in reports.items() if not r["gpu_times"]] == ["serve-hostonly"]
+    assert [c["category"] for c in reports["serve-hostonly"]["categories"] if not c["measured"]] == ["stream_concurrency"]
 
 
 def test_traces_without_per_injection_rows_keep_the_whole_run_truth(samples, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from cctrace.analyze.categories import CATEGORIES, NAMES, advise, code_variables
+from cctrace.analyze.categories import CATEGORIES, NAMES, advise, code_variables, measured
 from cctrace.analyze.categories import arrow as categories_arrow
 from cctrace.analyze.store import VIEWS as STORE_VIEWS
 from cctrace.analyze.store import connect, partial_of
@@ -349,6 +349,7 @@ def report(trace: Path, params: dict[str, object] | None = None, profile: Path |
                 {
                     "category": c.name,
                     **{k: r[k] for k in ("events", "lost_ms", "per_step_us", "pct_of_window", "gpu_idle_overlap_ms")},
+                    "measured": measured(c.name, facts),
                     "advice": advise(c.name, facts, device, facts["host_only"]) if r["lost_ms"] > 0 else None,
                     "where": _top_site(sites, c.name) if r["lost_ms"] > 0 else None,
                 }
@@ -374,6 +375,7 @@ def report(trace: Path, params: dict[str, object] | None = None, profile: Path |
             },
             "host_probes": ((m.get("options") or {}).get("host_probes") or {}).get("state"),
             "host_only": facts["host_only"],
+            "gpu_times": facts["gpu_times"],
             "confidential_computing": (m.get("gpu") or {}).get("confidential_computing"),
             "bridge_emulation": injected_summary(m.get("bridge_emulation")),
             "ground_truth": _ground_truth(a, steps),
@@ -506,6 +508,7 @@ def diff(base: Path, trace: Path, params: dict[str, object] | None = None, trace
                 "delta_ms_per_step": round(delta, 5),
                 "share_of_gap": round(delta / gap, 4) if gap else None,
                 "injected_ms_per_step": round(injected, 5) if injected is not None else None,
+                "measured": cb["measured"] and ct["measured"],  # in both traces
             }
         )
     injected_total = sum(inj_t.values()) - sum(inj_b.values()) if scope else None
@@ -521,6 +524,11 @@ def diff(base: Path, trace: Path, params: dict[str, object] | None = None, trace
         warnings.append(
             f"steps were found differently (BASE: {b['step_source']}, TRACE: {t['step_source']}): per-step "
             "figures may not compare; --param steps_from=... picks one way for both"
+        )
+    if b["gpu_times"] != t["gpu_times"]:
+        warnings.append(
+            "one trace has GPU-side copy times and the other only host call times (the driver interposer's): "
+            "lost stream concurrency is measured in one of them only"
         )
     if b["host_only"] != t["host_only"]:
         warnings.append(

@@ -39,6 +39,9 @@ class Category:
     query: str  # the canned query that details it
     remedies: tuple[Remedy, ...]
     injected_kinds: tuple[str, ...] = ()  # bridge_injections kinds whose time this category explains
+    # measured from GPU-side copy times only (CUPTI's): on a trace whose copies carry host call times (the
+    # driver interposer's, host probes') it is not measured, rather than zero
+    gpu_timed: bool = False
 
 
 REMEDIES_MEASURED = "run_serve.py remedies --reps 5 --steps 300, H100, 2026-11-26 (benchmarks/README.md)"
@@ -98,6 +101,7 @@ CATEGORIES: tuple[Category, ...] = (
             ),
         ),
         ("serialize",),
+        gpu_timed=True,
     ),
     Category(
         "async_stalls",
@@ -169,6 +173,11 @@ def arrow() -> pa.Table:
             "injected_kinds": pa.array([list(c.injected_kinds) for c in CATEGORIES], pa.list_(pa.string())),
         }
     )
+
+
+def measured(name: str, facts: dict[str, bool]) -> bool:
+    """Whether the trace can measure this category at all (`facts`: trace_facts)."""
+    return facts["gpu_times"] or not BY_NAME[name].gpu_timed
 
 
 def advise(name: str, facts: dict[str, bool], device: str | None, host_only: bool) -> str | None:

@@ -15,7 +15,15 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, OptionList,
 from cctrace.analyze.analysis import Analysis, QueryError, diff, list_queries, report
 from cctrace.analyze.span import analysis_window, step_range
 from cctrace.ui.costplot import cost_plot
-from cctrace.ui.render import LABELS, describe_slow_steps, describe_traced, diff_rows, slow_steps_cells
+from cctrace.ui.render import (
+    LABELS,
+    describe_slow_steps,
+    describe_traced,
+    describe_unmeasured,
+    diff_rows,
+    lost_ms_text,
+    slow_steps_cells,
+)
 from cctrace.ui.safe import cell as safe_cell
 from cctrace.ui.safe import clean
 from cctrace.ui.timeline import UNTRACED, busy_rows, legend, paint, traced_part, untraced_marks
@@ -458,13 +466,16 @@ class Explorer(App):
         out.append(f"{traced}\n\n" if traced else "\n")
         for c in r["categories"]:
             out.append(
-                f"{LABELS[c['category']]:>23s} {_bar(c['pct_of_window'], 25)} {c['lost_ms']:9.3f} ms "
+                f"{LABELS[c['category']]:>23s} {_bar(c['pct_of_window'], 25)} {lost_ms_text(c):>9s} ms "
                 f"{c['pct_of_window']:5.1f}%\n"
             )
         out.append(f"{'unexplained':>23s} {'':25s} {r['unexplained_ms']:9.3f} ms\n", style="dim")
         slow = describe_slow_steps(r)
         if slow:
             out.append(f"\n{slow}\n", style="yellow")
+        unmeasured = describe_unmeasured(r)
+        if unmeasured:
+            out.append(f"\n{unmeasured}\n", style="yellow")
         return out
 
     # ---- actions ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import math
 
-from cctrace.ui.render import LABELS, describe_slow_steps, describe_traced
+from cctrace.ui.render import LABELS, describe_slow_steps, describe_traced, describe_unmeasured, lost_ms_text
 from cctrace.ui.safe import clean
 
 # one colour per loss category (page only); "unexplained" is grey
@@ -37,14 +37,17 @@ def _num(x: float, digits: int = 3) -> str:
 
 def category_bars(r: dict, width: int = 760) -> str:
     """Horizontal bars: each category's lost ms (and the unexplained rest) against the window."""
-    rows = [(c["category"], LABELS[c["category"]], c["lost_ms"], c["pct_of_window"]) for c in r["categories"]]
     window = r["window_ms"] or 1
-    rows.append(
-        ("unexplained", "unexplained (compute, Python, ...)", r["unexplained_ms"], 100 * r["unexplained_ms"] / window)
-    )
+
+    def value(c: dict) -> str:
+        return f"{_num(c['lost_ms'])} ms ({c['pct_of_window']:.1f}%)" if c.get("measured", True) else lost_ms_text(c)
+
+    rows = [(c["category"], LABELS[c["category"]], c["lost_ms"], value(c)) for c in r["categories"]]
+    rest = {"lost_ms": r["unexplained_ms"], "pct_of_window": 100 * r["unexplained_ms"] / window}
+    rows.append(("unexplained", "unexplained (compute, Python, ...)", r["unexplained_ms"], value(rest)))
     label_w, bar_w, h = 230, width - 230 - 170, 26
     out = [f'<svg id="category-bars" class="chart" width="{width}" height="{h * len(rows) + 10}" role="img">']
-    for i, (key, label, ms, pct) in enumerate(rows):
+    for i, (key, label, ms, text) in enumerate(rows):
         y = 5 + i * h
         w = max(0.0, min(1.0, ms / window)) * bar_w
         colour = COLOURS.get(key, "#999")
@@ -53,7 +56,7 @@ def category_bars(r: dict, width: int = 760) -> str:
             f'<text x="{label_w - 8}" y="{y + 17}" text-anchor="end">{_t(label)}</text>'
             f'<rect x="{label_w}" y="{y + 4}" width="{bar_w}" height="{h - 8}" fill="#eee"/>'
             f'<rect class="bar" x="{label_w}" y="{y + 4}" width="{w:.2f}" height="{h - 8}" fill="{colour}"/>'
-            f'<text class="value" x="{label_w + bar_w + 8}" y="{y + 17}">{_num(ms)} ms ({pct:.1f}%)</text></g>'
+            f'<text class="value" x="{label_w + bar_w + 8}" y="{y + 17}">{_t(text)}</text></g>'
         )
     out.append("</svg>")
     return "\n".join(out)
@@ -235,6 +238,8 @@ def report_page(r: dict, steps: list[dict], latency: list[dict]) -> str:
     traced = f'<p class="meta" id="traced">{_t(describe_traced(r))}</p>' if describe_traced(r) else ""
     slow = describe_slow_steps(r)
     slow_p = f'<p class="meta" id="slow-steps">{_t(slow)}</p>' if slow else ""
+    unmeasured = describe_unmeasured(r)
+    slow_p += f'\n<p class="meta" id="unmeasured">{_t(unmeasured)}</p>' if unmeasured else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:">

@@ -139,17 +139,17 @@ def print_report(r: dict, console: Console) -> None:
         t.add_row(
             LABELS[c["category"]],
             str(c["events"]),
-            f"{c['lost_ms']:.3f}",
-            f"{c['per_step_us']:.2f}",
-            f"{c['pct_of_window']:.2f}",
-            f"{c['gpu_idle_overlap_ms']:.3f}",
+            *category_cells(c),
         )
     t.add_row("[dim]unexplained (compute, Python, ...)[/dim]", "", f"{r['unexplained_ms']:.3f}", "", "", "")
     console.print(t)
     slow = describe_slow_steps(r)
     if slow:
         console.print(f"[yellow]{slow}[/yellow]")
-    if not r["gpu_busy_complete"]:
+    unmeasured = describe_unmeasured(r)
+    if unmeasured:
+        console.print(f"[yellow]{markup(unmeasured, None)}[/yellow]")
+    elif not r["gpu_busy_complete"]:
         console.print("[yellow]no kernels recorded: GPU idle counts copies only (record with --kernels)[/yellow]")
     for c in r["categories"]:
         if c["advice"]:
@@ -189,14 +189,16 @@ def report_markdown(r: dict) -> str:
     ]
     for c in r["categories"]:
         lines.append(
-            f"| {LABELS[c['category']]} | {c['events']} | {c['lost_ms']:.3f} | {c['per_step_us']:.2f} | "
-            f"{c['pct_of_window']:.2f} | {c['gpu_idle_overlap_ms']:.3f} |"
+            f"| {LABELS[c['category']]} | {c['events']} | {' | '.join(category_cells(c))} |"
         )
     lines.append(f"| unexplained | | {r['unexplained_ms']:.3f} | | | |")
     lines.append("")
     slow = describe_slow_steps(r)
     if slow:
         lines += [f"_{slow}_", ""]
+    unmeasured = describe_unmeasured(r)
+    if unmeasured:
+        lines += [f"_{clean(unmeasured)}_", ""]
     lines += [
         f"- **{LABELS[c['category']]}**: {c['advice']}"
         + (f" Most of it at `{clean(relative(c['where'], r.get('cwd')))}`." if c.get("where") else "")
@@ -218,6 +220,9 @@ def diff_rows(d: dict) -> list[tuple[str, str, str, str, str]]:
     """Per category: label, base and trace ms/step, delta, share of the gap (terminal and explorer alike)."""
     rows = []
     for c in d["categories"]:
+        if not c.get("measured", True):
+            rows.append((LABELS[c["category"]], "not measured", "", "", ""))
+            continue
         share = "" if c["share_of_gap"] is None else f"{100 * c['share_of_gap']:.1f}%"
         rows.append(
             (
@@ -229,6 +234,30 @@ def diff_rows(d: dict) -> list[tuple[str, str, str, str, str]]:
             )
         )
     return rows
+
+
+def lost_ms_text(c: dict) -> str:
+    """A category's lost ms, or that the trace cannot measure it (never a zero that means unknown)."""
+    return f"{c['lost_ms']:.3f}" if c.get("measured", True) else "not measured"
+
+
+def category_cells(c: dict) -> tuple[str, str, str, str]:
+    """A category's lost ms, per step µs, % of window and GPU idle overlap ms, as the tables show them."""
+    if not c.get("measured", True):
+        return (lost_ms_text(c), "-", "-", "-")
+    return (lost_ms_text(c), f"{c['per_step_us']:.2f}", f"{c['pct_of_window']:.2f}", f"{c['gpu_idle_overlap_ms']:.3f}")
+
+
+def describe_unmeasured(r: dict) -> str | None:
+    """Why some figures are not measured: no GPU-side copy times; None where they all are."""
+    missing = [LABELS[c["category"]] for c in r["categories"] if not c.get("measured", True)]
+    if r.get("gpu_times", True) or not missing:
+        return None
+    return (
+        f"the copies carry host call times, not GPU-side ones (the driver interposer or host probes recorded them): "
+        f"{', '.join(missing)} and GPU idle are not measured; record with CUPTI (`--interpose off`, the default "
+        "kinds) for them"
+    )
 
 
 def describe_slow_steps(r: dict) -> str | None:
