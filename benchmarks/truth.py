@@ -197,6 +197,7 @@ def workload_row(name: str, entry: dict, traces: Path) -> dict:
             reports[mode] = rep
             row[f"steps_{mode}"] = rep.get("steps")
             row[f"step_source_{mode}"] = rep.get("step_source")
+            row[f"gpu_times_{mode}"] = rep.get("gpu_times")  # CUPTI's copies; not the interposer's host times
             for k in ("step_median_ms", "step_p10_ms", "step_p90_ms"):
                 row[f"{k}_{mode}"] = rep.get(k)
             lo, hi = plain.get("iterations") or 0, plain.get("iterations_total") or 0
