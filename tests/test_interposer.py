@@ -588,6 +588,33 @@ def test_an_execd_image_keeps_its_own_stack_ids(built, tmp_path) -> None:
     assert raw.records["stack_id"].tolist() == [1, 1, 1, 2, 2]
 
 
+@pytest.mark.parametrize("how", ["execv", "execve", "execvp"])
+def test_what_a_process_recorded_before_exec_is_kept(built, tmp_path, how) -> None:
+    """exec() runs no destructor of the old image, and the flusher would not run for an hour: the exec
+    wrapper appends the rings first, so every copy made before it is in the file."""
+    trace = tmp_path / "t"
+    trace.mkdir()
+    program = (
+        "import ctypes, os, sys\n"
+        "cuda = ctypes.CDLL('libcuda.so.1')\n"
+        "dev = ctypes.c_uint64()\n"
+        "cuda.cuMemAlloc_v2(ctypes.byref(dev), ctypes.c_size_t(1 << 20))\n"
+        "host = ctypes.create_string_buffer(4096)\n"
+        "for n in range(1, 8):\n"
+        "    cuda.cuMemcpyHtoD_v2(dev, host, ctypes.c_size_t(n))\n"
+        f"getattr(os, '{how}')('/bin/true', ['true'], *([dict(os.environ)] if '{how}' == 'execve' else []))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(H.PREFIX)}
+    env |= {"LD_PRELOAD": str(built["interposer"]), "LD_LIBRARY_PATH": str(built["dir"]), H.DIR.name: str(trace),
+            H.FLUSH_S.name: "3600", H.INTERPOSE.name: "on"}  # fmt: skip
+    subprocess.run([sys.executable, "-c", program], env=env, check=True, timeout=60)
+    (path,) = I.raw_files(trace)
+    raw = I.read_raw(path)
+    copies = raw.records[raw.records["bytes"] > 0]
+    assert sorted(copies["bytes"].tolist()) == [*range(1, 8), 1 << 20]  # the copies and the allocation
+    assert raw.stats["records"] == len(raw.records)  # the counters block, written before the exec
+
+
 def test_manifest_and_record_summary_read_the_interposers_stacks(tmp_path, capsys) -> None:
     """A process recorded by the interposer alone (CUPTI off) has its stacks state from the interposer:
     the manifest's summary says so, and the record summary says why there were none."""

@@ -20,7 +20,8 @@
  * called by cctrace/record/sources/py_stacks.py), each record names its thread's interned stack, and the
  * stacks are written as blocks before the records that name them; a thread with no Python frames (or a
  * process with no tracer: capture is never on) records stack 0.
- * After fork the child drops its parent's records and stacks and writes its own file.
+ * After fork the child drops its parent's records and stacks and writes its own file; before exec
+ * (execve, execv, execvp, execvpe, fexecve) everything recorded is appended, as at exit.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -215,6 +216,7 @@ static int g_armed;           /* CCTRACE_DIR and CCTRACE_INTERPOSE were set: cct
 static int g_launches;        /* CCTRACE_INTERPOSE_LAUNCHES: also record kernel launches */
 static char g_dir[3072];
 static volatile int g_fd = -1;
+static pid_t g_fd_pid; /* the process that opened g_fd (a vfork child shares it, and must not flush) */
 static pthread_mutex_t g_file_lock = PTHREAD_MUTEX_INITIALIZER;
 static volatile int g_flusher; /* 0 none, 1 starting/running */
 static long g_flush_ns = 1000000000L;
@@ -299,6 +301,7 @@ static int open_file(void) {
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd < 0) return -1;
     g_fd = fd;
+    g_fd_pid = getpid();
     write_header();
     return 0;
 }
@@ -1241,7 +1244,10 @@ static void after_fork_child(void) {
     }
 }
 
+static void resolve_exec(void); /* below, with the exec wrappers */
+
 __attribute__((constructor)) static void start(void) {
+    resolve_exec(); /* first: the exec wrappers are exported whether or not this process records */
     pthread_key_create(&g_key, thread_gone);
     /* the names are cctrace/trace/handoff.py's DIR, INTERPOSE, FLUSH_S and INTERPOSE_LAUNCHES */
     const char *dir = getenv("CCTRACE_DIR"), *mode = getenv("CCTRACE_INTERPOSE");
@@ -1263,6 +1269,45 @@ __attribute__((constructor)) static void start(void) {
 __attribute__((destructor)) static void finish(void) {
     if (g_fd >= 0) flush_all(1);
 }
+
+/* ---- exec: the new image runs no destructor of this one, so what this one recorded is appended first ---- */
+/* (a failed exec goes on recording: the next final flush writes the counters again, and the last counts).
+   The real functions are found at load (resolve_exec): a vfork child (posix_spawn, subprocess) calls exec
+   too, and must not take the loader's lock there, nor flush the parent's rings (it is not g_fd_pid). */
+typedef int (*execve_fn)(const char *, char *const[], char *const[]);
+typedef int (*execv_fn)(const char *, char *const[]);
+typedef int (*fexecve_fn)(int, char *const[], char *const[]);
+static execve_fn g_execve, g_execvpe;
+static execv_fn g_execv, g_execvp;
+static fexecve_fn g_fexecve;
+
+static void resolve_exec(void) {
+    g_execve = (execve_fn)real_dlsym(RTLD_NEXT, "execve");
+    g_execvpe = (execve_fn)real_dlsym(RTLD_NEXT, "execvpe");
+    g_execv = (execv_fn)real_dlsym(RTLD_NEXT, "execv");
+    g_execvp = (execv_fn)real_dlsym(RTLD_NEXT, "execvp");
+    g_fexecve = (fexecve_fn)real_dlsym(RTLD_NEXT, "fexecve");
+}
+
+static void before_exec(void) {
+    if (g_fd >= 0 && g_fd_pid == getpid()) flush_all(1);
+}
+
+#define EXEC_WRAPPER(real, ...)                                                                                \
+    do {                                                                                                       \
+        if (!real) {                                                                                           \
+            errno = ENOSYS;                                                                                    \
+            return -1;                                                                                         \
+        }                                                                                                      \
+        before_exec();                                                                                         \
+        return real(__VA_ARGS__);                                                                              \
+    } while (0)
+
+int execve(const char *path, char *const argv[], char *const envp[]) { EXEC_WRAPPER(g_execve, path, argv, envp); }
+int execvpe(const char *file, char *const argv[], char *const envp[]) { EXEC_WRAPPER(g_execvpe, file, argv, envp); }
+int execv(const char *path, char *const argv[]) { EXEC_WRAPPER(g_execv, path, argv); }
+int execvp(const char *file, char *const argv[]) { EXEC_WRAPPER(g_execvp, file, argv); }
+int fexecve(int fd, char *const argv[], char *const envp[]) { EXEC_WRAPPER(g_fexecve, fd, argv, envp); }
 
 /* ---- for cctrace's own process (tests, the tracer's exit path, doctor) ----------------------------- */
 /* Append everything recorded so far; `last` also writes the counters block. */
