@@ -4,8 +4,8 @@
 
 -- One row of facts about the window.
 --   host_only: no copy records (host probes only): GPU times, memory kinds and streams are unknown
---   gpu_times: some transfer carries GPU-side times (CUPTI's); without any (the driver interposer's copies
---   carry the call's host times) what needs them is not measured
+--   gpu_times: CUPTI recorded copies (GPU-side times), or nothing recorded any; false where the copies
+--   carry their calls' host times only (the driver interposer's, host probes'): what needs them is not measured
 --   packed_h2d: at most one small H2D crossing per step (the per-step inputs are packed)
 --   staging_stream: most small H2D copies run on a stream where no kernel ran (a staging stream)
 --   async_readback: no small D2H blocks (none into pageable memory) and a thread that issues
@@ -22,7 +22,9 @@ WITH x AS (  -- one pass over the small transfers
     FROM xfer_costs WHERE small
 )
 SELECT NOT EXISTS (SELECT 1 FROM copies) AS host_only,
-       EXISTS (SELECT 1 FROM xfer_dir WHERE timing = 'gpu') AS gpu_times,
+       (SELECT copies FROM cupti_present)
+           OR NOT (EXISTS (SELECT 1 FROM copies WHERE source = 'interposer')
+                   OR EXISTS (SELECT 1 FROM xfers WHERE timing = 'host')) AS gpu_times,
        x.h2d > 0 AND x.h2d <= (SELECT steps FROM win) AS packed_h2d,
        EXISTS (SELECT 1 FROM kernels) AND x.h2d > 0 AND 2 * x.h2d_idle >= x.h2d AS staging_stream,
        x.d2h > 0 AND x.d2h_blocking = 0

@@ -1,13 +1,14 @@
 """Every canned query recovers the amounts injected into a synthetic trace (within 2%, counts exactly)."""
 
 import json
+import shutil
 
 import pytest
 
 from cctrace.analyze.analysis import Analysis, QueryError, diff, list_queries, report
 from cctrace.analyze.store import load
 from cctrace.trace.shards import ShardWriter
-from tests.conftest import cctrace
+from tests.conftest import ROOT, cctrace
 from tests.synth import API, Spec, generate
 
 
@@ -318,3 +319,31 @@ def test_advice_leaves_out_what_measured_worse_and_what_needs_cupti():
     # host probes cannot tell memory kinds or streams
     assert "record with CUPTI" in advise("small_crossings", {}, h100, True)
     assert "staging stream" not in advise("async_stalls", {}, "Other GPU", True)
+
+
+def test_a_cupti_trace_without_copies_still_has_gpu_times(synth, tmp_path):
+    """No copies at all (e.g. --kinds without memcpy) is not host-timed copies: nothing is 'not measured'."""
+    d, spec, _ = synth
+    bare = tmp_path / "bare"
+    shutil.copytree(d, bare, ignore=shutil.ignore_patterns("trace.duckdb*", "copies.*"))
+    r = report(bare, {"normal_call_us": spec.normal_call_ns / 1000})
+    assert r["gpu_times"] and all(c["measured"] for c in r["categories"])
+    assert r["gpu_idle_ms"] is not None and r["gpu_busy_complete"]
+
+
+def test_a_category_one_trace_cannot_measure_explains_nothing_in_a_diff(synth, tmp_path):
+    """Against an interposer-only trace (host-timed copies), lost stream concurrency is measured in BASE
+    only: its delta is shown as not measured and counts in neither the explained total nor the call sites."""
+    d, spec, _ = synth
+    other = tmp_path / "interposed"
+    sample = ROOT / "sample_traces" / "workloads-interposer" / "traces" / "cupy_loop-default"
+    shutil.copytree(sample, other, ignore=shutil.ignore_patterns("trace.duckdb*"))
+    r = diff(d, other, {"normal_call_us": spec.normal_call_ns / 1000})
+    rows = {c["category"]: c for c in r["categories"]}
+    assert [n for n, c in rows.items() if not c["measured"]] == ["stream_concurrency"]
+    assert rows["stream_concurrency"]["base_ms_per_step"] > 0  # what BASE lost there is real, and left out
+    measured = sum(c["delta_ms_per_step"] for c in rows.values() if c["measured"])
+    assert close(r["explained_ms_per_step"], measured, rel=1e-3)
+    assert close(r["unexplained_ms_per_step"], r["gap_ms_per_step"] - measured - r["slow_steps_ms_per_step"], rel=1e-3)
+    assert "stream_concurrency" not in {s["category"] for s in r["callsites"]}
+    assert any("GPU-side copy times" in w for w in r["warnings"])

@@ -495,7 +495,8 @@ def test_what_needs_gpu_side_times_is_not_measured_rather_than_zero(app_trace) -
     assert [c.name for c in CATEGORIES if c.gpu_timed] == ["stream_concurrency"]
     text = cctrace("report", str(app_trace))
     words = " ".join(text.stdout.split())
-    assert "GPU idle are not measured; record with CUPTI (`--interpose off`, the default kinds) for them" in words
+    assert "lost stream concurrency and GPU idle not measured; record with CUPTI (`--interpose off`, the default kinds)" in words
+    assert rep["gpu_idle_ms"] is None and {c["gpu_idle_overlap_ms"] for c in rep["categories"]} == {None}
     md = cctrace("report", str(app_trace), "--markdown")
     assert "| lost stream concurrency | 0 | not measured | - | - | - |" in md.stdout, md.stdout
     d = cctrace("diff", str(app_trace), str(app_trace), "--json")
@@ -570,8 +571,12 @@ def test_an_execd_image_keeps_its_own_stack_ids(built, tmp_path) -> None:
     def block(magic: int, payload: bytes) -> bytes:
         return struct.pack("<QQ", magic, len(payload)) + payload
 
+    def counters(records: int, lost: int, names: str) -> bytes:
+        return block(I.STAT_MAGIC, json.dumps({"records": records, "lost": lost, "unmatched_names": names}).encode())
+
     def image(line: int, calls: int) -> bytes:
-        """One process image: its header, stack 1 (one frame at `line`), `calls` records naming it."""
+        """One process image: its header, stack 1 (one frame at `line`), `calls` records naming it, and its
+        counters (written at each flush that ends one: an exec, a failed exec, exit)."""
         frame = struct.pack("<iHH", line, 6, 4) + b"app.pymain"
         rec = np.zeros(calls, dtype=dt)
         rec["stack_id"] = 1
@@ -579,6 +584,8 @@ def test_an_execd_image_keeps_its_own_stack_ids(built, tmp_path) -> None:
             block(I.HEAD_MAGIC, json.dumps(header).encode())
             + block(py_stacks.STK_MAGIC, struct.pack("<II", 1, 1) + frame)
             + block(I.REC_MAGIC, rec.tobytes())
+            + counters(calls - 1, 1, "cuA")  # a failed exec: the image goes on, and writes them again
+            + counters(calls, 2, "cuA cuB")
         )
 
     path = trace / "interpose.4242.ipraw"
@@ -586,6 +593,39 @@ def test_an_execd_image_keeps_its_own_stack_ids(built, tmp_path) -> None:
     raw = I.read_raw(path)
     assert raw.problems == [] and raw.stacks == [(1, [("app.py", 10, "main")]), (2, [("app.py", 20, "main")])]
     assert raw.records["stack_id"].tolist() == [1, 1, 1, 2, 2]
+    # each image's last counters, added: the new image's own start again at 0
+    assert raw.stats == {"records": 5, "lost": 4, "unmatched_names": "cuA cuB"}
+
+
+def _exec_app(built: dict, trace: Path, how: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """fake_app's calls, then an exec through `how` (tests/native/fake_app.c), with an hour's flush interval."""
+    trace.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(H.PREFIX)}
+    env |= {"LD_PRELOAD": str(built["interposer"]), H.DIR.name: str(trace), H.FLUSH_S.name: "3600",
+            H.INTERPOSE.name: "on"}  # fmt: skip
+    return subprocess.run([str(built["dir"] / "app"), "gpa", str(built["lib"]), f"exec:{how}"], env=env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["execl", "execle", "execlp"])
+def test_the_list_forms_of_exec_keep_what_was_recorded(built, tmp_path, how) -> None:
+    """glibc's execl/execle/execlp reach its internal execve, past the wrapper of execve: they need their own."""
+    r = _exec_app(built, tmp_path / "t", how)
+    assert r.returncode == 0 and "done" not in r.stdout, r.stderr  # /bin/true ran, not the rest of the app
+    raw = I.read_raw(I.raw_files(tmp_path / "t")[0])
+    assert len(raw.records) == raw.stats["records"] == 36  # every call of fake_app's work()
+
+
+def test_exec_from_a_signal_handler_never_waits_on_itself(built, tmp_path) -> None:
+    """exec is async-signal-safe: a handler may call it while the interrupted thread drains its full ring
+    under a lock. The wrapper's flush must not wait on that lock (it did: 1 run in 3 hung); every run
+    ends, with the records appended before the interrupted one's drain."""
+    for i in range(30):  # the signal lands 2-31 ms into the loop: in a drain about one time in six
+        trace = tmp_path / f"t{i}"
+        r = _exec_app(built, trace, f"signal:{2000 + 1000 * i}", timeout=20)  # TimeoutExpired: it hung
+        assert r.returncode == 0, r.stderr
+        raw = I.read_raw(I.raw_files(trace)[0])
+        assert len(raw.records) >= 36 and raw.problems == []
 
 
 @pytest.mark.parametrize("how", ["execv", "execve", "execvp"])

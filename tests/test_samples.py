@@ -100,9 +100,10 @@ def test_emulated_toll_is_attributed_to_small_crossings(samples, name):
     injected_ms = n * toll_ms
     attributed_ms = small["lost_ms"] - n * native_ms
     assert abs(attributed_ms - injected_ms) <= 0.10 * injected_ms, (attributed_ms, injected_ms)
-    assert small["gpu_idle_overlap_ms"] <= small["lost_ms"]
-    if name != "serve-hostonly":  # the toll kept the GPU idle (kernels recorded)
-        assert small["gpu_idle_overlap_ms"] >= 0.9 * injected_ms
+    if name == "serve-hostonly":  # host probes see no GPU time: GPU idle is not measured, not 0
+        assert small["gpu_idle_overlap_ms"] is None and reports[name]["gpu_idle_ms"] is None
+    else:  # the toll kept the GPU idle (kernels recorded)
+        assert 0.9 * injected_ms <= small["gpu_idle_overlap_ms"] <= small["lost_ms"]
 
 
 @pytest.mark.parametrize("name", BRIDGED)

@@ -341,6 +341,8 @@ def report(trace: Path, params: dict[str, object] | None = None, profile: Path |
         facts = a.one("SELECT * FROM trace_facts")
         device = _device(profile)
         cats = {r["category"]: r for r in a.rows("attribution")}
+        kernels = a.scalar("SELECT count(*) FROM kernels") > 0
+        gpu_idle_known = facts["gpu_times"] or kernels  # what GPU idle is made of: GPU-side copies, kernels
         categories = []
         sites = a.rows("callsites")
         for c in CATEGORIES:
@@ -348,7 +350,8 @@ def report(trace: Path, params: dict[str, object] | None = None, profile: Path |
             categories.append(
                 {
                     "category": c.name,
-                    **{k: r[k] for k in ("events", "lost_ms", "per_step_us", "pct_of_window", "gpu_idle_overlap_ms")},
+                    **{k: r[k] for k in ("events", "lost_ms", "per_step_us", "pct_of_window")},
+                    "gpu_idle_overlap_ms": r["gpu_idle_overlap_ms"] if gpu_idle_known else None,
                     "measured": measured(c.name, facts),
                     "advice": advise(c.name, facts, device, facts["host_only"]) if r["lost_ms"] > 0 else None,
                     "where": _top_site(sites, c.name) if r["lost_ms"] > 0 else None,
@@ -392,8 +395,11 @@ def report(trace: Path, params: dict[str, object] | None = None, profile: Path |
             "unexplained_ms": round(window_ms - explained, 3),
             # steps far longer than the median without crossings to show for it: their excess, not crossings'
             "slow_steps": {"steps": len(slow), "excess_ms": round(sum(r["excess_us"] for r in slow) / 1e3, 3)},
-            "gpu_idle_ms": round(a.scalar("SELECT coalesce(sum(end_ns - start_ns), 0) FROM gpu_idle") / 1e6, 3),
-            "gpu_busy_complete": a.scalar("SELECT count(*) FROM kernels") > 0,
+            # null where nothing GPU-side was recorded (host-timed copies, no kernels): unknown, not 0
+            "gpu_idle_ms": round(a.scalar("SELECT coalesce(sum(end_ns - start_ns), 0) FROM gpu_idle") / 1e6, 3)
+            if gpu_idle_known
+            else None,
+            "gpu_busy_complete": kernels,
             "cost_model": a.rows("cost_model"),
             "top": top,
             "callsites": [s for s in sites if s["lost_ms"] > 0],
@@ -497,7 +503,8 @@ def diff(base: Path, trace: Path, params: dict[str, object] | None = None, trace
     slowed = per_step(t, t["slow_steps"]["excess_ms"]) - per_step(b, b["slow_steps"]["excess_ms"])
     for cb, ct in zip(b["categories"], t["categories"], strict=True):
         delta = per_step(t, ct["lost_ms"]) - per_step(b, cb["lost_ms"])
-        explained += delta
+        if cb["measured"] and ct["measured"]:  # a category one trace cannot measure explains nothing
+            explained += delta
         name = cb["category"]
         injected = inj_t.get(name, 0.0) - inj_b.get(name, 0.0) if name in inj_t or name in inj_b else None
         rows.append(
@@ -583,11 +590,14 @@ def _top_site(sites: list[dict], category: str) -> str | None:
 
 
 def callsite_diff(b: dict, t: dict, limit: int = 10) -> list[dict]:
-    """Per call site and category, lost ms per step in BASE and TRACE: the sites that changed most first."""
+    """Per call site and category, lost ms per step in BASE and TRACE: the sites that changed most first
+    (a category either trace cannot measure is left out)."""
+    unmeasured = {c["category"] for r in (b, t) for c in r.get("categories", []) if not c["measured"]}
 
     def per_step(r: dict) -> dict[tuple[str, str, str], float]:
         steps = r["steps"] or 1
-        return {(s["callsite"], s["function"], s["category"]): s["lost_ms"] / steps for s in r.get("callsites") or []}
+        sites = [s for s in r.get("callsites") or [] if s["category"] not in unmeasured]
+        return {(s["callsite"], s["function"], s["category"]): s["lost_ms"] / steps for s in sites}
 
     pb, pt = per_step(b), per_step(t)
     rows = [

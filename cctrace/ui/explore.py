@@ -466,8 +466,12 @@ class Explorer(App):
         out.append(f"{traced}\n\n" if traced else "\n")
         for c in r["categories"]:
             out.append(
-                f"{LABELS[c['category']]:>23s} {_bar(c['pct_of_window'], 25)} {lost_ms_text(c):>9s} ms "
-                f"{c['pct_of_window']:5.1f}%\n"
+                f"{LABELS[c['category']]:>23s} {_bar(c['pct_of_window'], 25)} "
+                + (
+                    f"{c['lost_ms']:9.3f} ms {c['pct_of_window']:5.1f}%\n"
+                    if c.get("measured", True)
+                    else f"{lost_ms_text(c):>9s}\n"
+                )
             )
         out.append(f"{'unexplained':>23s} {'':25s} {r['unexplained_ms']:9.3f} ms\n", style="dim")
         slow = describe_slow_steps(r)

@@ -238,6 +238,7 @@ def report_page(r: dict, steps: list[dict], latency: list[dict]) -> str:
     traced = f'<p class="meta" id="traced">{_t(describe_traced(r))}</p>' if describe_traced(r) else ""
     slow = describe_slow_steps(r)
     slow_p = f'<p class="meta" id="slow-steps">{_t(slow)}</p>' if slow else ""
+    idle = "not measured" if r["gpu_idle_ms"] is None else f"{r['gpu_idle_ms']} ms"
     unmeasured = describe_unmeasured(r)
     slow_p += f'\n<p class="meta" id="unmeasured">{_t(unmeasured)}</p>' if unmeasured else ""
     return f"""<!DOCTYPE html>
@@ -249,7 +250,7 @@ def report_page(r: dict, steps: list[dict], latency: list[dict]) -> str:
 <p class="meta">command <code>{_t(" ".join(r.get("command") or []))}</code><br>
 GPU {_t(", ".join(g for g in r["gpu"] if g) or "unknown")}; driver {_t(r.get("driver") or "unknown")};
 CC {_t((r.get("confidential_computing") or {}).get("ccFeature", "unknown"))}<br>
-window <span id="window-ms">{r["window_ms"]}</span> ms, {step_line}; GPU idle {r["gpu_idle_ms"]} ms</p>
+window <span id="window-ms">{r["window_ms"]}</span> ms, {step_line}; GPU idle {idle}</p>
 {traced}
 {injected}
 <h2>Where the time went</h2>

@@ -188,9 +188,7 @@ def report_markdown(r: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in r["categories"]:
-        lines.append(
-            f"| {LABELS[c['category']]} | {c['events']} | {' | '.join(category_cells(c))} |"
-        )
+        lines.append(f"| {LABELS[c['category']]} | {c['events']} | {' | '.join(category_cells(c))} |")
     lines.append(f"| unexplained | | {r['unexplained_ms']:.3f} | | | |")
     lines.append("")
     slow = describe_slow_steps(r)
@@ -198,7 +196,7 @@ def report_markdown(r: dict) -> str:
         lines += [f"_{slow}_", ""]
     unmeasured = describe_unmeasured(r)
     if unmeasured:
-        lines += [f"_{clean(unmeasured)}_", ""]
+        lines += [f"_{clean(unmeasured, None)}_", ""]
     lines += [
         f"- **{LABELS[c['category']]}**: {c['advice']}"
         + (f" Most of it at `{clean(relative(c['where'], r.get('cwd')))}`." if c.get("where") else "")
@@ -245,18 +243,21 @@ def category_cells(c: dict) -> tuple[str, str, str, str]:
     """A category's lost ms, per step µs, % of window and GPU idle overlap ms, as the tables show them."""
     if not c.get("measured", True):
         return (lost_ms_text(c), "-", "-", "-")
-    return (lost_ms_text(c), f"{c['per_step_us']:.2f}", f"{c['pct_of_window']:.2f}", f"{c['gpu_idle_overlap_ms']:.3f}")
+    overlap = c["gpu_idle_overlap_ms"]
+    idle = "-" if overlap is None else f"{overlap:.3f}"  # None: GPU idle not measured
+    return (lost_ms_text(c), f"{c['per_step_us']:.2f}", f"{c['pct_of_window']:.2f}", idle)
 
 
 def describe_unmeasured(r: dict) -> str | None:
     """Why some figures are not measured: no GPU-side copy times; None where they all are."""
     missing = [LABELS[c["category"]] for c in r["categories"] if not c.get("measured", True)]
+    if r.get("gpu_idle_ms", 0) is None:
+        missing.append("GPU idle")
     if r.get("gpu_times", True) or not missing:
         return None
     return (
         f"the copies carry host call times, not GPU-side ones (the driver interposer or host probes recorded them): "
-        f"{', '.join(missing)} and GPU idle are not measured; record with CUPTI (`--interpose off`, the default "
-        "kinds) for them"
+        f"{' and '.join(missing)} not measured; record with CUPTI (`--interpose off`, the default kinds) for them"
     )
 
 

@@ -3,10 +3,12 @@
  * The same calls each way; the interposer test checks the rows they leave. */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -132,10 +134,34 @@ static void *spin(void *arg) { /* 10000 records per thread: past a full ring (40
     return NULL;
 }
 
+static void exec_true(int sig) { /* exec from a signal handler: async-signal-safe, so allowed */
+    (void)sig;
+    execl("/bin/true", "true", (char *)NULL);
+    _exit(9);
+}
+
+/* After work(): exec /bin/true through one of the list forms (glibc's reach its internal execve), or from
+ * a signal handler that lands while the loop records (and so, at times, while its ring is being drained). */
+static void exec_after_work(const char *how) {
+    if (!strcmp(how, "execl")) execl("/bin/true", "true", (char *)NULL);
+    if (!strcmp(how, "execlp")) execlp("true", "true", (char *)NULL);
+    if (!strcmp(how, "execle")) {
+        char *envp[] = {NULL};
+        execle("/bin/true", "true", (char *)NULL, envp);
+    }
+    if (!strncmp(how, "signal:", 7)) { /* signal:USEC: the handler runs that long into the loop */
+        signal(SIGALRM, exec_true);
+        struct itimerval t = {{0, 0}, {0, atol(how + 7)}};
+        setitimer(ITIMER_REAL, &t, NULL);
+        for (;;) CtxSync();
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) return 2;
     bind(argv[1], argv[2]);
     work();
+    if (argc > 3 && !strncmp(argv[3], "exec", 4)) exec_after_work(argv[3] + 5); /* exec:HOW */
     if (argc > 3 && !strcmp(argv[3], "fork")) { /* the child records into its own file */
         pid_t pid = fork();
         if (pid == 0) {

@@ -21,7 +21,7 @@
  * stacks are written as blocks before the records that name them; a thread with no Python frames (or a
  * process with no tracer: capture is never on) records stack 0.
  * After fork the child drops its parent's records and stacks and writes its own file; before exec
- * (execve, execv, execvp, execvpe, fexecve) everything recorded is appended, as at exit.
+ * (every exec* of glibc but execveat) everything recorded is appended, as at exit.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -30,6 +30,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stddef.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +40,7 @@
 #include <unistd.h>
 
 #include "cuda_driver.h"
+#include "held_locks.h"
 #include "cupti_callbacks.h"
 #include "py_stacks.h" /* the calling thread's Python stack, once the tracer switches capture on */
 #include "write_all.h"
@@ -311,7 +313,7 @@ static void drain_ring(struct tbuf *b) {
     uint32_t tail = b->tail, head = __atomic_load_n(&b->head, __ATOMIC_ACQUIRE);
     if (head == tail) return;
     uint32_t from = tail % RING, n = head - tail;
-    pthread_mutex_lock(&g_file_lock);
+    held_lock(&g_file_lock);
     /* the stacks these records name, first: each was queued before its record was published (head) */
     stk_flush(g_fd);
     if (from + n <= RING) {
@@ -321,7 +323,7 @@ static void drain_ring(struct tbuf *b) {
         write_block(REC_MAGIC, &b->recs[from], first * sizeof(struct ip_rec));
         write_block(REC_MAGIC, &b->recs[0], (n - first) * sizeof(struct ip_rec));
     }
-    pthread_mutex_unlock(&g_file_lock);
+    held_unlock(&g_file_lock);
     __atomic_store_n(&b->tail, head, __ATOMIC_RELEASE);
 }
 
@@ -332,16 +334,16 @@ static void write_stats(void) {
                      "\"pointer_queries\":%llu,\"graph_crossings\":%llu}",
                      (unsigned long long)g_records, (unsigned long long)g_lost, (unsigned long long)g_unmatched,
                      g_unmatched_names, (unsigned long long)g_attr_queries, (unsigned long long)g_graph_nodes);
-    pthread_mutex_lock(&g_file_lock);
+    held_lock(&g_file_lock);
     if (n > 0 && (size_t)n < sizeof json) write_block(STAT_MAGIC, json, (size_t)n);
-    pthread_mutex_unlock(&g_file_lock);
+    held_unlock(&g_file_lock);
 }
 
 static void flush_all(int final) {
     for (struct tbuf *b = g_bufs; b; b = b->next) {
-        pthread_mutex_lock(&b->lock);
+        held_lock(&b->lock);
         drain_ring(b);
-        pthread_mutex_unlock(&b->lock);
+        held_unlock(&b->lock);
     }
     if (final && g_fd >= 0) write_stats();
 }
@@ -359,18 +361,18 @@ static void *flusher(void *arg) {
 /* A thread that ends hands its ring back (flushed) for the next new thread. */
 static void thread_gone(void *p) {
     struct tbuf *b = (struct tbuf *)p;
-    pthread_mutex_lock(&b->lock);
+    held_lock(&b->lock);
     drain_ring(b);
-    pthread_mutex_unlock(&b->lock);
+    held_unlock(&b->lock);
     __atomic_store_n(&b->state, 0, __ATOMIC_RELEASE);
 }
 
 /* The slow path of a thread's first record: a ring (reused or new), the file, the flusher. */
 static struct tbuf *thread_ring(void) {
     if (g_fd < 0) {
-        pthread_mutex_lock(&g_file_lock);
+        held_lock(&g_file_lock);
         int bad = g_fd < 0 && open_file() != 0;
-        pthread_mutex_unlock(&g_file_lock);
+        held_unlock(&g_file_lock);
         if (bad) {
             g_on = 0;
             return NULL;
@@ -419,9 +421,9 @@ static void commit(struct ip_rec *r) {
     r->tid = t_tid;
     uint32_t head = b->head;
     if (head - __atomic_load_n(&b->tail, __ATOMIC_ACQUIRE) >= RING) {
-        pthread_mutex_lock(&b->lock);
+        held_lock(&b->lock);
         drain_ring(b);
-        pthread_mutex_unlock(&b->lock);
+        held_unlock(&b->lock);
     }
     b->recs[head % RING] = *r;
     __atomic_store_n(&b->head, head + 1, __ATOMIC_RELEASE);
@@ -468,7 +470,7 @@ static int range_lookup(uint64_t p) {
 }
 
 static void range_change(uint64_t start, uint64_t size, int kind) { /* kind < 0: remove */
-    pthread_mutex_lock(&g_range_lock);
+    held_lock(&g_range_lock);
     __atomic_store_n(&g_rseq, g_rseq + 1, __ATOMIC_RELEASE);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     uint32_t n = g_nranges, lo = range_after(start, n, 1);
@@ -489,7 +491,7 @@ static void range_change(uint64_t start, uint64_t size, int kind) { /* kind < 0:
         g_nranges = n + 1;
     }
     __atomic_store_n(&g_rseq, g_rseq + 1, __ATOMIC_RELEASE);
-    pthread_mutex_unlock(&g_range_lock);
+    held_unlock(&g_range_lock);
     if (kind == MK_pinned) memset((void *)g_pageable, 0, sizeof g_pageable); /* a page may have been pinned */
 }
 
@@ -585,7 +587,7 @@ static struct graph_info *graph_find(CUgraphExec e) {
 }
 
 static void graph_store(CUgraphExec e, struct graph_info *info) {
-    pthread_mutex_lock(&g_graph_lock);
+    held_lock(&g_graph_lock);
     uint32_t h = ghash(e);
     for (uint32_t i = 0; i < GRAPHS; i++) {
         struct graph_info *g = g_graphs[(h + i) % GRAPHS];
@@ -594,7 +596,7 @@ static void graph_store(CUgraphExec e, struct graph_info *info) {
             break;
         }
     }
-    pthread_mutex_unlock(&g_graph_lock);
+    held_unlock(&g_graph_lock);
 }
 
 static struct graph_info *walk(CUgraph graph, struct graph_info *info, int depth) {
@@ -1273,7 +1275,9 @@ __attribute__((destructor)) static void finish(void) {
 /* ---- exec: the new image runs no destructor of this one, so what this one recorded is appended first ---- */
 /* (a failed exec goes on recording: the next final flush writes the counters again, and the last counts).
    The real functions are found at load (resolve_exec): a vfork child (posix_spawn, subprocess) calls exec
-   too, and must not take the loader's lock there, nor flush the parent's rings (it is not g_fd_pid). */
+   too, and must not take the loader's lock there, nor flush the parent's rings (it is not g_fd_pid). An
+   exec from a signal handler that interrupted this library holding a lock skips the flush (held_locks.h).
+   glibc's execl/execle/execlp reach its internal execve, not this one, so they are wrapped as well. */
 typedef int (*execve_fn)(const char *, char *const[], char *const[]);
 typedef int (*execv_fn)(const char *, char *const[]);
 typedef int (*fexecve_fn)(int, char *const[], char *const[]);
@@ -1290,11 +1294,13 @@ static void resolve_exec(void) {
 }
 
 static void before_exec(void) {
-    if (g_fd >= 0 && g_fd_pid == getpid()) flush_all(1);
+    if (g_fd >= 0 && g_fd_pid == getpid() && !t_held) flush_all(1);
 }
 
+/* exec through `real`; found now if another library's constructor execs before this one's ran */
 #define EXEC_WRAPPER(real, ...)                                                                                \
     do {                                                                                                       \
+        if (!real) resolve_exec();                                                                             \
         if (!real) {                                                                                           \
             errno = ENOSYS;                                                                                    \
             return -1;                                                                                         \
@@ -1308,6 +1314,40 @@ int execvpe(const char *file, char *const argv[], char *const envp[]) { EXEC_WRA
 int execv(const char *path, char *const argv[]) { EXEC_WRAPPER(g_execv, path, argv); }
 int execvp(const char *file, char *const argv[]) { EXEC_WRAPPER(g_execvp, file, argv); }
 int fexecve(int fd, char *const argv[], char *const envp[]) { EXEC_WRAPPER(g_fexecve, fd, argv, envp); }
+
+/* The list forms: the arguments up to the NULL into an array on the stack (as glibc does), then the
+   vector form above; execle's environment follows the NULL. */
+#define LIST_ARGV(arg0, argv, ap)                                                                              \
+    size_t n = 1;                                                                                              \
+    va_start(ap, arg0);                                                                                        \
+    while (va_arg(ap, const char *)) n++;                                                                      \
+    va_end(ap);                                                                                                \
+    char *argv[n + 1];                                                                                         \
+    argv[0] = (char *)(arg0);                                                                                  \
+    va_start(ap, arg0);                                                                                        \
+    for (size_t i = 1; i <= n; i++) argv[i] = va_arg(ap, char *) /* argv[n] is the NULL */
+
+int execl(const char *path, const char *arg, ...) {
+    va_list ap;
+    LIST_ARGV(arg, argv, ap);
+    va_end(ap);
+    return execv(path, argv);
+}
+
+int execlp(const char *file, const char *arg, ...) {
+    va_list ap;
+    LIST_ARGV(arg, argv, ap);
+    va_end(ap);
+    return execvp(file, argv);
+}
+
+int execle(const char *path, const char *arg, ...) {
+    va_list ap;
+    LIST_ARGV(arg, argv, ap);
+    char *const *envp = va_arg(ap, char *const *);
+    va_end(ap);
+    return execve(path, argv, envp);
+}
 
 /* ---- for cctrace's own process (tests, the tracer's exit path, doctor) ----------------------------- */
 /* Append everything recorded so far; `last` also writes the counters block. */

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "held_locks.h"
 #include "sbuf.h"
 #include "write_all.h"
 
@@ -217,7 +218,7 @@ static uint32_t stk_capture(void) {
         return 0;
     }
     uint32_t id = 0;
-    pthread_mutex_lock(&g_stk_lock);
+    held_lock(&g_stk_lock);
     if (g_stk_count * 2 >= g_stk_cap && stk_grow()) goto out;
     uint32_t j = (uint32_t)h & (g_stk_cap - 1);
     for (; g_stk_tab[j].id; j = (j + 1) & (g_stk_cap - 1)) {
@@ -240,7 +241,7 @@ static uint32_t stk_capture(void) {
     id = ++g_stk_count;
     g_stk_tab[j] = (struct stk_entry){h, id, (uint32_t)n, k};
 out:
-    pthread_mutex_unlock(&g_stk_lock);
+    held_unlock(&g_stk_lock);
     if (id) __sync_fetch_and_add(&g_stk_with, 1);
     else __sync_fetch_and_add(&g_stk_dropped, 1);
     return id;
@@ -248,10 +249,10 @@ out:
 
 /* Write the stacks resolved since the last call (before the records that name them). */
 static int stk_flush(int fd) {
-    pthread_mutex_lock(&g_stk_lock);
+    held_lock(&g_stk_lock);
     struct sbuf b = g_stk_out;
     g_stk_out = (struct sbuf){0, 0, 0};
-    pthread_mutex_unlock(&g_stk_lock);
+    held_unlock(&g_stk_lock);
     if (!b.n) {
         free(b.p);
         return 0;
@@ -290,9 +291,9 @@ int cct_stacks_init(int minor, void *get_tstate, void *addr2line, void *code_typ
     for (int i = 0; i < N_PY_LAYOUTS; i++)
         if (PY_LAYOUTS[i].minor == minor) {
             g_stk_on = 0;
-            pthread_mutex_lock(&g_stk_lock);
+            held_lock(&g_stk_lock);
             stk_reset();
-            pthread_mutex_unlock(&g_stk_lock);
+            held_unlock(&g_stk_lock);
             g_py = &PY_LAYOUTS[i];
             g_get_tstate = (get_tstate_fn)get_tstate;
             g_addr2line = (addr2line_fn)addr2line;

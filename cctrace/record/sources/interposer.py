@@ -162,7 +162,7 @@ def dtype_of(header: dict) -> np.dtype:
 class Raw(NamedTuple):
     header: dict
     records: np.ndarray
-    stats: dict  # the last counters block
+    stats: dict  # the counters: each image's last block, summed over the images (exec)
     problems: list[str]
     stacks: list[tuple[int, list[py_stacks.Frame]]]  # (stack id as written, frames innermost first)
 
@@ -172,10 +172,11 @@ def read_raw(path: Path) -> Raw:
 
     A process that exec()s after recording appends to the same file (same pid): a new header starts
     the new image's blocks, whose stack ids start again at 1. Its stack ids (blocks and records) are
-    moved above every id the file held before, so each id still names one stack."""
+    moved above every id the file held before, so each id still names one stack, and its counters (which
+    start again at 0) are added to the earlier images'."""
     header: dict | None = None
     chunks: list[tuple[int, bytes]] = []  # (stack id offset of the image that wrote it, records)
-    stats: dict = {}
+    images: list[dict] = [{}]  # each image's last counters block
     problems: list[str] = []
     stacks: list[tuple[int, list[py_stacks.Frame]]] = []
     base = top = 0  # this image's stack id offset; the highest id (offset included) so far
@@ -188,8 +189,9 @@ def read_raw(path: Path) -> Raw:
                 header = json.loads(data)
             else:  # an exec()'d image of the same process
                 base = top
+                images.append({})
         elif magic == STAT_MAGIC:
-            stats = json.loads(data)
+            images[-1] = json.loads(data)
         elif magic == py_stacks.STK_MAGIC:
             try:
                 got = [(sid + base, frames) for sid, frames in py_stacks.parse_stacks(data)]
@@ -214,7 +216,19 @@ def read_raw(path: Path) -> Raw:
             ids = records["stack_id"][at : at + n]
             ids[ids != 0] += b
             at += n
-    return Raw(header, records, stats, problems, stacks)
+    return Raw(header, records, _summed(images), problems, stacks)
+
+
+def _summed(images: list[dict]) -> dict:
+    """One process's counters over its images: numbers added, the unmatched names (space-separated) joined."""
+    out: dict = {}
+    for stats in images:
+        for k, v in stats.items():
+            if isinstance(v, str):
+                out[k] = " ".join(dict.fromkeys([*out.get(k, "").split(), *v.split()]))
+            else:
+                out[k] = out.get(k, 0) + v
+    return out
 
 
 def _names(table: list[str], codes: np.ndarray) -> np.ndarray:
