@@ -209,6 +209,13 @@ def workload_row(name: str, entry: dict, traces: Path) -> dict:
         row["injected_window_ms"] = round(inj["injected_ms"], 3)
         row["explained_ms"] = bridge.get("explained_ms")
         row["explained_share_of_injected"] = _ratio(bridge.get("explained_ms"), inj["injected_ms"])
+        # per category the injected kinds map to: is the time in the right category, not only in some?
+        truth = bridge.get("ground_truth") or {}
+        row["by_category"] = {
+            c["category"]: {"injected_ms": c["injected_ms"], "explained_share": c["explained_share"]}
+            for c in truth.get("categories") or []
+            if c["category"]
+        }
     if bridge and reports.get("default") and inj:
         pair = (traces / f"{name}-default", traces / f"{name}-bridge")
         d = _safely(f"diff {name}", analysis.diff, *pair, trace_report=bridge)

@@ -15,7 +15,7 @@ SELECT a.pid, a.tid, a.name, a.start_ns, a.end_ns, a.correlation_id, a.on_cpu_ns
 FROM calls a SEMI JOIN names USING (name), win, normal
 WHERE a.start_ns >= win.start_ns AND a.start_ns <= win.end_ns
   -- a graph replay's time beyond a normal call is its memcpy nodes' crossings (graph_copies)
-  AND (a.pid, a.correlation_id) NOT IN (SELECT (pid, correlation_id) FROM graph_copies)
+  AND (a.pid, a.correlation_id, a.source) NOT IN (SELECT (pid, correlation_id, source) FROM graph_copies)
 UNION ALL
 -- (each transfer carries its call's columns: no join back to api_calls)
 SELECT x.pid, x.api_tid, x.api_name, x.api_start_ns, x.api_end_ns, x.correlation_id, x.on_cpu_ns, x.off_cpu_ns,

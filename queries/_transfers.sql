@@ -5,8 +5,8 @@
 
 -- Every transfer with its issuing call: CUPTI copies; else the interposer's copies (host call times:
 -- their GPU time is unknown and approximated by the call's duration; the crossings a graph launch
--- replays have no time of their own and are left out here); else (host-probe-only traces) the probed
--- copy calls, timed the same way.
+-- replays carry the launch's times, and get their share of it below, as CUPTI's do); else
+-- (host-probe-only traces) the probed copy calls, timed the same way.
 --   copy_row: the copy's row (CUPTI); copy_kind, src_kind, dst_kind, bytes, start_ns, end_ns, stream_id
 --   correlation_id, api_name, api_tid, api_start_ns, api_end_ns: the issuing call
 --   timing: gpu (CUPTI copy times) | host (the call's); on_cpu_ns, off_cpu_ns, ioctl_ns: host probes
@@ -18,7 +18,7 @@ SELECT c.copy_row, c.pid, c.copy_kind, c.src_kind, c.dst_kind, c.bytes, c.start_
        CASE WHEN c.source = 'interposer' THEN 'host' ELSE 'gpu' END AS timing,
        c.api_on_cpu_ns AS on_cpu_ns, c.api_off_cpu_ns AS off_cpu_ns, c.api_ioctl_ns AS ioctl_ns, c.source AS api_source
 FROM copies_with_api c WHERE c.op IN ('memcpy', 'p2p')
-  AND (c.source <> 'interposer' OR (NOT (SELECT copies FROM cupti_present) AND c.api_name NOT LIKE 'cuGraphLaunch%'))
+  AND (c.source <> 'interposer' OR NOT (SELECT copies FROM cupti_present))
 UNION ALL
 SELECT NULL::BIGINT, a.pid, a.copy_kind, 'unknown', 'unknown', a.bytes, a.start_ns, a.end_ns, a.stream::BIGINT,
        a.correlation_id, a.name, a.tid, a.start_ns, a.end_ns, 'host', a.on_cpu_ns, a.off_cpu_ns, a.ioctl_ns, a.source
@@ -35,11 +35,12 @@ WHERE a.source = 'ebpf' AND a.bytes IS NOT NULL AND a.copy_kind IS NOT NULL
 --   stream_free_ns: when its stream became free (latest end of the copies and kernels before it)
 --   pre_ns, post_ns: the call's host work before and after the copy; cross_ns: dur + pre + post
 -- Copies a graph replay made (its memcpy nodes), per launch: the launch's host time beyond a normal
--- call is theirs (the bridge tolls each node in the launch), shared equally, and no async stall.
---   pid, correlation_id: the launch; copies: its memcpy nodes in the trace
+-- call is theirs (the bridge tolls each node in the launch), shared equally, and no async stall. The
+-- interposer's replayed crossings have no time of their own (they carry the launch's): that share is all.
+--   pid, correlation_id, source: the launch (and who recorded it); copies: its memcpy nodes in the trace
 CREATE OR REPLACE TEMP TABLE graph_copies AS
-SELECT pid, correlation_id, count(*) AS copies FROM xfers
-WHERE timing = 'gpu' AND api_name IN (SELECT name FROM call_names WHERE graph_launch)
+SELECT pid, correlation_id, api_source AS source, count(*) AS copies FROM xfers
+WHERE api_name IN (SELECT name FROM call_names WHERE graph_launch)
 GROUP BY ALL;
 
 CREATE OR REPLACE TEMP TABLE xfer_dir AS
@@ -54,7 +55,8 @@ WITH ops AS (
 ), d AS (
     SELECT x.* EXCLUDE (copy_row, src_kind, dst_kind),
            CASE x.copy_kind WHEN 'HtoD' THEN x.src_kind WHEN 'DtoH' THEN x.dst_kind ELSE 'device' END AS host_kind,
-           x.end_ns - x.start_ns AS dur_ns, f.stream_free_ns,
+           CASE WHEN g.copies IS NOT NULL AND x.timing = 'host' THEN 0 ELSE x.end_ns - x.start_ns END AS dur_ns,
+           f.stream_free_ns,
            -- a copy that started well after its call returned was held by something else, not by the call
            CASE WHEN g.copies IS NOT NULL
                 THEN greatest(x.api_end_ns - x.api_start_ns - getvariable('normal_call_us') * 1000, 0) // g.copies
@@ -66,7 +68,7 @@ WITH ops AS (
                 THEN greatest(x.api_end_ns - greatest(x.end_ns, x.api_start_ns), 0)
                 ELSE 0 END AS post_ns
     FROM xfers x LEFT JOIN stream_free f USING (copy_row)
-    LEFT JOIN graph_copies g ON g.pid = x.pid AND g.correlation_id = x.correlation_id AND x.timing = 'gpu', win
+    LEFT JOIN graph_copies g ON g.pid = x.pid AND g.correlation_id = x.correlation_id AND g.source = x.api_source, win
     WHERE x.copy_kind IN ('HtoD', 'DtoH', 'DtoD', 'PtoP') AND x.start_ns >= win.start_ns AND x.start_ns <= win.end_ns
 )
 SELECT *, dur_ns + pre_ns + post_ns AS cross_ns FROM d;

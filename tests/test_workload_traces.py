@@ -88,6 +88,12 @@ def test_the_categories_explain_the_injected_time_in_the_window(rows, sample_set
     """The issue's targets: the report explains 90-110% of what the emulator injected inside the window,
     and diff explains at least 90% of the injected time per step."""
     r = rows(sample_set, workload)
+    # each category that most of the injected time went to explains it itself (a graph replay's tolls are
+    # its memcpy nodes' crossings, not the launch's async stall: they were, on the interposer, before
+    # 2026-11-30); the emulator's few µs of blocking per async copy (1-2% here) end up in the crossings
+    main = {k: c for k, c in r["by_category"].items() if c["injected_ms"] >= 0.1 * r["injected_window_ms"]}
+    assert list(main) == ["small_crossings"], r["by_category"]
+    assert 0.9 <= main["small_crossings"]["explained_share"] <= 1.1, r["by_category"]
     assert r["injected_window_ms"] > 0
     assert 0.9 <= r["explained_share_of_injected"] <= 1.1, r
     assert r["diff_share_of_injected_gap"] >= 0.9, r

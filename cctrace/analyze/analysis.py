@@ -381,7 +381,7 @@ def report(trace: Path, params: dict[str, object] | None = None, profile: Path |
             "gpu_times": facts["gpu_times"],
             "confidential_computing": (m.get("gpu") or {}).get("confidential_computing"),
             "bridge_emulation": injected_summary(m.get("bridge_emulation")),
-            "ground_truth": _ground_truth(a, steps),
+            "ground_truth": _ground_truth(a, steps, {c["category"] for c in categories if not c["measured"]}),
             "traced": _traced(a, m),
             "window_ms": round(window_ms, 3),
             "steps": steps,
@@ -426,21 +426,24 @@ def _traced(a: Analysis, manifest: dict) -> dict | None:
     }
 
 
-def _ground_truth(a: Analysis, steps: int) -> dict | None:
+def _ground_truth(a: Analysis, steps: int, unmeasured: set[str]) -> dict | None:
     """What the emulator injected inside the window (bridge_injections), per category it maps to, beside
-    what that category explains; None for traces without the table's rows."""
+    what that category explains; None for traces without the table's rows. What went to a category this
+    trace cannot measure (`unmeasured`) is set aside: the share is of the rest."""
     rows = a.rows("ground_truth")
     if not rows:
         return None
     injected = sum(r["injected_ms"] for r in rows)
-    mapped = [r for r in rows if r["category"]]
+    aside = sum(r["injected_ms"] for r in rows if r["category"] in unmeasured)
+    mapped = [r for r in rows if r["category"] and r["category"] not in unmeasured]
     explained = sum(r["explained_ms"] or 0 for r in mapped)
     return {
         "scope": "window",
         "injected_ms": round(injected, 3),
         "injected_ms_per_step": round(injected / steps, 5) if steps else None,
+        "unmeasured_ms": round(aside, 3),  # injected into what this trace cannot measure
         "explained_ms": round(explained, 3),
-        "explained_share": round(explained / injected, 4) if injected else None,
+        "explained_share": round(explained / (injected - aside), 4) if injected > aside else None,
         "categories": rows,
     }
 

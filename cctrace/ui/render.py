@@ -111,9 +111,11 @@ def describe_ground_truth(r: dict) -> str | None:
     gt = r.get("ground_truth")
     if gt:
         share = f"{gt['explained_share']:.1%}" if gt["explained_share"] is not None else "n/a"
+        aside = gt.get("unmeasured_ms") or 0
+        of_it = f", {aside} ms of it into what this trace cannot measure (set aside)" if aside else ""
         return (
-            f"ground truth (this window): the emulator injected {gt['injected_ms']} ms; the categories it maps to "
-            f"explain {gt['explained_ms']} ms ({share})"
+            f"ground truth (this window): the emulator injected {gt['injected_ms']} ms{of_it}; the categories it "
+            f"maps to explain {gt['explained_ms']} ms ({share})"
         )
     if r.get("bridge_emulation"):
         return describe_injected(r["bridge_emulation"])
