@@ -52,26 +52,6 @@ static void on_request(uint8_t **buffer, size_t *size, size_t *max_records) {
     __sync_fetch_and_add(&g_requested, 1);
 }
 
-static int writev_all(int fd, struct iovec *iov, int n) {
-    while (n > 0) {
-        ssize_t w = writev(fd, iov, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        while (n > 0 && (size_t)w >= iov->iov_len) { /* a short write (rare): go on from there */
-            w -= (ssize_t)iov->iov_len;
-            iov++;
-            n--;
-        }
-        if (n > 0) {
-            iov->iov_base = (uint8_t *)iov->iov_base + w;
-            iov->iov_len -= (size_t)w;
-        }
-    }
-    return 0;
-}
-
 /* Block of [u64 pointer][u32 length][bytes] for every string field of the buffer's records. */
 static void write_strings(uint8_t *buffer, size_t valid) {
     if (!g_next || g_nfields == 0) return;
@@ -103,11 +83,9 @@ static void on_complete(void *ctx, uint32_t stream_id, uint8_t *buffer, size_t s
     (void)stream_id;
     (void)size;
     if (buffer && valid > 0 && g_fd >= 0) {
-        uint64_t hdr[2] = {CCT_MAGIC, (uint64_t)valid};
         /* header and buffer in one writev (no copy of the buffer): one append, kept whole against
          * the other threads' appends */
-        struct iovec iov[2] = {{hdr, sizeof hdr}, {buffer, valid}};
-        int bad = writev_all(g_fd, iov, 2);
+        int bad = write_block_all(g_fd, CCT_MAGIC, buffer, valid);
         if (bad) __sync_fetch_and_add(&g_failed_writes, 1);
         else __sync_fetch_and_add(&g_bytes, valid);
         write_strings(buffer, valid);

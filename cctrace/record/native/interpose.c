@@ -265,8 +265,7 @@ static void *real_dlsym(void *handle, const char *name) {
 
 /* ---- the file -------------------------------------------------------------------------------------- */
 static void write_block(uint64_t magic, const void *data, size_t n) {
-    uint64_t hdr[2] = {magic, (uint64_t)n};
-    if (g_fd < 0 || write_all(g_fd, hdr, sizeof hdr) || write_all(g_fd, data, n))
+    if (g_fd < 0 || write_block_all(g_fd, magic, data, n))
         __sync_fetch_and_add(&g_lost, magic == REC_MAGIC ? n / sizeof(struct ip_rec) : 0);
 }
 

@@ -257,8 +257,7 @@ static int stk_flush(int fd) {
         free(b.p);
         return 0;
     }
-    uint64_t hdr[2] = {CCT_STK_MAGIC, (uint64_t)b.n};
-    int bad = fd < 0 || write_all(fd, hdr, sizeof hdr) || write_all(fd, b.p, b.n);
+    int bad = fd < 0 || write_block_all(fd, CCT_STK_MAGIC, b.p, b.n);
     free(b.p);
     return bad ? -1 : 0;
 }
