@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +19,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the benchmarks import cctrace from this checkout
 
 
+def bootstrap_95(draw: Callable[[random.Random], float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of a statistic over `n` draws, each computed by `draw` from resamples it takes."""
+    rng = random.Random(seed)
+    draws = sorted(draw(rng) for _ in range(n))
+    return draws[int(0.025 * n)], draws[int(0.975 * n) - 1]
+
+
 def median_ci(xs: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95% bootstrap interval of the median of xs."""
-    rng = random.Random(seed)
-    draws = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(n))
-    return draws[int(0.025 * n)], draws[int(0.975 * n) - 1]
+    return bootstrap_95(lambda rng: statistics.median(rng.choices(xs, k=len(xs))), n, seed)
 
 
 @dataclass

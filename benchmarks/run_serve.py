@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _serve import ROOT, SERVE, median_ci, pinned, recorded, serve_summary, summary_line
+from _serve import ROOT, SERVE, bootstrap_95, median_ci, pinned, recorded, serve_summary, summary_line
 
 from cctrace.record import tracer as T
 from cctrace.trace import handoff as H
@@ -265,11 +264,11 @@ def longer(base: list[float], xs: list[float]) -> float:
     return 100 * (statistics.median(xs) - b) / b
 
 
-def bootstrap_ci(base: list[float], xs: list[float], n: int = 2000, seed: int = 0, stat=slowdown) -> tuple[float, float]:
+def bootstrap_ci(
+    base: list[float], xs: list[float], n: int = 2000, seed: int = 0, stat=slowdown
+) -> tuple[float, float]:
     """95% interval of `stat` (slowdown()): both sets of runs resampled with replacement."""
-    rng = random.Random(seed)
-    draws = sorted(stat(rng.choices(base, k=len(base)), rng.choices(xs, k=len(xs))) for _ in range(n))
-    return draws[int(0.025 * n)], draws[int(0.975 * n) - 1]
+    return bootstrap_95(lambda rng: stat(rng.choices(base, k=len(base)), rng.choices(xs, k=len(xs))), n, seed)
 
 
 def table(suite: Suite, runs: dict[str, list[Run]]) -> list[dict]:

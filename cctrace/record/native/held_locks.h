@@ -1,7 +1,7 @@
 /* Which of this library's locks the calling thread holds, counted per thread.
  * exec() may be called from a signal handler (it is async-signal-safe), and the interposer's exec
  * wrapper flushes the rings first: that flush takes these locks, so if the interrupted code of the same
- * thread held one, it would wait on itself forever. HOLD/RELEASE count around every such lock, and the
+ * thread held one, it would wait on itself forever. held_lock/held_unlock count around every such lock, and the
  * flush is skipped while the count is not zero (that thread's last records are then lost, not the process).
  */
 #ifndef CCTRACE_HELD_LOCKS_H

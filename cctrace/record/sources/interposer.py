@@ -42,6 +42,7 @@ NUMPY_TYPES = {"u8": "<u8", "u4": "<u4", "u2": "<u2", "u1": "u1", "i4": "<i4"}
 STACK_ID_BASE = 1 << 32  # interposer stack ids as stored: above every id the CUPTI shim writes (u32)
 COPY_OPS = {"copy": "memcpy", "memset": "memset", "p2p": "p2p"}  # interposer op -> copies.op
 RECORDING_MODES = ("on", "windowed")  # the launcher's modes in which the interposer records the trace
+NOT_ARMED = "off: the interposer was not armed (no trace directory at its start)"
 
 
 class InterposerSource:
@@ -66,13 +67,13 @@ class InterposerSource:
         self.lib.cct_ip_stats.argtypes = [ctypes.POINTER(ctypes.c_uint64 * 5)]
         if self.mode in RECORDING_MODES:  # windowed: the library starts off, the window is open now
             armed = self.lib.cct_ip_set(1) == 0
-            self.status = "active" if armed else "off: the interposer was not armed (no trace directory at its start)"
+            self.status = "active" if armed else NOT_ARMED
         elif cupti_running:
             self.status = "standby: CUPTI records this process"
         elif self.lib.cct_ip_set(1) == 0:
             self.status = "active: CUPTI is off in this process"
         else:
-            self.status = "off: the interposer was not armed (no trace directory at its start)"
+            self.status = NOT_ARMED
         if self.recording() and self.stacks["state"] != py_stacks.NO_STACKS:
             self.stacks.update(py_stacks.start(bind_stacks(self.lib)))
 
